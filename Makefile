@@ -1,0 +1,85 @@
+# coremachine_embedded - the two set-up commands are `make demo` and `make test`.
+#
+#   make demo      build, then run the demo on the embedded defaults
+#   make test      C tests (native, armhf and aarch64 under qemu) + the Python
+#                  suite on both backends
+#   make bench     benchmarks against the alternatives, as ratios
+#   make ctest     only the C core's tests, natively
+
+PYTHON ?= python3
+CC ?= cc
+CFLAGS_COMMON = -std=c99 -O2 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+                -D_FILE_OFFSET_BITS=64 -D_DEFAULT_SOURCE
+CSRC = $(filter-out csrc/tests/%,$(wildcard csrc/*.c))
+CHDR = $(wildcard csrc/*.h)
+BUILD = build/c
+VECTORS = tests/interop/vectors/hypercore-v11.json
+PYTEST_ARGS ?=
+
+.PHONY: all deps build demo test ctest ctest-native ctest-armhf ctest-aarch64 \
+        pytest pytest-c pytest-python bench clean
+
+all: build
+
+# Installs libsodium-dev (and the Python build/test packages) when missing.
+deps:
+	@sh .ci/ensure-deps.sh
+
+build: deps
+	$(PYTHON) setup.py build_ext --inplace -q
+
+demo: build
+	$(PYTHON) -m coremachine_embedded demo
+
+test: build ctest-native ctest-armhf ctest-aarch64 pytest
+
+# --- C core ---------------------------------------------------------------
+
+$(BUILD)/vectors.h: $(VECTORS) csrc/tests/gen_vectors.py
+	@mkdir -p $(BUILD)
+	$(PYTHON) csrc/tests/gen_vectors.py $(VECTORS) $@
+
+ctest: ctest-native
+
+ctest-native: $(BUILD)/vectors.h
+	$(CC) $(CFLAGS_COMMON) -g -I csrc -I $(BUILD) -o $(BUILD)/test_cm_native \
+	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
+	$(BUILD)/test_cm_native $(BUILD)/tmp-native
+
+ctest-armhf: $(BUILD)/vectors.h
+	@if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v qemu-arm >/dev/null \
+	    && [ -e /usr/lib/arm-linux-gnueabihf/libsodium.so ]; then \
+	  echo "arm-linux-gnueabihf-gcc + qemu-arm (32-bit Raspberry Pi OS)"; \
+	  arm-linux-gnueabihf-gcc $(CFLAGS_COMMON) -I csrc -I $(BUILD) -o $(BUILD)/test_cm_armhf \
+	      $(CSRC) csrc/tests/test_cm.c -lsodium && \
+	  qemu-arm -L /usr/arm-linux-gnueabihf $(BUILD)/test_cm_armhf $(BUILD)/tmp-armhf; \
+	else \
+	  echo "SKIPPED ctest-armhf: no cross toolchain. As root: sh .ci/ensure-deps.sh --cross"; \
+	fi
+
+ctest-aarch64: $(BUILD)/vectors.h
+	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null \
+	    && [ -e /usr/lib/aarch64-linux-gnu/libsodium.so ]; then \
+	  echo "aarch64-linux-gnu-gcc + qemu-aarch64 (64-bit Raspberry Pi OS)"; \
+	  aarch64-linux-gnu-gcc $(CFLAGS_COMMON) -I csrc -I $(BUILD) -o $(BUILD)/test_cm_aarch64 \
+	      $(CSRC) csrc/tests/test_cm.c -lsodium && \
+	  qemu-aarch64 -L /usr/aarch64-linux-gnu $(BUILD)/test_cm_aarch64 $(BUILD)/tmp-aarch64; \
+	else \
+	  echo "SKIPPED ctest-aarch64: no cross toolchain. As root: sh .ci/ensure-deps.sh --cross"; \
+	fi
+
+# --- Python suite, once per backend ---------------------------------------
+
+pytest: pytest-c pytest-python
+
+pytest-c:
+	COREMACHINE_IMPL=c $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+pytest-python:
+	COREMACHINE_IMPL=python $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: build
+	$(PYTHON) -m bench
+
+clean:
+	rm -rf build dist *.egg-info coremachine_embedded/_core.c coremachine_embedded/*.so

@@ -1,0 +1,39 @@
+"""The one place that picks the backend, from ``COREMACHINE_IMPL``.
+
+``auto`` (default): the C extension; if it is missing, the pure-Python backend
+with a loud warning saying how to build the extension.  ``c``: the extension or
+ImportError.  ``python``: the pure-Python backend.  Anything else: ImportError.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from types import ModuleType
+
+_BUILD_HINT = ("build it with `make build` (or `pip install .`); it needs a C compiler, "
+               "Cython and libsodium-dev")
+
+
+def _load() -> ModuleType:
+    impl = os.environ.get("COREMACHINE_IMPL", "auto").strip().lower() or "auto"
+    if impl == "python":
+        from . import _pure
+        return _pure
+    if impl not in ("auto", "c"):
+        raise ImportError("COREMACHINE_IMPL must be auto, c or python, not %r" % impl)
+    try:
+        from . import _core  # type: ignore[attr-defined]
+        return _core
+    except ImportError as e:
+        if impl == "c":
+            raise ImportError("COREMACHINE_IMPL=c but the C extension is not built (%s): %s"
+                              % (e, _BUILD_HINT)) from e
+        warnings.warn("coremachine_embedded: the C extension is not built (%s); using the "
+                      "much slower pure-Python backend. To fix: %s" % (e, _BUILD_HINT),
+                      RuntimeWarning, stacklevel=3)
+        from . import _pure
+        return _pure
+
+
+impl = _load()
+name: str = impl.NAME

@@ -1,0 +1,31 @@
+"""The pure-Python backend: the reference model of the C core, same interface.
+
+Exports exactly what ``coremachine_embedded._core`` (the Cython extension)
+exports; ``tests/unit/test_backend.py`` pins the list.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ..encoding import DataMessage, Node
+from .crypto import (Verifier, default_manifest, discovery_key, hash_leaf, hash_parent,
+                     keypair_from_seed, keypair_generate, manifest_hash, sign, tree_hash,
+                     verify)
+from .flat import full_roots
+from .proof import Check
+from .store import ApplyResult, Log
+
+NAME = "python"
+
+
+def check_proof(key: bytes, manifest: Optional[bytes], roots: List[Node],
+                message: bytes) -> Check:
+    """Verify a data message against trusted ``roots`` (stateless)."""
+    from .proof import check
+    return check(Verifier(bytes(key), manifest), [tuple(r) for r in roots],  # type: ignore[misc]
+                 DataMessage.decode(bytes(message)))
+
+
+__all__ = ["NAME", "ApplyResult", "Check", "Log", "check_proof", "default_manifest",
+           "discovery_key", "full_roots", "hash_leaf", "hash_parent", "keypair_from_seed",
+           "keypair_generate", "manifest_hash", "sign", "tree_hash", "verify"]

@@ -1,0 +1,228 @@
+"""Hashes, keys, signables, manifests and signature checks (hypercore-crypto 3.x).
+
+BLAKE2b comes from :mod:`hashlib`; Ed25519 from libsodium through pysodium,
+imported on first use so that importing the package stays light.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Any, List, Optional, Tuple
+
+from ..caps import (MAX_MANIFEST, MAX_SIGNATURE, MAX_SIGNERS, NS_DEFAULT, NS_MANIFEST,
+                    NS_TREE)
+from ..encoding import Node, Reader, encode_buffer, encode_uint
+from ..errors import DecodeError, InvalidSignatureError, KeyMismatchError
+
+_U64 = struct.Struct("<Q")
+_blake2b = hashlib.blake2b
+_sodium: Any = None
+
+
+def _nacl() -> Any:
+    global _sodium
+    if _sodium is None:
+        import pysodium
+        _sodium = pysodium
+    return _sodium
+
+
+def hash_leaf(block_index: int, data: bytes) -> Node:
+    h = _blake2b(b"\x00", digest_size=32)
+    h.update(_U64.pack(len(data)))
+    h.update(data)
+    return (2 * block_index, len(data), h.digest())
+
+
+def hash_parent(a: Node, b: Node, index: int) -> Node:
+    size = a[1] + b[1]
+    h = _blake2b(b"\x01", digest_size=32)
+    h.update(_U64.pack(size))
+    h.update(a[2])
+    h.update(b[2])
+    return (index, size, h.digest())
+
+
+def tree_hash(roots: List[Node]) -> bytes:
+    h = _blake2b(b"\x02", digest_size=32)
+    for index, size, digest in roots:
+        h.update(digest)
+        h.update(_U64.pack(index))
+        h.update(_U64.pack(size))
+    return h.digest()
+
+
+def discovery_key(key: bytes) -> bytes:
+    return _blake2b(b"hypercore", digest_size=32, key=key).digest()
+
+
+def signable(compat: bool, manifest_hash: bytes, tree_hash_: bytes, length: int,
+             fork: int) -> bytes:
+    tail = tree_hash_ + _U64.pack(length) + _U64.pack(fork)
+    return NS_TREE + tail if compat else NS_TREE + manifest_hash + tail
+
+
+def keypair_from_seed(seed: bytes) -> Tuple[bytes, bytes]:
+    pk, sk = _nacl().crypto_sign_seed_keypair(bytes(seed))
+    return bytes(pk), bytes(sk)
+
+
+def keypair_generate() -> Tuple[bytes, bytes]:
+    pk, sk = _nacl().crypto_sign_keypair()
+    return bytes(pk), bytes(sk)
+
+
+def sign(message: bytes, secret_key: bytes) -> bytes:
+    return bytes(_nacl().crypto_sign_detached(message, secret_key))
+
+
+def verify(message: bytes, signature: bytes, public_key: bytes) -> bool:
+    try:
+        _nacl().crypto_sign_verify_detached(signature, message, public_key)
+    except ValueError:
+        return False
+    return True
+
+
+# --- manifests ---------------------------------------------------------------
+
+class Manifest:
+    """A decoded manifest (versions 1 and 2, ed25519 signers)."""
+
+    __slots__ = ("version", "quorum", "allow_patch", "signers", "prologue", "linked",
+                 "user_data")
+
+    def __init__(self, signers: List[Tuple[bytes, bytes]], version: int = 1,
+                 quorum: Optional[int] = None, allow_patch: bool = False,
+                 prologue: Optional[Tuple[bytes, int]] = None,
+                 linked: Optional[List[bytes]] = None,
+                 user_data: Optional[bytes] = None) -> None:
+        self.version = version
+        self.signers = signers  # (namespace, public_key)
+        self.quorum = len(signers) // 2 + 1 if quorum is None else quorum
+        self.allow_patch = allow_patch
+        self.prologue = prologue
+        self.linked = linked
+        self.user_data = user_data
+
+    def encode(self) -> bytes:
+        flags = ((1 if self.allow_patch else 0) | (2 if self.prologue else 0)
+                 | (4 if self.linked is not None else 0)
+                 | (8 if self.user_data is not None else 0))
+        out = [encode_uint(self.version), encode_uint(flags), encode_uint(0),
+               encode_uint(self.quorum), encode_uint(len(self.signers))]
+        for namespace, public_key in self.signers:
+            out += [encode_uint(0), namespace, public_key]
+        if self.prologue:
+            out += [self.prologue[0], encode_uint(self.prologue[1])]
+        if self.linked is not None:
+            out.append(encode_uint(len(self.linked)))
+            out += self.linked
+        if self.user_data is not None:
+            out.append(encode_buffer(self.user_data))
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, buf: bytes) -> "Manifest":
+        if len(buf) > MAX_MANIFEST:
+            raise DecodeError("manifest of %d bytes (at most %d)" % (len(buf), MAX_MANIFEST))
+        r = Reader(buf)
+        version = r.uint()
+        if version not in (1, 2):
+            raise DecodeError("manifest version %d is not supported" % version)
+        flags = r.uint()
+        if r.uint() != 0:
+            raise DecodeError("manifest hash type is not blake2b")
+        quorum = r.uint()
+        count = r.uint()
+        if count > MAX_SIGNERS:
+            raise DecodeError("%d signers (at most %d)" % (count, MAX_SIGNERS))
+        signers = []
+        for _ in range(count):
+            if r.uint() != 0:
+                raise DecodeError("signer is not ed25519")
+            signers.append((r.fixed(32), r.fixed(32)))
+        prologue = None
+        linked = None
+        user_data = None
+        if flags & 2:
+            prologue = (r.fixed(32), r.uint())
+        if flags & 4:
+            n = r.uint()
+            if n > MAX_SIGNERS:
+                raise DecodeError("%d linked cores" % n)
+            linked = [r.fixed(32) for _ in range(n)]
+        if flags & 8:
+            user_data = r.buffer()
+        if not r.done():
+            raise DecodeError("trailing bytes after the manifest")
+        if quorum == 0 or quorum > count:
+            raise DecodeError("manifest quorum %d with %d signers" % (quorum, count))
+        return cls(signers, version, quorum, bool(flags & 1), prologue, linked, user_data)
+
+
+def default_manifest(public_key: bytes) -> bytes:
+    return Manifest([(NS_DEFAULT, public_key)]).encode()
+
+
+def manifest_hash(encoded: bytes) -> bytes:
+    return _blake2b(NS_MANIFEST + encoded, digest_size=32).digest()
+
+
+class Verifier:
+    """What a reader needs to check a signature: the key and, unless compat, the manifest."""
+
+    __slots__ = ("compat", "key", "manifest", "manifest_bytes")
+
+    def __init__(self, key: bytes, manifest: Optional[bytes] = None) -> None:
+        self.key = key
+        self.manifest_bytes = manifest
+        if manifest is None:
+            self.compat = True
+            self.manifest = None
+        else:
+            self.compat = False
+            self.manifest = Manifest.decode(manifest)
+            if manifest_hash(manifest) != key:
+                raise KeyMismatchError("manifest does not hash to the core key")
+
+    def signable(self, tree_hash_: bytes, length: int, fork: int) -> bytes:
+        return signable(self.compat, self.key, tree_hash_, length, fork)
+
+    def check(self, tree_hash_: bytes, length: int, fork: int, signature: bytes) -> None:
+        """Raise :class:`InvalidSignatureError` unless ``signature`` signs the state."""
+        msg = self.signable(tree_hash_, length, fork)
+        if self.compat:
+            if len(signature) != 64 or not verify(msg, signature, self.key):
+                raise InvalidSignatureError("signature does not verify")
+            return
+        assert self.manifest is not None
+        if len(signature) > MAX_SIGNATURE:
+            raise InvalidSignatureError("signature container too large")
+        try:
+            r = Reader(signature)
+            count = r.uint()
+            if count > MAX_SIGNERS:
+                raise InvalidSignatureError("too many proofs in the signature")
+            proofs = [(r.uint(), r.fixed(64), r.uint()) for _ in range(count)]
+            if r.uint() != 0:
+                raise InvalidSignatureError("patched signatures are not supported")
+            if not r.done():
+                raise InvalidSignatureError("trailing bytes after the signature")
+        except DecodeError:
+            raise InvalidSignatureError("malformed signature container") from None
+        seen = set()
+        for signer, sig, patch in proofs:
+            if patch != 0 or signer in seen or signer >= len(self.manifest.signers):
+                raise InvalidSignatureError("invalid signer entry")
+            if not verify(msg, sig, self.manifest.signers[signer][1]):
+                raise InvalidSignatureError("signature does not verify")
+            seen.add(signer)
+        if len(seen) < self.manifest.quorum:
+            raise InvalidSignatureError("quorum not reached")
+
+    def sign(self, secret_key: bytes, tree_hash_: bytes, length: int, fork: int) -> bytes:
+        sig = sign(self.signable(tree_hash_, length, fork), secret_key)
+        if self.compat:
+            return sig
+        return b"\x01\x00" + sig + b"\x00\x00"

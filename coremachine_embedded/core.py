@@ -1,0 +1,328 @@
+"""The public log API: :class:`KeyPair` and :class:`Core`.
+
+``Core`` is a thin, thread-safe layer over the selected backend's ``Log`` (C or
+pure Python): it checks argument types, serialises calls with a lock and runs
+the group-commit timer of the ``batch`` durability.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+from . import _backend
+from .encoding import Node
+from .errors import ArgumentTypeError, InvalidArgumentError
+
+BytesLike = Union[bytes, bytearray, memoryview]
+_impl = _backend.impl
+
+
+def _need_bytes(name: str, value: Any, size: Optional[int] = None) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ArgumentTypeError("%s must be bytes, not %s" % (name, type(value).__name__))
+    value = bytes(value)
+    if size is not None and len(value) != size:
+        raise InvalidArgumentError("%s must be %d bytes, not %d" % (name, size, len(value)))
+    return value
+
+
+class KeyPair:
+    """An Ed25519 key pair, as libsodium's ``crypto_sign_seed_keypair`` makes it.
+
+    ``secret_key`` is 64 bytes (``seed || public_key``), ``public_key`` 32.
+    """
+
+    __slots__ = ("public_key", "secret_key")
+
+    def __init__(self, public_key: bytes, secret_key: bytes) -> None:
+        self.public_key = _need_bytes("public_key", public_key, 32)
+        self.secret_key = _need_bytes("secret_key", secret_key, 64)
+        if self.secret_key[32:] != self.public_key:
+            raise InvalidArgumentError("secret_key does not end with public_key")
+
+    @classmethod
+    def from_seed(cls, seed: BytesLike) -> "KeyPair":
+        """The key pair of a 32-byte seed (deterministic)."""
+        pk, sk = _impl.keypair_from_seed(_need_bytes("seed", seed, 32))
+        return cls(pk, sk)
+
+    @classmethod
+    def generate(cls) -> "KeyPair":
+        """A new random key pair."""
+        pk, sk = _impl.keypair_generate()
+        return cls(pk, sk)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyPair) and other.secret_key == self.secret_key
+
+    def __hash__(self) -> int:
+        return hash(self.public_key)
+
+    def __repr__(self) -> str:  # never print the secret key
+        return "KeyPair(public_key=%s)" % self.public_key.hex()
+
+
+class Core:
+    """A signed, append-only, Merkle-verified log in a store directory.
+
+    :param directory: the store directory (created for a new writer/replica).
+    :param key_pair: a :class:`KeyPair` - makes a writer (creates the store if
+        needed; must match an existing one).
+    :param key: a 32-byte core key - makes a read-only replica of that core.
+    :param compat: Hypercore 10 compat mode for a new writer (key = public key,
+        64-byte signatures).  Default: Hypercore 11 manifest mode.
+    :param manifest: an encoded manifest for a new writer (default: the
+        single-signer manifest of ``key_pair``).
+    :param durability: ``"sync"`` (default: ``append`` returns once durable),
+        ``"batch"`` (group commit: durable after :meth:`flush` or within
+        ``flush_interval`` seconds) or ``"none"`` (synced at checkpoints and close).
+    :param storage: an injectable storage (see :mod:`coremachine_embedded.storage`)
+        instead of ``directory``.
+    :param create: create the store if missing (default: when a key pair or key
+        is given).
+    :raises StoreNotFoundError, StoreLockedError, KeyMismatchError,
+        CorruptionError, FormatVersionError:
+    """
+
+    def __init__(self, directory: Optional[Union[str, "os.PathLike[str]"]] = None, *,
+                 key_pair: Optional[KeyPair] = None, key: Optional[BytesLike] = None,
+                 compat: bool = False, manifest: Optional[BytesLike] = None,
+                 durability: str = "sync", flush_interval: float = 1.0,
+                 checkpoint_bytes: int = 0, max_block_size: int = 0,
+                 storage: Any = None, create: Optional[bool] = None) -> None:
+        if key_pair is not None and not isinstance(key_pair, KeyPair):
+            raise ArgumentTypeError("key_pair must be a KeyPair, not %s"
+                                    % type(key_pair).__name__)
+        if key is not None:
+            key = _need_bytes("key", key, 32)
+        if manifest is not None:
+            manifest = _need_bytes("manifest", manifest)
+        if not isinstance(durability, str):
+            raise ArgumentTypeError("durability must be a string")
+        if storage is None:
+            if directory is None:
+                raise InvalidArgumentError("give a directory or a storage")
+            storage = os.fspath(directory)
+        elif directory is not None:
+            raise InvalidArgumentError("give a directory or a storage, not both")
+        if create is None:
+            create = key_pair is not None or key is not None
+        self.directory = None if directory is None else os.fspath(directory)
+        self._lock = threading.RLock()
+        self._timer: Optional[threading.Timer] = None
+        self._flush_interval = float(flush_interval)
+        self._log = _impl.Log(storage, create=create,
+                              secret_key=key_pair.secret_key if key_pair else None,
+                              key=key, manifest=manifest, compat=compat,
+                              durability=durability, checkpoint_bytes=checkpoint_bytes,
+                              max_block_size=max_block_size)
+
+    # --- state ---------------------------------------------------------------
+
+    @property
+    def length(self) -> int:
+        """Signed length: the number of blocks the latest signature covers."""
+        return self._log.length  # type: ignore[no-any-return]
+
+    @property
+    def contiguous_length(self) -> int:
+        """Blocks held from 0 (equals ``length`` on a writer)."""
+        return self._log.contiguous  # type: ignore[no-any-return]
+
+    @property
+    def fork(self) -> int:
+        return self._log.fork  # type: ignore[no-any-return]
+
+    @property
+    def byte_length(self) -> int:
+        return self._log.byte_length  # type: ignore[no-any-return]
+
+    @property
+    def key(self) -> bytes:
+        """The core key: the manifest hash, or the public key in compat mode."""
+        return self._log.key  # type: ignore[no-any-return]
+
+    @property
+    def discovery_key(self) -> bytes:
+        """``BLAKE2b-256(key=core key, "hypercore")``: names the core on the wire."""
+        return self._log.discovery_key  # type: ignore[no-any-return]
+
+    @property
+    def public_key(self) -> bytes:
+        return self._log.public_key  # type: ignore[no-any-return]
+
+    @property
+    def manifest(self) -> Optional[bytes]:
+        """The encoded manifest (None in compat mode or while a replica has not
+        learned it)."""
+        return self._log.manifest  # type: ignore[no-any-return]
+
+    @property
+    def writable(self) -> bool:
+        return self._log.writable  # type: ignore[no-any-return]
+
+    @property
+    def compat(self) -> bool:
+        return self._log.compat  # type: ignore[no-any-return]
+
+    @property
+    def durability(self) -> str:
+        return self._log.durability  # type: ignore[no-any-return]
+
+    @property
+    def recovery(self) -> dict:
+        """What opening found: records replayed, torn bytes discarded, header slot."""
+        return dict(self._log.recovery)
+
+    @property
+    def signature(self) -> Optional[bytes]:
+        """The signature of the current state, exactly as Hypercore stores and
+        sends it (68-byte container in manifest mode, 64 bytes in compat mode);
+        None for an empty, never truncated log."""
+        with self._lock:
+            return self._log.signature()  # type: ignore[no-any-return]
+
+    def tree_hash(self) -> bytes:
+        """The 32-byte Merkle tree hash of the current state."""
+        return self._log.tree_hash()  # type: ignore[no-any-return]
+
+    def roots(self) -> List[Node]:
+        """The current roots as ``(index, size, hash)``."""
+        return [tuple(r) for r in self._log.roots]  # type: ignore[misc]
+
+    # --- writing -------------------------------------------------------------
+
+    def append(self, data: Union[BytesLike, Sequence[BytesLike]]) -> int:
+        """Append one block or a list of blocks as ONE signed state.
+
+        :returns: the new length.
+        :raises TooLargeError: a block over ``max_block_size`` or a batch over 64 MiB.
+        """
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            blocks = [bytes(data)]
+        elif isinstance(data, (list, tuple)):
+            blocks = [_need_bytes("block", b) for b in data]
+        else:
+            raise ArgumentTypeError("append takes bytes or a list of bytes, not %s"
+                                    % type(data).__name__)
+        with self._lock:
+            length = self._log.append(blocks)
+            self._arm_timer()
+            return length  # type: ignore[no-any-return]
+
+    def truncate(self, length: int, fork: Optional[int] = None) -> None:
+        """Cut the log to ``length`` blocks and sign the new state with
+        ``fork`` (default: current fork + 1), as Hypercore does."""
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise ArgumentTypeError("length must be an int")
+        with self._lock:
+            self._log.truncate(length, self._log.fork + 1 if fork is None else fork)
+
+    def flush(self) -> None:
+        """Make everything appended so far durable (one fdatasync)."""
+        with self._lock:
+            self._log.flush()
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead file into the tree/data files now."""
+        with self._lock:
+            self._log.checkpoint()
+
+    def _arm_timer(self) -> None:
+        if self._log.durability != "batch" or self._timer is not None:
+            return
+        self._timer = threading.Timer(self._flush_interval, self._timed_flush)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _timed_flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            try:
+                self._log.flush()
+            except Exception:
+                pass  # the core records the failure; the next call raises it
+
+    # --- reading -------------------------------------------------------------
+
+    def get(self, index: int) -> bytes:
+        """Block ``index``, verified against the tree and the signed roots.
+
+        :raises OutOfRangeError: outside the log.
+        :raises BlockNotAvailableError: a replica that does not hold it yet.
+        :raises CorruptionError: the store is damaged (``filename`` says where).
+        """
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ArgumentTypeError("index must be an int, not %s" % type(index).__name__)
+        with self._lock:
+            return self._log.get(index)  # type: ignore[no-any-return]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterable[bytes]:
+        for i in range(self.contiguous_length):
+            yield self.get(i)
+
+    # --- proofs (sync) -------------------------------------------------------
+
+    def proof(self, *, block: Optional[int] = None, nodes: int = 0,
+              upgrade: Optional[Tuple[int, int]] = None, manifest: bool = False,
+              request: int = 0) -> bytes:
+        """A hypercore ``data`` message proving ``block`` and/or an upgrade.
+
+        :param block: the block index to send, with its Merkle path.
+        :param nodes: tree levels above the block the requester is missing
+            (:meth:`missing_nodes` on the requester).
+        :param upgrade: ``(start, length)``: take a requester at length ``start``
+            to ``start + length``; the signature is always this core's latest.
+        :param manifest: include the manifest (a new replica needs it once).
+        """
+        with self._lock:
+            return self._log.proof(request, block, nodes, upgrade,  # type: ignore[no-any-return]
+                                   manifest)
+
+    def missing_nodes(self, index: int) -> int:
+        """How many tree levels above block ``index`` this replica lacks."""
+        with self._lock:
+            return self._log.missing_nodes(index)  # type: ignore[no-any-return]
+
+    def apply_proof(self, message: BytesLike) -> Any:
+        """Verify a ``data`` message from the writer (Merkle path and signature)
+        and only then store what it proves.  Returns an ``ApplyResult``
+        (``upgraded``, ``block_stored``, ``reorg``, ``length`` ...).
+
+        :raises InvalidProofError, InvalidSignatureError, ForkError, DecodeError:
+            nothing was stored.
+        """
+        message = _need_bytes("message", message)
+        with self._lock:
+            result = self._log.apply_proof(message)
+            self._arm_timer()
+            return result
+
+    def has(self, index: int) -> bool:
+        """True if block ``index`` is held locally."""
+        return 0 <= index < self.contiguous_length
+
+    # --- lifetime ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush, checkpoint and release the store (idempotent)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._log.close()
+
+    def __enter__(self) -> "Core":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "Core(key=%s, length=%d, fork=%d, %s)" % (
+            self.key.hex()[:16], self.length, self.fork,
+            "writer" if self.writable else "replica")

@@ -1,0 +1,181 @@
+"""Hypercore's compact encoding, and the ``data`` message that carries proofs.
+
+``uint`` is compact-encoding's varint (``<= 0xfc`` one byte, then ``fd``/``fe``/``ff``
+followed by 2/4/8 little-endian bytes) - not LEB128.  Decoding treats input as
+hostile: every length is checked and node arrays are capped.
+
+A node is a tuple ``(index, size, hash)``.
+"""
+from __future__ import annotations
+
+import struct
+from typing import List, Optional, Tuple
+
+from .caps import MAX_PROOF_NODES
+from .errors import DecodeError, TooLargeError
+
+Node = Tuple[int, int, bytes]
+
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+def encode_uint(n: int) -> bytes:
+    if n <= 0xFC:
+        return bytes((n,))
+    if n <= 0xFFFF:
+        return b"\xfd" + _U16.pack(n)
+    if n <= 0xFFFFFFFF:
+        return b"\xfe" + _U32.pack(n)
+    if n <= 0xFFFFFFFFFFFFFFFF:
+        return b"\xff" + _U64.pack(n)
+    raise TooLargeError("integer does not fit 64 bits")
+
+
+def encode_buffer(b: bytes) -> bytes:
+    return encode_uint(len(b)) + b
+
+
+def encode_nodes(nodes: List[Node]) -> bytes:
+    out = [encode_uint(len(nodes))]
+    for index, size, hash_ in nodes:
+        out.append(encode_uint(index))
+        out.append(encode_uint(size))
+        out.append(hash_)
+    return b"".join(out)
+
+
+class Reader:
+    """Bounds-checked reader over untrusted bytes."""
+
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes) -> None:
+        self.buf = buf
+        self.pos = 0
+
+    def uint(self) -> int:
+        buf = self.buf
+        pos = self.pos
+        if pos >= len(buf):
+            raise DecodeError("message ends inside an integer")
+        first = buf[pos]
+        if first <= 0xFC:
+            self.pos = pos + 1
+            return first
+        width = 2 if first == 0xFD else 4 if first == 0xFE else 8
+        end = pos + 1 + width
+        if end > len(buf):
+            raise DecodeError("message ends inside an integer")
+        self.pos = end
+        return int.from_bytes(buf[pos + 1:end], "little")
+
+    def fixed(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.buf):
+            raise DecodeError("message ends inside a %d-byte field" % n)
+        out = self.buf[self.pos:end]
+        self.pos = end
+        return bytes(out)
+
+    def buffer(self) -> bytes:
+        return self.fixed(self.uint())
+
+    def nodes(self) -> List[Node]:
+        count = self.uint()
+        if count > MAX_PROOF_NODES:
+            raise DecodeError("%d nodes in one array (at most %d)" % (count, MAX_PROOF_NODES))
+        out = []
+        for _ in range(count):
+            index = self.uint()
+            size = self.uint()
+            out.append((index, size, self.fixed(32)))
+        return out
+
+    def done(self) -> bool:
+        return self.pos >= len(self.buf)
+
+
+class DataMessage:
+    """A hypercore ``data`` message (type 3): a proof and maybe a block.
+
+    ``block`` is ``(index, value, nodes)``, ``hash`` is ``(index, nodes)``,
+    ``seek`` is ``(bytes, nodes)``, ``upgrade`` is
+    ``(start, length, nodes, additional_nodes, signature)``; each may be None.
+    """
+
+    __slots__ = ("request", "fork", "block", "hash", "seek", "upgrade", "manifest")
+
+    def __init__(self, request: int = 0, fork: int = 0,
+                 block: Optional[Tuple[int, bytes, List[Node]]] = None,
+                 hash: Optional[Tuple[int, List[Node]]] = None,
+                 seek: Optional[Tuple[int, List[Node]]] = None,
+                 upgrade: Optional[Tuple[int, int, List[Node], List[Node], bytes]] = None,
+                 manifest: Optional[bytes] = None) -> None:
+        self.request = request
+        self.fork = fork
+        self.block = block
+        self.hash = hash
+        self.seek = seek
+        self.upgrade = upgrade
+        self.manifest = manifest
+
+    def encode(self) -> bytes:
+        flags = ((1 if self.block is not None else 0) | (2 if self.hash is not None else 0)
+                 | (4 if self.seek is not None else 0) | (8 if self.upgrade is not None else 0)
+                 | (16 if self.manifest is not None else 0))
+        out = [encode_uint(flags), encode_uint(self.request), encode_uint(self.fork)]
+        if self.block is not None:
+            index, value, nodes = self.block
+            out += [encode_uint(index), encode_buffer(value), encode_nodes(nodes)]
+        if self.hash is not None:
+            out += [encode_uint(self.hash[0]), encode_nodes(self.hash[1])]
+        if self.seek is not None:
+            out += [encode_uint(self.seek[0]), encode_nodes(self.seek[1])]
+        if self.upgrade is not None:
+            start, length, nodes, additional, signature = self.upgrade
+            out += [encode_uint(start), encode_uint(length), encode_nodes(nodes),
+                    encode_nodes(additional), encode_buffer(signature or b"")]
+        if self.manifest is not None:
+            out.append(self.manifest)
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, buf: bytes) -> "DataMessage":
+        r = Reader(buf)
+        flags = r.uint()
+        m = cls(r.uint(), r.uint())
+        if flags & 1:
+            index = r.uint()
+            value = r.buffer()
+            m.block = (index, value, r.nodes())
+        if flags & 2:
+            m.hash = (r.uint(), r.nodes())
+        if flags & 4:
+            m.seek = (r.uint(), r.nodes())
+        if flags & 8:
+            start = r.uint()
+            length = r.uint()
+            nodes = r.nodes()
+            additional = r.nodes()
+            m.upgrade = (start, length, nodes, additional, r.buffer())
+        if flags & 16:
+            # The manifest is the last field: its encoding delimits itself, the
+            # verifier decodes it (and checks its hash against the key).
+            m.manifest = bytes(buf[r.pos:])
+            r.pos = len(buf)
+        if not r.done():
+            raise DecodeError("%d trailing bytes after the data message" % (len(buf) - r.pos))
+        return m
+
+    def __repr__(self) -> str:
+        parts = ["request=%d" % self.request, "fork=%d" % self.fork]
+        if self.block is not None:
+            parts.append("block=%d(%d bytes, %d nodes)" % (
+                self.block[0], len(self.block[1]), len(self.block[2])))
+        if self.upgrade is not None:
+            parts.append("upgrade=%d+%d" % (self.upgrade[0], self.upgrade[1]))
+        if self.manifest is not None:
+            parts.append("manifest")
+        return "DataMessage(%s)" % ", ".join(parts)

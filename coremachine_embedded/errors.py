@@ -1,0 +1,169 @@
+"""Errors shared by both backends.
+
+Every error carries a ``code`` (a short upper-case string, stable across
+versions) and subclasses the built-in exception a caller would expect, so
+``except ValueError`` keeps working.  The C core returns negative integers;
+:data:`C_ERRORS` maps them to these classes (one table, used by ``_core.pyx``).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Type
+
+
+class CoreMachineError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    code = "ERROR"
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(message, *args)
+        self.message = message
+
+    def __str__(self) -> str:
+        return "%s: %s" % (self.code, self.message) if self.message else self.code
+
+
+class InvalidArgumentError(CoreMachineError, ValueError):
+    """An argument has the right type but an unusable value."""
+
+    code = "BAD_ARGUMENT"
+
+
+class ArgumentTypeError(CoreMachineError, TypeError):
+    """An argument has the wrong type (e.g. ``str`` where bytes are needed)."""
+
+    code = "BAD_TYPE"
+
+
+class TooLargeError(CoreMachineError, ValueError):
+    """A block, batch or message is over its limit."""
+
+    code = "TOO_LARGE"
+
+
+class DecodeError(CoreMachineError, ValueError):
+    """Bytes that should hold an encoded message or manifest are malformed."""
+
+    code = "DECODE"
+
+
+class InvalidProofError(CoreMachineError, ValueError):
+    """A proof does not verify (its nodes, its shape or its block)."""
+
+    code = "INVALID_PROOF"
+
+
+class InvalidSignatureError(InvalidProofError):
+    """A signature does not verify under the core's key."""
+
+    code = "INVALID_SIGNATURE"
+
+
+class ForkError(InvalidProofError):
+    """A proof is for an older fork, or a newer fork without an upgrade from 0."""
+
+    code = "STALE_FORK"
+
+
+class KeyMismatchError(CoreMachineError, ValueError):
+    """A key, key pair or manifest does not belong to this core."""
+
+    code = "KEY_MISMATCH"
+
+
+class OutOfRangeError(CoreMachineError, IndexError):
+    """An index or length outside the log."""
+
+    code = "OUT_OF_RANGE"
+
+
+class BlockNotAvailableError(CoreMachineError, LookupError):
+    """The block is inside the signed log but this replica does not hold it yet."""
+
+    code = "BLOCK_NOT_AVAILABLE"
+
+
+class ReadOnlyError(CoreMachineError, PermissionError):
+    """A write on a core opened without its secret key."""
+
+    code = "SESSION_NOT_WRITABLE"
+
+
+class ClosedError(CoreMachineError, ValueError):
+    """An operation on a closed core."""
+
+    code = "SESSION_CLOSED"
+
+
+class StorageError(CoreMachineError, OSError):
+    """A file operation failed.  ``filename`` names the store file."""
+
+    code = "STORAGE"
+
+    def __init__(self, message: str = "", filename: Optional[str] = None,
+                 errno: Optional[int] = None) -> None:
+        CoreMachineError.__init__(self, message)
+        self.filename = filename
+        self.errno = errno
+
+    def __str__(self) -> str:
+        where = " (%s)" % self.filename if self.filename else ""
+        return "%s: %s%s" % (self.code, self.message, where)
+
+
+class CorruptionError(StorageError):
+    """Store content failed a check.  ``filename`` names the damaged file."""
+
+    code = "STORAGE_CORRUPT"
+
+
+class FormatVersionError(StorageError):
+    """The store was written by a newer on-disk format version."""
+
+    code = "FORMAT_VERSION"
+
+
+class StoreNotFoundError(StorageError, FileNotFoundError):
+    """No store in the directory and creating one was not asked for."""
+
+    code = "STORE_NOT_FOUND"
+
+
+class StoreLockedError(StorageError, BlockingIOError):
+    """Another core (in this or another process) has the store open."""
+
+    code = "STORE_LOCKED"
+
+
+# C core error codes (csrc/cm.h, enum cm_err) -> exception classes.
+C_ERRORS: Dict[int, Type[CoreMachineError]] = {
+    -1: InvalidArgumentError,
+    -2: StorageError,
+    -3: CorruptionError,
+    -4: FormatVersionError,
+    -5: StorageError,  # CM_ERR_NOMEM: reported as a storage failure with the message
+    -6: OutOfRangeError,
+    -7: ReadOnlyError,
+    -8: StoreLockedError,
+    -9: InvalidProofError,
+    -10: InvalidSignatureError,
+    -11: DecodeError,
+    -12: TooLargeError,
+    -13: StoreNotFoundError,
+    -14: KeyMismatchError,
+    -15: BlockNotAvailableError,
+    -16: ForkError,
+    -17: ClosedError,
+}
+
+# Store file names indexed like csrc/cm.h's cm_file_id.
+FILE_NAMES = (None, "header", "wal", "tree", "data", "secret_key")
+
+
+def from_code(code: int, message: str, filename: Optional[str] = None,
+              errno: Optional[int] = None) -> CoreMachineError:
+    """Build the exception for a C error code."""
+    cls = C_ERRORS.get(code, CoreMachineError)
+    if issubclass(cls, StorageError):
+        return cls(message, filename, errno)
+    return cls(message)
