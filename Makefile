@@ -16,7 +16,7 @@ BUILD = build/c
 VECTORS = tests/interop/vectors/hypercore-v11.json
 PYTEST_ARGS ?=
 
-.PHONY: all deps build demo test ctest ctest-native ctest-armhf ctest-aarch64 \
+.PHONY: all deps test-deps build demo test ctest ctest-native ctest-armhf ctest-aarch64 \
         pytest pytest-c pytest-python bench clean
 
 all: build
@@ -31,7 +31,10 @@ build: deps
 demo: build
 	$(PYTHON) -m coremachine_embedded demo
 
-test: build ctest-native ctest-armhf ctest-aarch64 pytest
+test: test-deps build ctest-native ctest-armhf ctest-aarch64 pytest
+
+test-deps:
+	@sh .ci/ensure-deps.sh --test --cross
 
 # --- C core ---------------------------------------------------------------
 

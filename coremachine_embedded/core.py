@@ -302,6 +302,27 @@ class Core:
             self._arm_timer()
             return result
 
+    def verify(self, progress: Any = None) -> int:
+        """Re-hash every held block against the tree and check the signature
+        of the current state.  Returns the number of blocks checked.
+
+        :param progress: optional callable ``progress(done, total)``.
+        :raises CorruptionError: naming the damaged file.
+        :raises InvalidSignatureError: the signature does not sign the tree.
+        """
+        with self._lock:
+            log = self._log
+            sig = log.signature()
+            if sig is not None:
+                _impl.check_signature(log.key, log.manifest, log.tree_hash(), log.length,
+                                      log.fork, sig)
+            total = log.contiguous
+            for i in range(total):
+                log.get(i)
+                if progress is not None and (i & 1023 == 1023 or i + 1 == total):
+                    progress(i + 1, total)
+            return total  # type: ignore[no-any-return]
+
     def has(self, index: int) -> bool:
         """True if block ``index`` is held locally."""
         return 0 <= index < self.contiguous_length

@@ -12,8 +12,8 @@ from .crypto import (Verifier, default_manifest, discovery_key, hash_leaf, hash_
                      keypair_from_seed, keypair_generate, manifest_hash, sign, tree_hash,
                      verify)
 from .flat import full_roots
-from .proof import Check
-from .store import ApplyResult, Log
+from ..proofs import ApplyResult, Check
+from .store import Log
 
 NAME = "python"
 
@@ -26,6 +26,12 @@ def check_proof(key: bytes, manifest: Optional[bytes], roots: List[Node],
                  DataMessage.decode(bytes(message)))
 
 
-__all__ = ["NAME", "ApplyResult", "Check", "Log", "check_proof", "default_manifest",
+def check_signature(key: bytes, manifest: Optional[bytes], tree_hash_: bytes, length: int,
+                    fork: int, signature: bytes) -> None:
+    """Raise InvalidSignatureError unless ``signature`` signs the state."""
+    Verifier(bytes(key), manifest).check(bytes(tree_hash_), length, fork, bytes(signature))
+
+
+__all__ = ["NAME", "ApplyResult", "Check", "Log", "check_proof", "check_signature", "default_manifest",
            "discovery_key", "full_roots", "hash_leaf", "hash_parent", "keypair_from_seed",
            "keypair_generate", "manifest_hash", "sign", "tree_hash", "verify"]

@@ -18,26 +18,11 @@ from typing import Callable, List, Optional, Tuple
 
 from ..encoding import DataMessage, Node
 from ..errors import InvalidArgumentError, InvalidProofError
+from ..proofs import Check
 from . import flat
 from .crypto import Verifier, hash_leaf, hash_parent, tree_hash
 
 MAX_INDEX = 1 << 62
-
-
-class Check:
-    """Result of :func:`check`."""
-
-    __slots__ = ("unverified", "upgraded", "length", "byte_length", "roots", "tree_hash",
-                 "nodes")
-
-    def __init__(self) -> None:
-        self.unverified: Optional[Node] = None
-        self.upgraded = False
-        self.length = 0
-        self.byte_length = 0
-        self.roots: List[Node] = []
-        self.tree_hash = b""
-        self.nodes: List[Node] = []
 
 
 def _merge_push(stack: List[Node], node: Node, out: List[Node]) -> None:

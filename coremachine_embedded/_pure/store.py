@@ -15,6 +15,7 @@ from ..errors import (ArgumentTypeError, BlockNotAvailableError, ClosedError, Co
                       FormatVersionError, InvalidArgumentError, InvalidProofError,
                       KeyMismatchError, OutOfRangeError, ReadOnlyError, StorageError,
                       StoreNotFoundError, TooLargeError, ForkError)
+from ..proofs import ApplyResult
 from ..storage import CREATE, PRIVATE, File, FileStorage
 from . import flat, proof
 from .crypto import (Manifest, Verifier, default_manifest, discovery_key, hash_leaf,
@@ -126,23 +127,6 @@ def _parse_slot(raw: bytes, i: int) -> Optional[_Slot]:
     return slot
 
 
-class ApplyResult:
-    """What :meth:`Log.apply_proof` verified and stored."""
-
-    __slots__ = ("fork", "upgraded", "reorg", "reorg_length", "block_index", "block_stored",
-                 "manifest_learned", "length")
-
-    def __init__(self) -> None:
-        self.fork = 0
-        self.upgraded = False
-        self.reorg = False
-        self.reorg_length = 0
-        self.block_index: Optional[int] = None
-        self.block_stored = False
-        self.manifest_learned = False
-        self.length = 0
-
-
 def _as_bytes(name: str, value: Any, size: Optional[int] = None) -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise ArgumentTypeError("%s must be bytes, not %s" % (name, type(value).__name__))
@@ -203,16 +187,18 @@ class Log:
         raw = self._header.read(2 * SLOT_SIZE, 0)
         slots = [_parse_slot(raw, 0), _parse_slot(raw, 1)]
         valid = [s for s in slots if s is not None]
-        if not valid:
-            if any(raw):
-                raise CorruptionError("no valid header slot", "header")
-            if not create:
-                raise StoreNotFoundError("the store was never initialised", "header")
-            fresh = True
         for name in ("wal", "tree", "data"):
             f = storage.open(name, CREATE)
             self._files.append(f)
             setattr(self, "_" + name, f)
+        if not valid:
+            # A torn first header with nothing else written is an interrupted
+            # creation: nothing to lose.  Otherwise the header is damaged.
+            if any(f.size() for f in (self._wal, self._tree, self._data)):
+                raise CorruptionError("no valid header slot", "header")
+            if not create:
+                raise StoreNotFoundError("the store was never initialised", "header")
+            fresh = True
         if fresh:
             self._create(storage, secret_key, key, manifest, compat)
             return

@@ -1,0 +1,291 @@
+/*
+ * cm_io_posix.c - the default cm_io: store files in one directory.
+ *
+ * open(O_CLOEXEC), mode 0600 for CM_IO_PRIVATE, directory created like
+ * `mkdir -p` and fsync'ed after a file is created in it, pread/pwrite loops,
+ * fdatasync, ftruncate, fstat, flock(LOCK_EX|LOCK_NB).  On failure errno is
+ * left as the failing call set it (the core reads it for cm_core_errno).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "cm.h"
+
+#ifndef O_CLOEXEC
+#define O_CLOEXEC 0
+#endif
+
+#define IO_CHUNK ((size_t)1 << 30)
+
+typedef struct posix_ctx {
+    char *dir;
+} posix_ctx;
+
+typedef struct posix_file {
+    int fd;
+} posix_file;
+
+static int fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_CLOEXEC
+#ifdef O_DIRECTORY
+                           | O_DIRECTORY
+#endif
+    );
+    int rc;
+    if (fd < 0) return -1;
+    do {
+        rc = fsync(fd);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0 && (errno == EINVAL || errno == EBADF)) rc = 0; /* not supported here */
+    {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return rc;
+}
+
+/* mkdir -p; each newly created directory is made durable in its parent. */
+static int mkdir_p(const char *path) {
+    size_t len = strlen(path), i;
+    char *buf;
+    if (len == 0) return 0;
+    buf = (char *)malloc(len + 1);
+    if (!buf) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(buf, path, len + 1);
+    for (i = 1; i <= len; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char saved = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0755) == 0) {
+                /* durable in the parent directory */
+                char *slash = strrchr(buf, '/');
+                if (slash && slash != buf) {
+                    *slash = '\0';
+                    fsync_dir(buf);
+                    *slash = '/';
+                } else if (slash == buf) {
+                    fsync_dir("/");
+                } else {
+                    fsync_dir(".");
+                }
+            } else if (errno != EEXIST) {
+                int e = errno;
+                free(buf);
+                errno = e;
+                return -1;
+            }
+            buf[i] = saved;
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+static char *join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = (char *)malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+static int px_open(void *ctx, const char *name, int flags, void **file) {
+    posix_ctx *c = (posix_ctx *)ctx;
+    posix_file *f;
+    char *path;
+    int fd;
+    *file = NULL;
+    if (strchr(name, '/') != NULL) return CM_ERR_INVALID;
+    path = join(c->dir, name);
+    if (!path) return CM_ERR_NOMEM;
+    do {
+        fd = open(path, O_RDWR | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0 && errno == ENOENT) {
+        if (!(flags & CM_IO_CREATE)) {
+            free(path);
+            return CM_ERR_NOT_FOUND;
+        }
+        if (mkdir_p(c->dir) < 0) {
+            int e = errno;
+            free(path);
+            errno = e;
+            return CM_ERR_IO;
+        }
+        do {
+            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC,
+                      (flags & CM_IO_PRIVATE) ? 0600 : 0644);
+        } while (fd < 0 && errno == EINTR);
+        if (fd >= 0 && fsync_dir(c->dir) < 0) {
+            int e = errno;
+            close(fd);
+            free(path);
+            errno = e;
+            return CM_ERR_IO;
+        }
+    }
+    if (fd < 0) {
+        int e = errno;
+        free(path);
+        errno = e;
+        return CM_ERR_IO;
+    }
+    free(path);
+    f = (posix_file *)malloc(sizeof(*f));
+    if (!f) {
+        close(fd);
+        return CM_ERR_NOMEM;
+    }
+    f->fd = fd;
+    *file = f;
+    return CM_OK;
+}
+
+static int64_t px_read(void *ctx, void *file, uint8_t *buf, size_t len, uint64_t off) {
+    posix_file *f = (posix_file *)file;
+    size_t done = 0;
+    (void)ctx;
+    if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off) return CM_ERR_RANGE;
+    while (done < len) {
+        size_t want = len - done;
+        ssize_t n;
+        if (want > IO_CHUNK) want = IO_CHUNK;
+        n = pread(f->fd, buf + done, want, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return CM_ERR_IO;
+        }
+        if (n == 0) break;
+        done += (size_t)n;
+    }
+    return (int64_t)done;
+}
+
+static int px_write(void *ctx, void *file, const uint8_t *buf, size_t len, uint64_t off) {
+    posix_file *f = (posix_file *)file;
+    size_t done = 0;
+    (void)ctx;
+    if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off) return CM_ERR_RANGE;
+    while (done < len) {
+        size_t want = len - done;
+        ssize_t n;
+        if (want > IO_CHUNK) want = IO_CHUNK;
+        n = pwrite(f->fd, buf + done, want, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return CM_ERR_IO;
+        }
+        if (n == 0) {
+            errno = EIO;
+            return CM_ERR_IO;
+        }
+        done += (size_t)n;
+    }
+    return CM_OK;
+}
+
+static int px_sync(void *ctx, void *file) {
+    posix_file *f = (posix_file *)file;
+    int rc;
+    (void)ctx;
+    do {
+#if defined(_POSIX_SYNCHRONIZED_IO) && _POSIX_SYNCHRONIZED_IO > 0 && !defined(__APPLE__)
+        rc = fdatasync(f->fd);
+#else
+        rc = fsync(f->fd);
+#endif
+    } while (rc < 0 && errno == EINTR);
+    return rc < 0 ? CM_ERR_IO : CM_OK;
+}
+
+static int px_truncate(void *ctx, void *file, uint64_t size) {
+    posix_file *f = (posix_file *)file;
+    int rc;
+    (void)ctx;
+    if (size > (uint64_t)INT64_MAX) return CM_ERR_RANGE;
+    do {
+        rc = ftruncate(f->fd, (off_t)size);
+    } while (rc < 0 && errno == EINTR);
+    return rc < 0 ? CM_ERR_IO : CM_OK;
+}
+
+static int px_size(void *ctx, void *file, uint64_t *size) {
+    posix_file *f = (posix_file *)file;
+    struct stat st;
+    (void)ctx;
+    if (fstat(f->fd, &st) < 0) return CM_ERR_IO;
+    *size = (uint64_t)st.st_size;
+    return CM_OK;
+}
+
+static int px_lock(void *ctx, void *file) {
+    posix_file *f = (posix_file *)file;
+    int rc;
+    (void)ctx;
+    do {
+        rc = flock(f->fd, LOCK_EX | LOCK_NB);
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) return (errno == EWOULDBLOCK || errno == EAGAIN) ? CM_ERR_LOCKED : CM_ERR_IO;
+    return CM_OK;
+}
+
+static void px_close(void *ctx, void *file) {
+    posix_file *f = (posix_file *)file;
+    (void)ctx;
+    if (!f) return;
+    close(f->fd); /* also drops the flock */
+    free(f);
+}
+
+int cm_io_posix_new(const char *directory, cm_io **out) {
+    cm_io *io;
+    posix_ctx *c;
+    size_t n;
+    *out = NULL;
+    if (directory == NULL || directory[0] == '\0') return CM_ERR_INVALID;
+    io = (cm_io *)calloc(1, sizeof(*io));
+    c = (posix_ctx *)calloc(1, sizeof(*c));
+    n = strlen(directory);
+    if (io && c) c->dir = (char *)malloc(n + 1);
+    if (!io || !c || !c->dir) {
+        if (c) free(c->dir);
+        free(c);
+        free(io);
+        return CM_ERR_NOMEM;
+    }
+    memcpy(c->dir, directory, n + 1);
+    while (n > 1 && c->dir[n - 1] == '/') c->dir[--n] = '\0';
+    io->ctx = c;
+    io->open = px_open;
+    io->read = px_read;
+    io->write = px_write;
+    io->sync = px_sync;
+    io->truncate = px_truncate;
+    io->size = px_size;
+    io->lock = px_lock;
+    io->close = px_close;
+    *out = io;
+    return CM_OK;
+}
+
+void cm_io_posix_free(cm_io *io) {
+    if (!io) return;
+    if (io->ctx) {
+        posix_ctx *c = (posix_ctx *)io->ctx;
+        free(c->dir);
+        free(c);
+    }
+    free(io);
+}
