@@ -1,0 +1,134 @@
+"""The C and pure-Python backends agree: for random sequences of appends,
+batches, truncations, flushes, checkpoints and reopens they produce the same
+state after every step and byte-identical store files at the end; their proofs
+are identical and replicas fed those proofs write identical files too."""
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coremachine_embedded import _pure
+
+try:
+    from coremachine_embedded import _core
+except ImportError as e:  # pragma: no cover - depends on the build
+    if os.environ.get("COREMACHINE_IMPL") == "python":
+        pytest.skip("the C extension is not built (COREMACHINE_IMPL=python run): %s" % e,
+                    allow_module_level=True)
+    raise
+
+BACKENDS = (_pure, _core)
+FILES = ("header", "wal", "tree", "data", "secret_key")
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.lists(st.binary(max_size=300), min_size=1, max_size=8)),
+    st.tuples(st.just("truncate"), st.floats(0, 1)),
+    st.tuples(st.just("flush"), st.none()),
+    st.tuples(st.just("checkpoint"), st.none()),
+    st.tuples(st.just("reopen"), st.none()),
+), min_size=1, max_size=14)
+
+
+def state(log) -> tuple:
+    return (log.length, log.fork, log.byte_length, log.contiguous, log.key, log.discovery_key,
+            log.tree_hash(), log.signature(), [tuple(r) for r in log.roots], log.manifest,
+            log.compat, log.writable)
+
+
+def read_files(d) -> dict:
+    out = {}
+    for name in FILES:
+        path = os.path.join(d, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                out[name] = f.read()
+    return out
+
+
+@settings(max_examples=50)
+@given(ops=ops, compat=st.booleans(), seed=st.binary(min_size=32, max_size=32),
+       durability=st.sampled_from(["sync", "batch", "none"]),
+       checkpoint=st.sampled_from([512, 4096, 0]))
+def test_same_states_and_files(tmp_path_factory, ops, compat, seed, durability, checkpoint):
+    base = tmp_path_factory.mktemp("agree")
+    pk, sk = _pure.keypair_from_seed(seed)
+    assert _core.keypair_from_seed(seed) == (pk, sk)
+    opts = dict(durability=durability, checkpoint_bytes=checkpoint)
+    dirs = [str(base / b.NAME) for b in BACKENDS]
+    logs = [b.Log(d, create=True, secret_key=sk, compat=compat, **opts)
+            for b, d in zip(BACKENDS, dirs)]
+    try:
+        for kind, arg in ops:
+            for i, log in enumerate(logs):
+                if kind == "append":
+                    log.append(arg)
+                elif kind == "truncate":
+                    log.truncate(int(arg * log.length), log.fork + 1)
+                elif kind == "reopen":
+                    log.close()
+                    logs[i] = BACKENDS[i].Log(dirs[i], **opts)
+                else:
+                    getattr(log, kind)()
+            assert state(logs[0]) == state(logs[1])
+        length = logs[0].length
+        for i in range(length):
+            assert logs[0].get(i) == logs[1].get(i)
+        if length:
+            rng = random.Random(length)
+            for _ in range(5):
+                start = rng.randrange(length)
+                block = rng.randrange(length)
+                req = dict(block=block, nodes=rng.randrange(3) if block < start else 0,
+                           upgrade=(start, length - start), manifest=True, request=7)
+                assert logs[0].proof(**req) == logs[1].proof(**req)
+    finally:
+        for log in logs:
+            log.close()
+    files = [read_files(d) for d in dirs]
+    assert files[0].keys() == files[1].keys()
+    for name in files[0]:
+        assert files[0][name] == files[1][name], "%s differs" % name
+
+
+@settings(max_examples=30)
+@given(blocks=st.lists(st.binary(max_size=200), min_size=1, max_size=40),
+       compat=st.booleans(), seed=st.integers(0, 2**31))
+def test_replicas_write_the_same_files(tmp_path_factory, blocks, compat, seed):
+    base = tmp_path_factory.mktemp("agree-replica")
+    pk, sk = _pure.keypair_from_seed(seed.to_bytes(4, "little") * 8)
+    writer = _pure.Log(str(base / "w"), create=True, secret_key=sk, compat=compat)
+    rng = random.Random(seed)
+    cut = rng.randrange(len(blocks) + 1)
+    writer.append(blocks[:cut])
+    replicas = [b.Log(str(base / ("r-" + b.NAME)), create=True, key=writer.key,
+                      durability="batch") for b in BACKENDS]
+    try:
+        for step in range(2):
+            if step == 1:
+                writer.append(blocks[cut:] or [b"end"])
+            for r in replicas:
+                start = r.length
+                if writer.length > start:
+                    r.apply_proof(writer.proof(upgrade=(start, writer.length - start),
+                                               manifest=r.manifest is None and not compat))
+            order = list(range(replicas[0].contiguous, writer.length))
+            rng.shuffle(order)
+            for i in order + sorted(order):
+                results = []
+                for r in replicas:
+                    msg = writer.proof(block=i, nodes=r.missing_nodes(i))
+                    res = r.apply_proof(msg)
+                    results.append((res.block_stored, res.upgraded, res.length))
+                assert results[0] == results[1]
+                assert state(replicas[0]) == state(replicas[1])
+    finally:
+        writer.close()
+        for r in replicas:
+            r.close()
+    files = [read_files(str(base / ("r-" + b.NAME))) for b in BACKENDS]
+    for name in files[0]:
+        assert files[0][name] == files[1][name], "%s differs" % name
