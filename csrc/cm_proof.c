@@ -406,7 +406,17 @@ int cm__proof_generate(uint64_t length, const cm_proof_request *req, cm__get_nod
         from = 2 * req->upgrade_start;
         to = from + 2 * req->upgrade_length;
     }
-    if (head == 0) return CM_OK; /* nothing to prove yet */
+    if (head == 0) {
+        /* Nothing to prove, except that an empty log on a later fork can
+         * still be signed: an upgrade {0, 0} carries just the signature. */
+        if (req->has_upgrade && req->upgrade_start == 0 && req->upgrade_length == 0 &&
+            !req->has_block) {
+            out->has_upgrade = 1;
+            out->upgrade_start = 0;
+            out->upgrade_length = 0;
+        }
+        return CM_OK;
+    }
     if (req->has_upgrade && (from >= to || to > head)) return CM_ERR_INVALID;
     if (req->has_block) {
         if (req->block_index >= length) return CM_ERR_RANGE;

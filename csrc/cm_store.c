@@ -1194,10 +1194,18 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
         if ((rc = io_sync(c, CM_FILE_WAL)) != CM_OK) return rc;
         c->wal_synced = c->wal_seq;
     }
-    if (c->contiguous == c->length) {
-        c->cbytes = c->byte_length;
-    } else if ((rc = sanitize(c)) != CM_OK) {
-        return rc;
+    c->cbytes = c->byte_length;
+    if (!c->writable) {
+        /* Replica: anything past the contiguous region may hold writes of
+         * records that never became durable. */
+        uint64_t tsize, dsize, C = c->contiguous, cbytes = c->byte_length;
+        if ((rc = io_size(c, CM_FILE_TREE, &tsize)) != CM_OK) return rc;
+        if ((rc = io_size(c, CM_FILE_DATA, &dsize)) != CM_OK) return rc;
+        if (C < c->length && (rc = contiguous_plan(c, NULL, NULL, &cbytes)) != CM_OK) return rc;
+        c->cbytes = cbytes;
+        if (C < c->length || tsize > (C > 0 ? (2 * C - 1) * NODE_SLOT : 0) || dsize > cbytes) {
+            if ((rc = sanitize(c)) != CM_OK) return rc;
+        }
     }
     scratch_trim(c);
     return CM_OK;

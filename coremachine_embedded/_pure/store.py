@@ -334,15 +334,30 @@ class Log:
         self._durable_count = 0
         self._unsynced = False
 
+    def _frame(self, off: int, size: int, any_generation: bool = False) -> Optional[_Record]:
+        """The valid record at ``off`` of the wal, or None.  Frames of another
+        generation are rejected before their CRC is computed."""
+        head = self._wal.read(8 + _RECORD.size, off)
+        if len(head) < 8 + _RECORD.size:
+            return None
+        plen = _FRAME.unpack_from(head, 0)[1]
+        generation = _U64.unpack_from(head, 8)[0]
+        if (plen < _RECORD.size or off + 8 + plen > size
+                or (generation != self._generation and not any_generation)):
+            return None
+        rest = self._wal.read(8 + plen - len(head), off + len(head))
+        rec = _parse_record(head + rest, 0)
+        if rec is not None:
+            rec.end += off
+        return rec
+
     def _replay(self) -> None:
         self._reset_wal()
         size = self._wal.size()
-        buf = self._wal.read(size, 0) if size else b""
         off = 0
         while True:
-            rec = _parse_record(buf, off)
-            if (rec is None or rec.generation != self._generation or rec.seq != self._seq
-                    or rec.prev_crc != self._prev_crc):
+            rec = self._frame(off, size)
+            if rec is None or rec.seq != self._seq or rec.prev_crc != self._prev_crc:
                 break
             self._apply(rec.flags, rec.tree_truncate, rec.data_truncate, rec.clear, rec.nodes,
                         rec.data_offset, rec.data)
@@ -352,7 +367,6 @@ class Log:
                 self._learn_manifest(rec.manifest)
             self._seq += 1
             self._prev_crc = rec.crc
-            self._durable_count = rec.durable_count
             off = rec.end
         self._wal_offset = off
         if self._seq:
@@ -361,31 +375,34 @@ class Log:
             self._wal.sync()
         self._durable_count = self._seq
         self.recovery["records_replayed"] = self._seq
-        if off >= len(buf):
+        if off >= size:
             return
-        stop = _parse_record(buf, off)
-        if stop is not None and stop.generation > self._generation:
-            raise CorruptionError("the newest header slot is damaged (the wal is newer)",
-                                  "header")
-        if stop is not None and stop.generation < self._generation:
-            return  # a stale record of an older checkpoint: a clean end
-        self._check_torn_tail(buf, off)
-        self.recovery["bytes_discarded"] = len(buf) - off
+        head = self._wal.read(8 + _RECORD.size, off)
+        if len(head) == 8 + _RECORD.size:
+            generation = _U64.unpack_from(head, 8)[0]
+            if generation < self._generation:
+                return  # a record of an older checkpoint: a clean end
+            if generation > self._generation and self._frame(off, size, True) is not None:
+                raise CorruptionError("the newest header slot is damaged (the wal is newer)",
+                                      "header")
+        self._check_torn_tail(self._wal.read(size - off, off), off)
+        self.recovery["bytes_discarded"] = size - off
 
-    def _check_torn_tail(self, buf: bytes, off: int) -> None:
-        """Replay stopped at a bad frame.  If a later valid record says this
-        one had been fsync'ed, the file was damaged after the fact."""
+    def _check_torn_tail(self, tail: bytes, off: int) -> None:
+        """Replay stopped at a bad frame (``tail`` is the wal from ``off`` on).
+        If a later valid record says this one had been fsync'ed, the file was
+        damaged after the fact."""
         needle = _U64.pack(self._generation)
-        pos = buf.find(needle, off + 8)
+        pos = tail.find(needle, 8)
         while pos >= 0:
             start = pos - 8
-            if start % 8 == 0:
-                rec = _parse_record(buf, start)
+            if (off + start) % 8 == 0:
+                rec = _parse_record(tail, start)
                 if rec is not None and rec.generation == self._generation \
                         and rec.durable_count > self._seq:
                     raise CorruptionError("wal record %d is damaged but had been synced"
                                           % self._seq, "wal")
-            pos = buf.find(needle, pos + 1)
+            pos = tail.find(needle, pos + 1)
 
     def _load_roots(self) -> None:
         roots = []

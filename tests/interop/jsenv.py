@@ -39,10 +39,11 @@ def ensure(name: str, packages: Sequence[str], legacy_peer_deps: bool = False) -
 
 
 def run(env_dir: str, script: str, payload: Any, timeout: float = 600) -> Any:
-    """Run tests/interop/js/<script> inside ``env_dir`` with JSON on stdin;
-    returns the JSON it prints."""
-    dst = os.path.join(env_dir, script)
-    shutil.copyfile(os.path.join(SCRIPTS, script), dst)
+    """Run a Node script (a path, or a name in tests/interop/js/) inside
+    ``env_dir`` with JSON on stdin; returns the JSON it prints."""
+    src = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
+    dst = os.path.join(env_dir, os.path.basename(src))
+    shutil.copyfile(src, dst)
     proc = subprocess.run(["node", dst], input=json.dumps(payload), capture_output=True,
                           text=True, cwd=env_dir, timeout=timeout)
     if proc.returncode != 0:

@@ -1,0 +1,21 @@
+"""``python -m bench [--quick]``: run every benchmark, print ratios, save JSON."""
+from __future__ import annotations
+
+import argparse
+
+from bench import log_bench
+from bench.common import Report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    report = Report()
+    log_bench.run(report, args.quick)
+    path = report.save("latest.json")
+    print("\nresults saved to %s" % path)
+
+
+if __name__ == "__main__":
+    main()
