@@ -760,10 +760,12 @@ cdef class Log:
             req.upgrade_start = 0
             req.upgrade_length = 0
         req.manifest = 1 if manifest else 0
+        cdef uint8_t *buf
         while True:
             out = PyBytes_FromStringAndSize(NULL, cap)
+            buf = <uint8_t *>PyBytes_AS_STRING(out)
             with nogil:
-                rc = cm_core_proof(c, &req, <uint8_t *>PyBytes_AS_STRING(out), cap, &need)
+                rc = cm_core_proof(c, &req, buf, cap, &need)
             if rc == CM_ERR_TOO_LARGE and need > cap:
                 cap = need
                 continue

@@ -310,13 +310,11 @@ class Log:
             self._write_secret(storage, secret_key)
         for f in (self._wal, self._tree, self._data):
             f.truncate(0)
-        self._header_seq = 0
-        self._generation = 0
         self._set_state(0, 0, 0, 0, caps.EMPTY_TREE_HASH, None)
         self.roots: List[Node] = []
         self._contig_bytes = 0
         self._reset_wal()
-        self._write_header()
+        self._write_header(0, 0)
 
     def _set_state(self, fork: int, length: int, contiguous: int, byte_length: int,
                    digest: bytes, signature: Optional[bytes]) -> None:
@@ -532,7 +530,8 @@ class Log:
         body = b"".join(parts)
         fixed = _RECORD.pack(self._generation, self._seq, self._durable_count, self._prev_crc,
                              flags, fork, length, contiguous, byte_length, digest,
-                             tree_truncate, data_truncate, data_offset, len(data), len(clear),
+                             tree_truncate, data_truncate, data_offset if data else 0, len(data),
+                             len(clear),
                              len(nodes), len(sig), len(man), 0)
         plen = len(fixed) + len(body)
         head = struct.pack("<I", plen) + fixed
@@ -558,9 +557,9 @@ class Log:
         if manifest is not None:
             self._learn_manifest(manifest)
 
-    def _write_header(self) -> None:
-        self._header_seq += 1
-        self._generation += 1
+    def _write_header(self, seq: int, generation: int) -> None:
+        self._header_seq = seq
+        self._generation = generation
         sig = self._sig if self._secret_key is None and self._sig else b""
         man = self.manifest or b""
         body = _HEADER.pack(MAGIC, caps.FORMAT_VERSION, self._header_seq, self._flags, 0,
@@ -576,7 +575,7 @@ class Log:
         try:
             self._data.sync()
             self._tree.sync()
-            self._write_header()
+            self._write_header(self._header_seq + 1, self._generation + 1)
         except BaseException as e:
             self._failed = e
             raise

@@ -1332,6 +1332,7 @@ static void test_files(void) {
     copy_store(d, d2);
     flip_byte(d2, "header", 20);
     flip_byte(d2, "header", 4096 + 20);
+    cm_io_posix_free(io2);
     REQUIRE_OK(cm_io_posix_new(d2, &io2));
     CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_CORRUPT);
     CHECK(cm_open_err_file() == CM_FILE_HEADER, "both slots names header");
@@ -1549,7 +1550,7 @@ static int cio_write(void *ctx, void *file, const uint8_t *buf, size_t len, uint
     cfile *f = ((chandle *)file)->f;
     if (c->dead) return CM_ERR_IO;
     if (off + len > f->cur_len) cf_resize(f, (size_t)(off + len));
-    memcpy(f->cur + off, buf, len);
+    if (len) memcpy(f->cur + off, buf, len);
     cf_push(f, 0, off, buf, len);
     return CM_OK;
 }
@@ -1559,7 +1560,7 @@ static int cio_sync(void *ctx, void *file) {
     cfile *f = ((chandle *)file)->f;
     if (c->dead) return CM_ERR_IO;
     f->dur = (uint8_t *)realloc(f->dur, f->cur_len ? f->cur_len : 1);
-    memcpy(f->dur, f->cur, f->cur_len);
+    if (f->cur_len) memcpy(f->dur, f->cur, f->cur_len);
     f->dur_len = f->cur_len;
     cf_clear_ops(f);
     return CM_OK;
@@ -1634,7 +1635,7 @@ static void cio_power_cut(crashio *c) {
         if (!f->name[0]) continue;
         img_cap = f->dur_len + 1;
         img = (uint8_t *)xmalloc(img_cap);
-        memcpy(img, f->dur, f->dur_len);
+        if (f->dur_len) memcpy(img, f->dur, f->dur_len);
         keep_prefix = (size_t)rng_below(&c->rng, f->n_ops + 1);
         for (k = 0; k < f->n_ops; k++) {
             cf_op *op = &f->ops[k];
@@ -1666,7 +1667,7 @@ static void cio_power_cut(crashio *c) {
                     if (op->off > img_len) memset(img + img_len, 0, (size_t)op->off - img_len);
                     img_len = end > img_len ? end : img_len;
                 }
-                memcpy(img + op->off, op->data, len);
+                if (len) memcpy(img + op->off, op->data, len);
                 if ((size_t)op->off + len > img_len) img_len = (size_t)op->off + len;
             }
         }
@@ -1674,8 +1675,8 @@ static void cio_power_cut(crashio *c) {
         f->dur = img;
         f->dur_len = img_len;
         cf_resize(f, 0);
-        cf_reserve(f, img_len);
-        memcpy(f->cur, img, img_len);
+        cf_reserve(f, img_len + 1);
+        if (img_len) memcpy(f->cur, img, img_len);
         f->cur_len = img_len;
         cf_clear_ops(f);
         f->locked = 0;
@@ -1707,7 +1708,7 @@ static void model_push(model *m, cm_core *c) {
     s->fork = cm_core_fork(c);
     cm_core_tree_hash(c, s->tree_hash);
     s->ids = (uint32_t *)xmalloc(sizeof(uint32_t) * (m->n_ids + 1));
-    memcpy(s->ids, m->ids, sizeof(uint32_t) * m->n_ids);
+    if (m->n_ids) memcpy(s->ids, m->ids, sizeof(uint32_t) * m->n_ids);
 }
 
 static void model_free(model *m) {
@@ -2082,6 +2083,100 @@ static void test_hostile(void) {
     free(chk);
 }
 
+/* Limits and argument checks. */
+static void test_limits(void) {
+    crashio cio;
+    cm_core *c = NULL;
+    cm_open_opts o;
+    uint8_t seed[32], pk[32], sk[64], *big;
+    cm_buf b[3];
+    uint64_t nl = 99;
+    g_ctx = "limits";
+    cio_init(&cio, 77);
+    memset(seed, 0x42, 32);
+    REQUIRE_OK(cm_keypair_from_seed(seed, pk, sk));
+    memset(&o, 0, sizeof(o));
+    o.io = &cio.io;
+    o.create = 1;
+    o.secret_key = sk;
+    o.max_block_size = 1000;
+    o.durability = (cm_durability)7;
+    CHECK_RC(cm_core_open(&o, &c, NULL), CM_ERR_INVALID);
+    o.durability = CM_DURABLE_SYNC;
+    sk[40] ^= 1; /* public half does not match the seed */
+    CHECK_RC(cm_core_open(&o, &c, NULL), CM_ERR_KEY);
+    sk[40] ^= 1;
+    REQUIRE_OK(cm_core_open(&o, &c, NULL));
+    big = (uint8_t *)xmalloc(1001);
+    memset(big, 1, 1001);
+    CHECK_RC(cm_core_append(c, b, 0, &nl), CM_OK);
+    CHECK(nl == 0, "empty append");
+    b[0].data = big;
+    b[0].len = 1000;
+    b[1].data = big;
+    b[1].len = 1001;
+    CHECK_RC(cm_core_append(c, b, 2, NULL), CM_ERR_TOO_LARGE);
+    CHECK(cm_core_length(c) == 0, "nothing appended");
+    b[1].data = NULL;
+    b[1].len = 0;
+    b[2].data = NULL;
+    b[2].len = 5;
+    CHECK_RC(cm_core_append(c, b, 3, NULL), CM_ERR_INVALID);
+    CHECK_RC(cm_core_append(c, b, 2, &nl), CM_OK);
+    CHECK(nl == 2 && cm_core_byte_length(c) == 1000, "append with an empty block");
+    {
+        uint8_t buf[1000];
+        size_t len = 7;
+        CHECK_RC(cm_core_get(c, 1, NULL, 0, &len), CM_OK);
+        CHECK(len == 0, "empty block read");
+        CHECK_RC(cm_core_get(c, 0, buf, sizeof(buf), &len), CM_OK);
+        CHECK(len == 1000 && memcmp(buf, big, 1000) == 0, "block 0");
+    }
+    /* a writer does not take proofs; out-of-range requests */
+    {
+        uint8_t msg[8] = {0, 1, 0};
+        cm_apply_result res;
+        cm_proof_request req;
+        size_t len;
+        uint64_t mn;
+        CHECK_RC(cm_core_apply_proof(c, msg, 3, &res), CM_ERR_INVALID);
+        memset(&req, 0, sizeof(req));
+        req.has_upgrade = 1;
+        req.upgrade_start = 1;
+        req.upgrade_length = 5;
+        CHECK_RC(cm_core_proof(c, &req, msg, sizeof(msg), &len), CM_ERR_INVALID);
+        req.has_upgrade = 0;
+        req.has_block = 1;
+        req.block_index = 2;
+        CHECK_RC(cm_core_proof(c, &req, msg, sizeof(msg), &len), CM_ERR_RANGE);
+        req.block_index = 0;
+        req.block_nodes = 5;
+        CHECK_RC(cm_core_proof(c, &req, msg, sizeof(msg), &len), CM_ERR_INVALID);
+        CHECK_RC(cm_core_missing_nodes(c, 0, &mn), CM_OK);
+        CHECK(mn == 0, "writer misses nothing");
+        CHECK(cm_core_has_node(c, 1) == 1 && cm_core_has_node(c, 3) == 0, "has_node");
+        {
+            cm_node n;
+            CHECK_RC(cm_core_get_node(c, 3, &n), CM_ERR_RANGE);
+        }
+    }
+    CHECK_RC(cm_core_close(c), CM_OK);
+    /* reopen with another secret key: refused */
+    sk[0] ^= 1;
+    {
+        uint8_t pk2[32], sk2[64];
+        REQUIRE_OK(cm_keypair_from_seed(sk, pk2, sk2));
+        o.secret_key = sk2;
+        o.create = 0;
+        CHECK_RC(cm_core_open(&o, &c, NULL), CM_ERR_KEY);
+        o.secret_key = NULL;
+        o.key = pk2;
+        CHECK_RC(cm_core_open(&o, &c, NULL), CM_ERR_KEY);
+    }
+    free(big);
+    cio_free(&cio);
+}
+
 int main(int argc, char **argv) {
     size_t i;
     int runs = 300;
@@ -2108,6 +2203,7 @@ int main(int argc, char **argv) {
     test_reorg();
     test_files();
     test_hostile();
+    test_limits();
     printf("store tests done, %ld checks so far\n", g_checks);
     test_power_cuts_writer(runs);
     test_power_cuts_replica(runs / 2);
