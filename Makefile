@@ -16,7 +16,7 @@ BUILD = build/c
 VECTORS = tests/interop/vectors/hypercore-v11.json
 PYTEST_ARGS ?=
 
-.PHONY: all deps test-deps build demo test ctest ctest-native ctest-armhf ctest-aarch64 \
+.PHONY: all deps test-deps build demo test ctest ctest-native ctest-asan ctest-armhf ctest-aarch64 \
         pytest pytest-c pytest-python bench clean
 
 all: build
@@ -48,6 +48,13 @@ ctest-native: $(BUILD)/vectors.h
 	$(CC) $(CFLAGS_COMMON) -g -I csrc -I $(BUILD) -o $(BUILD)/test_cm_native \
 	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
 	$(BUILD)/test_cm_native $(BUILD)/tmp-native
+
+# Native build with AddressSanitizer + UndefinedBehaviorSanitizer (not part of `test`).
+ctest-asan: $(BUILD)/vectors.h
+	$(CC) $(CFLAGS_COMMON) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	    -I csrc -I $(BUILD) -o $(BUILD)/test_cm_asan \
+	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
+	$(BUILD)/test_cm_asan $(BUILD)/tmp-asan
 
 ctest-armhf: $(BUILD)/vectors.h
 	@if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v qemu-arm >/dev/null \

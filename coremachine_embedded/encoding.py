@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import List, Optional, Tuple
 
-from .caps import MAX_PROOF_NODES
+from .caps import MAX_MANIFEST, MAX_PROOF_NODES, MAX_SIGNATURE, MAX_SIGNERS
 from .errors import DecodeError, TooLargeError
 
 Node = Tuple[int, int, bytes]
@@ -85,7 +85,7 @@ class Reader:
     def nodes(self) -> List[Node]:
         count = self.uint()
         if count > MAX_PROOF_NODES:
-            raise DecodeError("%d nodes in one array (at most %d)" % (count, MAX_PROOF_NODES))
+            raise TooLargeError("%d nodes in one array (at most %d)" % (count, MAX_PROOF_NODES))
         out = []
         for _ in range(count):
             index = self.uint()
@@ -159,14 +159,17 @@ class DataMessage:
             length = r.uint()
             nodes = r.nodes()
             additional = r.nodes()
-            m.upgrade = (start, length, nodes, additional, r.buffer())
+            signature = r.buffer()
+            if len(signature) > MAX_SIGNATURE:
+                raise TooLargeError("signature of %d bytes" % len(signature))
+            m.upgrade = (start, length, nodes, additional, signature)
         if flags & 16:
-            # The manifest is the last field: its encoding delimits itself, the
-            # verifier decodes it (and checks its hash against the key).
-            m.manifest = bytes(buf[r.pos:])
-            r.pos = len(buf)
-        if not r.done():
-            raise DecodeError("%d trailing bytes after the data message" % (len(buf) - r.pos))
+            begin = r.pos
+            Manifest.read(r)
+            if r.pos - begin > MAX_MANIFEST:
+                raise TooLargeError("manifest of %d bytes" % (r.pos - begin))
+            m.manifest = bytes(buf[begin:r.pos])
+        # Unknown flag bits and trailing bytes are ignored, as hypercore does.
         return m
 
     def __repr__(self) -> str:
@@ -179,3 +182,84 @@ class DataMessage:
         if self.manifest is not None:
             parts.append("manifest")
         return "DataMessage(%s)" % ", ".join(parts)
+
+
+class Manifest:
+    """A decoded manifest (versions 1 and 2, ed25519 signers)."""
+
+    __slots__ = ("version", "quorum", "allow_patch", "signers", "prologue", "linked",
+                 "user_data")
+
+    def __init__(self, signers: List[Tuple[bytes, bytes]], version: int = 1,
+                 quorum: Optional[int] = None, allow_patch: bool = False,
+                 prologue: Optional[Tuple[bytes, int]] = None,
+                 linked: Optional[List[bytes]] = None,
+                 user_data: Optional[bytes] = None) -> None:
+        self.version = version
+        self.signers = signers  # (namespace, public_key)
+        self.quorum = len(signers) // 2 + 1 if quorum is None else quorum
+        self.allow_patch = allow_patch
+        self.prologue = prologue
+        self.linked = linked
+        self.user_data = user_data
+
+    def encode(self) -> bytes:
+        flags = ((1 if self.allow_patch else 0) | (2 if self.prologue else 0)
+                 | (4 if self.linked is not None else 0)
+                 | (8 if self.user_data is not None else 0))
+        out = [encode_uint(self.version), encode_uint(flags), encode_uint(0),
+               encode_uint(self.quorum), encode_uint(len(self.signers))]
+        for namespace, public_key in self.signers:
+            out += [encode_uint(0), namespace, public_key]
+        if self.prologue:
+            out += [self.prologue[0], encode_uint(self.prologue[1])]
+        if self.linked is not None:
+            out.append(encode_uint(len(self.linked)))
+            out += self.linked
+        if self.user_data is not None:
+            out.append(encode_buffer(self.user_data))
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, buf: bytes) -> "Manifest":
+        if len(buf) > MAX_MANIFEST:
+            raise TooLargeError("manifest of %d bytes (at most %d)" % (len(buf), MAX_MANIFEST))
+        r = Reader(buf)
+        m = cls.read(r)
+        if not r.done():
+            raise DecodeError("trailing bytes after the manifest")
+        return m
+
+    @classmethod
+    def read(cls, r: "Reader") -> "Manifest":
+        """Decode a manifest at the reader's position (it delimits itself)."""
+        version = r.uint()
+        if version not in (1, 2):
+            raise DecodeError("manifest version %d is not supported" % version)
+        flags = r.uint()
+        if r.uint() != 0:
+            raise DecodeError("manifest hash type is not blake2b")
+        quorum = r.uint()
+        count = r.uint()
+        if count > MAX_SIGNERS:
+            raise DecodeError("%d signers (at most %d)" % (count, MAX_SIGNERS))
+        signers = []
+        for _ in range(count):
+            if r.uint() != 0:
+                raise DecodeError("signer is not ed25519")
+            signers.append((r.fixed(32), r.fixed(32)))
+        prologue = None
+        linked = None
+        user_data = None
+        if flags & 2:
+            prologue = (r.fixed(32), r.uint())
+        if flags & 4:
+            n = r.uint()
+            if n > MAX_SIGNERS:
+                raise DecodeError("%d linked cores" % n)
+            linked = [r.fixed(32) for _ in range(n)]
+        if flags & 8:
+            user_data = r.buffer()
+        if quorum == 0 or quorum > count:
+            raise DecodeError("manifest quorum %d with %d signers" % (quorum, count))
+        return cls(signers, version, quorum, bool(flags & 1), prologue, linked, user_data)

@@ -11,6 +11,15 @@
 #include "cm_internal.h"
 
 #define NODES_CAP (4 * CM_MAX_PROOF_NODES + 2 * CM_MAX_ROOTS)
+/* Received nodes must have index < 2^62 and size < 2^63; a block index is
+ * below 2^61 and an upgrade ends below length 2^61. */
+#define MAX_NODE_INDEX (UINT64_C(1) << 62)
+#define MAX_NODE_SIZE (UINT64_C(1) << 63)
+#define MAX_BLOCK_INDEX (UINT64_C(1) << 61)
+
+static int node_ok(const cm_node *x) {
+    return x->index < MAX_NODE_INDEX && x->size < MAX_NODE_SIZE;
+}
 #define STACK_CAP (CM_MAX_ROOTS + 8)
 
 typedef struct vctx {
@@ -66,7 +75,8 @@ static int q_take(vctx *c, nqueue *q, uint64_t idx, cm_node *out, int *received)
         *received = 0;
         return CM_OK;
     }
-    if (q->i >= q->n || q->nodes[q->i].index != idx) return CM_ERR_BAD_PROOF;
+    if (q->i >= q->n || q->nodes[q->i].index != idx || !node_ok(&q->nodes[q->i]))
+        return CM_ERR_BAD_PROOF;
     *out = q->nodes[q->i++];
     *received = 1;
     (void)c;
@@ -86,6 +96,7 @@ static int walk_path(vctx *c, nqueue *q, cm_node *x) {
         if ((rc = q_take(c, q, cm_ft_sibling(x->index), &sib, &received)) != CM_OK) return rc;
         if (received && (rc = record(c, &sib)) != CM_OK) return rc;
         if ((rc = parent_of(x, &sib, &p)) != CM_OK) return rc;
+        if (p.size >= MAX_NODE_SIZE) return CM_ERR_BAD_PROOF;
         if ((rc = record(c, &p)) != CM_OK) return rc;
         *x = p;
     }
@@ -111,48 +122,32 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
     c.n = 0;
     if (n_roots > CM_MAX_ROOTS) return CM_ERR_INVALID;
 
-    /* 1. block / hash / seek part */
+    /* 1. block / hash part (seek proofs are not supported) */
+    if (m->has_seek) return CM_ERR_BAD_PROOF;
     if (m->has_block && m->has_hash) return CM_ERR_BAD_PROOF;
     if (m->n_block_nodes > CM_MAX_PROOF_NODES || m->n_hash_nodes > CM_MAX_PROOF_NODES ||
         m->n_seek_nodes > CM_MAX_PROOF_NODES || m->n_upgrade_nodes > CM_MAX_PROOF_NODES ||
         m->n_additional_nodes > CM_MAX_PROOF_NODES)
         return CM_ERR_BAD_PROOF;
     {
-        int has_seek_root = 0;
-        cm_node seek_root;
-        if (m->has_seek && m->n_seek_nodes > 0) {
-            nqueue q;
-            memset(&q, 0, sizeof(q));
-            q.nodes = m->seek_nodes + 1;
-            q.n = m->n_seek_nodes - 1;
-            seek_root = m->seek_nodes[0];
-            if ((rc = record(&c, &seek_root)) != CM_OK) return rc;
-            if ((rc = walk_path(&c, &q, &seek_root)) != CM_OK) return rc;
-            has_seek_root = 1;
-        }
         if (m->has_block || m->has_hash) {
             nqueue q;
             memset(&q, 0, sizeof(q));
-            q.has_extra = has_seek_root;
-            if (has_seek_root) q.extra = seek_root;
             if (m->has_block) {
-                if (m->block_index >= CM_MAX_LENGTH) return CM_ERR_BAD_PROOF;
+                if (m->block_index >= MAX_BLOCK_INDEX) return CM_ERR_BAD_PROOF;
                 if (m->block_len > 0 && m->block_value == NULL) return CM_ERR_BAD_PROOF;
                 q.nodes = m->block_nodes;
                 q.n = m->n_block_nodes;
                 cm_hash_leaf(m->block_index, m->block_value, m->block_len, &b);
                 if ((rc = record(&c, &b)) != CM_OK) return rc;
             } else {
-                if (m->hash_index >= 2 * CM_MAX_LENGTH) return CM_ERR_BAD_PROOF;
+                if (m->hash_index >= MAX_NODE_INDEX) return CM_ERR_BAD_PROOF;
                 q.nodes = m->hash_nodes;
                 q.n = m->n_hash_nodes;
                 if ((rc = q_take(&c, &q, m->hash_index, &b, &received)) != CM_OK) return rc;
                 if ((rc = record(&c, &b)) != CM_OK) return rc;
             }
             if ((rc = walk_path(&c, &q, &b)) != CM_OK) return rc;
-            has_b = 1;
-        } else if (has_seek_root) {
-            b = seek_root;
             has_b = 1;
         }
     }
@@ -173,13 +168,14 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
         size_t j = 0;
         const cm_manifest *man = v->compat ? NULL : &v->manifest;
 
-        if (start > CM_MAX_LENGTH || ulen > CM_MAX_LENGTH - start) return CM_ERR_BAD_PROOF;
         tl = length_of_roots(roots, n_roots);
         nr = cm_ft_full_roots(tl, idx);
         if (nr != n_roots) return CM_ERR_INVALID;
         for (i = 0; i < nr; i++)
             if (roots[i].index != idx[i]) return CM_ERR_INVALID;
         if (start != tl) return CM_ERR_BAD_PROOF;
+        if (ulen == 0 || start >= MAX_BLOCK_INDEX || ulen >= MAX_BLOCK_INDEX - start)
+            return CM_ERR_BAD_PROOF;
         if (man && man->has_prologue) {
             uint64_t pl = man->prologue_length;
             if (start < pl && (start != 0 || ulen < pl)) return CM_ERR_BAD_PROOF;
@@ -241,6 +237,7 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
             if (c.n == 0) return CM_ERR_BAD_PROOF;
             p = cm_ft_sibling(c.stack[c.n - 1].index);
             while (k < ne && e[k].index == p) {
+                if (!node_ok(&e[k])) return CM_ERR_BAD_PROOF;
                 if ((rc = record(&c, &e[k])) != CM_OK) return rc;
                 if ((rc = merge_push(&c, &e[k])) != CM_OK) return rc;
                 k++;
@@ -249,6 +246,7 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
             while (k < ne) {
                 const cm_node *x = &e[k++];
                 int guard = 0;
+                if (!node_ok(x)) return CM_ERR_BAD_PROOF;
                 while (p != x->index) {
                     if ((p & 1) == 0 || ++guard > 64) return CM_ERR_BAD_PROOF;
                     p = cm_ft_left_child(p);
@@ -405,19 +403,8 @@ int cm__proof_generate(uint64_t length, const cm_proof_request *req, cm__get_nod
         if (req->upgrade_start > length || req->upgrade_length > length) return CM_ERR_INVALID;
         from = 2 * req->upgrade_start;
         to = from + 2 * req->upgrade_length;
+        if (from >= to || to > head) return CM_ERR_INVALID;
     }
-    if (head == 0) {
-        /* Nothing to prove, except that an empty log on a later fork can
-         * still be signed: an upgrade {0, 0} carries just the signature. */
-        if (req->has_upgrade && req->upgrade_start == 0 && req->upgrade_length == 0 &&
-            !req->has_block) {
-            out->has_upgrade = 1;
-            out->upgrade_start = 0;
-            out->upgrade_length = 0;
-        }
-        return CM_OK;
-    }
-    if (req->has_upgrade && (from >= to || to > head)) return CM_ERR_INVALID;
     if (req->has_block) {
         if (req->block_index >= length) return CM_ERR_RANGE;
         leaf = 2 * req->block_index;

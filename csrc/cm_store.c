@@ -700,44 +700,67 @@ static int maybe_checkpoint(cm_core *c) {
 /* Replay                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Is there a valid record of generation `gen` after `from` claiming that
- * record `seq` was durable?  (Then a durable record was lost: corruption.) */
-static int later_durable(cm_core *c, uint64_t from, uint64_t size, uint64_t gen, uint64_t seq,
-                         int *found) {
+/* Read and check the record at `off`: 1 if it is a valid record (CRC and
+ * layout) of generation `gen` (any generation if any_gen), with the payload
+ * left in scratch + 8 and *v filled. */
+static int frame_at(cm_core *c, uint64_t off, uint64_t size, uint64_t gen, int any_gen,
+                    rec_view *v, uint32_t *crc_out, int *err) {
+    uint8_t head[8 + REC_FIXED];
+    size_t got;
+    uint32_t plen;
+    uint64_t g;
+    *err = CM_OK;
+    if (off > size || size - off < sizeof(head)) return 0;
+    if ((*err = io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK) return 0;
+    if (got < sizeof(head)) return 0;
+    plen = cm__get_u32(head + 4);
+    g = cm__get_u64(head + 8);
+    if (plen < REC_FIXED || plen > MAX_RECORD || plen > size - off - 8) return 0;
+    if (!any_gen && g != gen) return 0; /* another generation: no need to hash it */
+    if ((*err = scratch_reserve(c, (uint64_t)plen + 8)) != CM_OK) return 0;
+    memcpy(c->scratch, head, sizeof(head));
+    if (plen > REC_FIXED) {
+        *err = io_read(c, CM_FILE_WAL, c->scratch + sizeof(head), plen - REC_FIXED,
+                       off + sizeof(head), &got);
+        if (*err != CM_OK || got != plen - REC_FIXED) return 0;
+    }
+    if (cm_crc32(0, c->scratch + 4, 4 + (size_t)plen) != cm__get_u32(c->scratch)) return 0;
+    if (rec_parse(c->scratch + 8, plen, v) != 0) return 0;
+    *crc_out = cm__get_u32(c->scratch);
+    return 1;
+}
+
+/* Replay stopped at `from` on a bad frame: is there a valid record of this
+ * generation at or after it claiming that record `seq` had been fsync'ed?
+ * (Then a durable record was lost: corruption, not a torn write.) */
+static int later_durable(cm_core *c, uint64_t from, uint64_t size, uint64_t seq, int *found) {
     const size_t win = (size_t)1 << 20;
-    uint8_t *buf = NULL;
+    uint8_t *buf;
     uint64_t base;
     int rc = CM_OK;
     *found = 0;
-    if (size < from + 8 + 8) return CM_OK;
+    if (size < from + 8 + REC_FIXED) return CM_OK;
     buf = (uint8_t *)malloc(win + 32);
     if (!buf) return fail(c, CM_ERR_NOMEM, CM_FILE_NONE);
-    for (base = from + 8; base + 8 + 32 <= size && !*found; base += win) {
+    for (base = from; base + 32 <= size && !*found && rc == CM_OK; base += win) {
         size_t got, i;
         uint64_t want = size - base;
         if (want > win + 32) want = win + 32;
         if ((rc = io_read(c, CM_FILE_WAL, buf, (size_t)want, base, &got)) != CM_OK) break;
         for (i = 0; i + 32 <= got && i < win; i += 8) {
             uint64_t pos = base + i;
-            uint32_t plen = cm__get_u32(buf + i + 4);
-            uint64_t rgen = cm__get_u64(buf + i + 8), rseq = cm__get_u64(buf + i + 16);
-            uint64_t dc = cm__get_u64(buf + i + 24);
-            if (rgen != gen || dc <= seq || dc > rseq || plen < REC_FIXED || plen > MAX_RECORD ||
-                plen > size - pos - 8)
-                continue;
-            {
-                uint8_t *rec = (uint8_t *)malloc((size_t)plen + 8);
-                size_t g2;
-                if (!rec) {
-                    rc = fail(c, CM_ERR_NOMEM, CM_FILE_NONE);
-                    break;
-                }
-                rc = io_read(c, CM_FILE_WAL, rec, (size_t)plen + 8, pos, &g2);
-                if (rc == CM_OK && g2 == (size_t)plen + 8 &&
-                    cm_crc32(0, rec + 4, 4 + (size_t)plen) == cm__get_u32(rec))
-                    *found = 1;
-                free(rec);
-                if (rc != CM_OK || *found) break;
+            rec_view v;
+            uint32_t crc;
+            int err;
+            if (cm__get_u64(buf + i + 8) != c->wal_gen || cm__get_u64(buf + i + 24) <= seq)
+                continue; /* cheap filter: generation and durable_count */
+            if (frame_at(c, pos, size, c->wal_gen, 0, &v, &crc, &err) && v.durable_count > seq) {
+                *found = 1;
+                break;
+            }
+            if (err != CM_OK) {
+                rc = err;
+                break;
             }
         }
     }
@@ -748,68 +771,55 @@ static int later_durable(cm_core *c, uint64_t from, uint64_t size, uint64_t gen,
 static int replay(cm_core *c, cm_recovery *rec, int *torn) {
     uint64_t size, off = 0, seq = 0;
     uint32_t prev = 0;
-    int rc, failed = 0, older = 0;
+    int rc, found;
     *torn = 0;
     if ((rc = io_size(c, CM_FILE_WAL, &size)) != CM_OK) return rc;
     for (;;) {
-        uint8_t fh[8];
-        size_t got;
-        uint32_t crc, plen;
-        uint64_t gen;
         rec_view v;
-        if (off >= size) break;
-        if (size - off < 8) {
-            failed = 1;
+        uint32_t crc;
+        if (!frame_at(c, off, size, c->wal_gen, 0, &v, &crc, &rc)) {
+            if (rc != CM_OK) return rc;
             break;
         }
-        if ((rc = io_read(c, CM_FILE_WAL, fh, 8, off, &got)) != CM_OK) return rc;
-        crc = cm__get_u32(fh);
-        plen = cm__get_u32(fh + 4);
-        if (got < 8 || plen < REC_FIXED || plen > MAX_RECORD || plen > size - off - 8) {
-            failed = 1;
-            break;
-        }
-        if ((rc = scratch_reserve(c, (uint64_t)plen + 8)) != CM_OK) return rc;
-        memcpy(c->scratch, fh, 8);
-        if ((rc = io_read(c, CM_FILE_WAL, c->scratch + 8, plen, off + 8, &got)) != CM_OK)
-            return rc;
-        if (got != plen || cm_crc32(0, c->scratch + 4, 4 + (size_t)plen) != crc) {
-            failed = 1;
-            break;
-        }
-        gen = cm__get_u64(c->scratch + 8);
-        if (gen < c->wal_gen) {
-            older = 1;
-            break;
-        }
-        /* A newer generation than the header: the header that started it was
-         * committed and lost afterwards. */
-        if (gen > c->wal_gen) return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
-        if (cm__get_u64(c->scratch + 16) != seq || cm__get_u32(c->scratch + 32) != prev) {
-            failed = 1;
-            break;
-        }
-        if (rec_parse(c->scratch + 8, plen, &v) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_WAL);
+        if (v.seq != seq || v.prev_crc != prev) break;
         if ((rc = rec_apply_files(c, &v)) != CM_OK) return rc;
         if ((rc = rec_apply_state(c, &v)) != CM_OK) return rc;
         seq++;
         prev = crc;
-        off += pad8(8 + (uint64_t)plen);
+        off += pad8(8 + (uint64_t)v.payload_len);
         rec->records_replayed++;
-    }
-    if (failed || older) {
-        int found;
-        if ((rc = later_durable(c, off, size, c->wal_gen, seq, &found)) != CM_OK) return rc;
-        if (found) return fail(c, CM_ERR_CORRUPT, CM_FILE_WAL);
-    }
-    if (failed) {
-        rec->bytes_discarded = size - off;
-        *torn = 1;
     }
     c->wal_seq = seq;
     c->wal_synced = 0;
     c->wal_end = off;
     c->prev_crc = prev;
+    if (off < size) {
+        /* Where replay stopped: an older generation (read without its CRC)
+         * is a clean end; a valid record of a newer one means the header
+         * slot that started it was lost; anything else is a torn tail. */
+        uint8_t head[8 + REC_FIXED];
+        size_t got = 0;
+        int older = 0;
+        if (size - off >= sizeof(head)) {
+            uint64_t g;
+            if ((rc = io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK) return rc;
+            g = cm__get_u64(head + 8);
+            if (got == sizeof(head) && g < c->wal_gen) older = 1;
+            if (got == sizeof(head) && g > c->wal_gen) {
+                rec_view v;
+                uint32_t crc;
+                if (frame_at(c, off, size, 0, 1, &v, &crc, &rc))
+                    return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
+                if (rc != CM_OK) return rc;
+            }
+        }
+        if (!older) {
+            if ((rc = later_durable(c, off, size, seq, &found)) != CM_OK) return rc;
+            if (found) return fail(c, CM_ERR_CORRUPT, CM_FILE_WAL);
+            rec->bytes_discarded = size - off;
+            *torn = 1;
+        }
+    }
     scratch_trim(c);
     return CM_OK;
 }
@@ -890,7 +900,14 @@ static int contiguous_plan(cm_core *c, cm_node *nodes, size_t *n_nodes, uint64_t
             int present;
             if (++guard > 64 || sn >= CM_MAX_ROOTS + 1) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
             if ((rc = tree_read(c, cm_ft_sibling(p), &sib, &present)) != CM_OK) return rc;
-            if (!present || sib.index < p) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            if (sib.index < p) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            if (!present) {
+                /* The path is gone (a store sanitized without it): keep the
+                 * plain sanitize; reads of these blocks will fail. */
+                nn = 0;
+                sn = 0;
+                break;
+            }
             if (nodes) nodes[nn++] = sib;
             st[sn++] = sib;
             while (sn >= 2 && cm_ft_sibling(st[sn - 1].index) == st[sn - 2].index) {
@@ -904,7 +921,7 @@ static int contiguous_plan(cm_core *c, cm_node *nodes, size_t *n_nodes, uint64_t
             }
             p = st[sn - 1].index;
         }
-        if (sn != 1 || !cm__node_eq(&st[0], &c->roots[j]))
+        if (sn > 0 && (sn != 1 || !cm__node_eq(&st[0], &c->roots[j])))
             return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
     }
     if (nodes) {
@@ -1020,7 +1037,7 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
                     return fail(c, rc, CM_FILE_NONE);
             }
             if ((rc = cm_manifest_decode(man, man_len, &m)) != CM_OK) return fail(c, rc, CM_FILE_NONE);
-            if (m.n_signers == 0 || memcmp(m.signers[0].public_key, pk, 32) != 0)
+            if (m.n_signers == 0 || m.quorum != 1 || memcmp(m.signers[0].public_key, pk, 32) != 0)
                 return fail(c, CM_ERR_KEY, CM_FILE_NONE);
             cm_manifest_hash(man, man_len, h);
             memcpy(c->key, h, 32);
@@ -1031,12 +1048,13 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
         memcpy(c->secret, o->secret_key, 64);
     } else if (o->key) {
         memcpy(c->key, o->key, 32);
+        /* `compat` is a writer option: a replica learns its mode from the
+         * manifest (flags 0 = the key is used as a public key until then). */
         if (o->manifest) {
-            if (o->compat) return fail(c, CM_ERR_INVALID, CM_FILE_NONE);
             if ((rc = set_manifest(c, o->manifest, o->manifest_len)) != CM_OK)
                 return fail(c, rc, CM_FILE_NONE);
         } else {
-            c->flags = o->compat ? HF_COMPAT : 0;
+            c->flags = 0;
             cm_verifier_init(&c->ver, c->key, NULL, 0);
         }
     } else {
@@ -1067,9 +1085,9 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
         if ((rc = io_write(c, CM_FILE_SECRET_KEY, c->secret, 64, 0)) != CM_OK) return rc;
         if ((rc = io_sync(c, CM_FILE_SECRET_KEY)) != CM_OK) return rc;
     }
-    if ((rc = io_open(c, CM_FILE_WAL, CM_IO_CREATE)) != CM_OK) return rc;
-    if ((rc = io_open(c, CM_FILE_TREE, CM_IO_CREATE)) != CM_OK) return rc;
-    if ((rc = io_open(c, CM_FILE_DATA, CM_IO_CREATE)) != CM_OK) return rc;
+    if (!c->f[CM_FILE_WAL] && (rc = io_open(c, CM_FILE_WAL, CM_IO_CREATE)) != CM_OK) return rc;
+    if (!c->f[CM_FILE_TREE] && (rc = io_open(c, CM_FILE_TREE, CM_IO_CREATE)) != CM_OK) return rc;
+    if (!c->f[CM_FILE_DATA] && (rc = io_open(c, CM_FILE_DATA, CM_IO_CREATE)) != CM_OK) return rc;
     if ((rc = io_size(c, CM_FILE_WAL, &size)) != CM_OK) return rc;
     if (size && (rc = io_truncate(c, CM_FILE_WAL, 0)) != CM_OK) return rc;
     if ((rc = io_size(c, CM_FILE_TREE, &size)) != CM_OK) return rc;
@@ -1105,6 +1123,9 @@ static int load_header(cm_core *c, const hdr *h, const cm_open_opts *o) {
             return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
     }
     if (o->key && memcmp(o->key, c->key, 32) != 0) return fail(c, CM_ERR_KEY, CM_FILE_NONE);
+    if (o->manifest && (!(c->flags & HF_MANIFEST) || o->manifest_len != c->manifest_len ||
+                        memcmp(o->manifest, c->manifest, c->manifest_len) != 0))
+        return fail(c, CM_ERR_KEY, CM_FILE_NONE);
     c->fork = h->fork;
     c->length = h->length;
     c->contiguous = h->contiguous;
@@ -1126,7 +1147,18 @@ static int load_header(cm_core *c, const hdr *h, const cm_open_opts *o) {
             memcpy(c->secret, sk, 64);
             c->writable = 1;
         } else if (o->secret_key) {
-            return fail(c, CM_ERR_KEY, CM_FILE_SECRET_KEY);
+            /* The signer's key for a store without one: it becomes a writer,
+             * which needs every block. */
+            if (check_secret(c, o->secret_key) != CM_OK) return fail(c, CM_ERR_KEY, CM_FILE_NONE);
+            if (c->contiguous != c->length) return fail(c, CM_ERR_INVALID, CM_FILE_NONE);
+            memcpy(c->secret, o->secret_key, 64);
+            if ((rc = io_open(c, CM_FILE_SECRET_KEY, CM_IO_CREATE | CM_IO_PRIVATE)) != CM_OK)
+                return rc;
+            if ((rc = io_truncate(c, CM_FILE_SECRET_KEY, 0)) != CM_OK) return rc;
+            if ((rc = io_write(c, CM_FILE_SECRET_KEY, c->secret, 64, 0)) != CM_OK) return rc;
+            if ((rc = io_sync(c, CM_FILE_SECRET_KEY)) != CM_OK) return rc;
+            c->writable = 1;
+            c->sig_len = 0; /* a writer keeps no signature in its header */
         }
     }
     if ((rc = io_open(c, CM_FILE_WAL, CM_IO_CREATE)) != CM_OK) return rc;
@@ -1154,16 +1186,14 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
         valid[i] = hdr_parse(slots[i], got[i], &h[i]) && (h[i].seq % 2) == (uint64_t)i;
     }
     if (!valid[0] && !valid[1]) {
-        /* No checkpoint at all: a store is only "created" once its first
-         * header slot is durable; before that `wal` is empty. */
-        rc = c->io.open(c->io.ctx, cm_file_names[CM_FILE_WAL], 0, &c->f[CM_FILE_WAL]);
-        if (rc == CM_OK) {
-            rc = io_size(c, CM_FILE_WAL, &wal_size);
-            c->io.close(c->io.ctx, c->f[CM_FILE_WAL]);
-            c->f[CM_FILE_WAL] = NULL;
-            if (rc != CM_OK) return rc;
-        } else if (rc != CM_ERR_NOT_FOUND) {
-            return fail(c, rc, CM_FILE_WAL);
+        /* No valid slot: if wal, tree and data are all empty, creation was
+         * interrupted before anything else was written - no store yet. */
+        cm_file_id fid;
+        for (fid = CM_FILE_WAL; fid <= CM_FILE_DATA; fid++) {
+            uint64_t sz;
+            if ((rc = io_open(c, fid, CM_IO_CREATE)) != CM_OK) return rc;
+            if ((rc = io_size(c, fid, &sz)) != CM_OK) return rc;
+            wal_size += sz;
         }
         if (wal_size > 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
         if (!o->create) return fail(c, CM_ERR_NOT_FOUND, CM_FILE_HEADER);
@@ -1172,7 +1202,7 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
     }
     use = (valid[0] && valid[1]) ? (h[1].seq > h[0].seq ? 1 : 0) : (valid[0] ? 0 : 1);
     rec->header_slot = use;
-    if (!valid[1 - use] && !cm__is_zero(slots[1 - use], 8)) rec->header_fallback = 1;
+    if (!valid[1 - use] && !cm__is_zero(slots[1 - use], SLOT_SIZE)) rec->header_fallback = 1;
     if (h[use].format_version > CM_FORMAT_VERSION) return fail(c, CM_ERR_VERSION, CM_FILE_HEADER);
     if (h[use].format_version != CM_FORMAT_VERSION) return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
     if ((rc = load_header(c, &h[use], o)) != CM_OK) return rc;
@@ -1186,11 +1216,9 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
         return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
     if (c->writable && c->contiguous != c->length) return fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
 
-    if (torn) {
-        if ((rc = checkpoint(c)) != CM_OK) return rc;
-    } else if (rec->records_replayed > 0) {
-        /* Replayed records may sit in the page cache only: make them durable
-         * before later records claim them in durable_count. */
+    if (rec->records_replayed > 0) {
+        /* Replayed records may sit in the page cache only (kill -9): make
+         * them durable before later records claim them in durable_count. */
         if ((rc = io_sync(c, CM_FILE_WAL)) != CM_OK) return rc;
         c->wal_synced = c->wal_seq;
     }
@@ -1207,6 +1235,7 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
             if ((rc = sanitize(c)) != CM_OK) return rc;
         }
     }
+    if (torn && (rc = checkpoint(c)) != CM_OK) return rc;
     scratch_trim(c);
     return CM_OK;
 }
@@ -1372,7 +1401,7 @@ int cm_core_append(cm_core *c, const cm_buf *blocks, size_t n, uint64_t *new_len
     s.contiguous = L + n;
     s.byte_length = c->byte_length + total;
     s.tree_hash = c->tree_hash; /* patched below */
-    s.data_offset = c->byte_length;
+    s.data_offset = total ? c->byte_length : 0; /* 0 when there is no data */
     s.data_len = total;
     s.n_nodes = (uint32_t)n_nodes;
     if ((rc = rec_build(c, &s, &na, &da, &tot)) != CM_OK) return rc;
@@ -1617,19 +1646,6 @@ int cm_core_proof(cm_core *c, const cm_proof_request *req, uint8_t *out, size_t 
 /* Replicas: applying proofs                                                */
 /* ------------------------------------------------------------------------ */
 
-static const cm_node *find_node(const cm_node *nodes, size_t n, uint64_t index) {
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (nodes[mid].index == index) return &nodes[mid];
-        if (nodes[mid].index < index)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return NULL;
-}
-
 /* The local (old-fork) tree holds node x with the same size and hash. */
 static int local_equal(cm_core *c, const cm_node *x, int *eq) {
     cm_node n;
@@ -1641,34 +1657,18 @@ static int local_equal(cm_core *c, const cm_node *x, int *eq) {
     return CM_OK;
 }
 
-/* Longest common prefix of a newer fork (docs/format.md, "Replicas"). */
+/* Prefix kept by a reorg (docs/format.md, "Replicas"): the leading roots of
+ * the new length that the local tree holds unchanged. */
 static int reorg_prefix(cm_core *c, const cm_proof_check *chk, uint64_t *p_out,
                         uint64_t *bytes_out) {
     uint64_t p = 0, bytes = 0;
     size_t i;
     int rc, eq;
     for (i = 0; i < chk->n_roots; i++) {
-        const cm_node *d = &chk->roots[i];
-        if ((rc = local_equal(c, d, &eq)) != CM_OK) return rc;
-        if (eq) {
-            p = cm_ft_right_span(d->index) / 2 + 1;
-            bytes += d->size;
-            continue;
-        }
-        while (d->index & 1) {
-            const cm_node *l = find_node(chk->nodes, chk->n_nodes, cm_ft_left_child(d->index));
-            const cm_node *r = find_node(chk->nodes, chk->n_nodes, cm_ft_right_child(d->index));
-            if (!l || !r) break;
-            if ((rc = local_equal(c, l, &eq)) != CM_OK) return rc;
-            if (eq) {
-                p = cm_ft_right_span(l->index) / 2 + 1;
-                bytes += l->size;
-                d = r;
-            } else {
-                d = l;
-            }
-        }
-        break;
+        if ((rc = local_equal(c, &chk->roots[i], &eq)) != CM_OK) return rc;
+        if (!eq) break;
+        p += cm_ft_count_leaves(chk->roots[i].index);
+        bytes += chk->roots[i].size;
     }
     *p_out = p;
     *bytes_out = bytes;
@@ -1709,7 +1709,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
     newer = m->fork > c->fork;
     if (newer) {
         if (!m->has_upgrade || m->upgrade_start != 0) {
-            rc = CM_ERR_BAD_PROOF;
+            rc = CM_ERR_FORK; /* a newer fork needs an upgrade from 0 */
             goto out;
         }
         trusted = NULL;
@@ -1736,7 +1736,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
             cm_manifest mf;
             if (cm_manifest_decode(m->manifest, m->manifest_len, &mf) != CM_OK ||
                 mf.n_signers != 1 || memcmp(mf.signers[0].public_key, c->key, 32) != 0) {
-                rc = CM_ERR_KEY;
+                rc = CM_ERR_BAD_PROOF; /* a manifest of another core */
                 goto out;
             }
             /* a compat core described by its default manifest: stay compat */
@@ -1759,7 +1759,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
     }
     if ((rc = cm__nodes_sort_unique(chk->nodes, &chk->n_nodes)) != CM_OK) goto out;
     block_ok = m->has_block;
-    upgraded = chk->upgraded && (newer || chk->length != c->length);
+    upgraded = chk->upgraded;
 
     /* what changes */
     contiguous = c->contiguous;
@@ -1770,6 +1770,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
             contiguous = p;
             cbytes = pbytes;
         }
+        pbytes = cbytes; /* data is cut after the blocks still held */
     }
     if (block_ok && m->block_index == contiguous &&
         m->block_index < (upgraded ? chk->length : c->length))
@@ -1802,7 +1803,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
         s.clear = clear;
     }
     if (store_block) {
-        s.data_offset = cbytes;
+        s.data_offset = m->block_len ? cbytes : 0; /* 0 when there is no data */
         s.data_len = m->block_len;
         s.data = m->block_value;
     }

@@ -9,9 +9,8 @@ import hashlib
 import struct
 from typing import Any, List, Optional, Tuple
 
-from ..caps import (MAX_MANIFEST, MAX_SIGNATURE, MAX_SIGNERS, NS_DEFAULT, NS_MANIFEST,
-                    NS_TREE)
-from ..encoding import Node, Reader, encode_buffer, encode_uint
+from ..caps import MAX_SIGNATURE, MAX_SIGNERS, NS_DEFAULT, NS_MANIFEST, NS_TREE
+from ..encoding import Manifest, Node, Reader
 from ..errors import DecodeError, InvalidSignatureError, KeyMismatchError
 
 _U64 = struct.Struct("<Q")
@@ -85,81 +84,6 @@ def verify(message: bytes, signature: bytes, public_key: bytes) -> bool:
 
 
 # --- manifests ---------------------------------------------------------------
-
-class Manifest:
-    """A decoded manifest (versions 1 and 2, ed25519 signers)."""
-
-    __slots__ = ("version", "quorum", "allow_patch", "signers", "prologue", "linked",
-                 "user_data")
-
-    def __init__(self, signers: List[Tuple[bytes, bytes]], version: int = 1,
-                 quorum: Optional[int] = None, allow_patch: bool = False,
-                 prologue: Optional[Tuple[bytes, int]] = None,
-                 linked: Optional[List[bytes]] = None,
-                 user_data: Optional[bytes] = None) -> None:
-        self.version = version
-        self.signers = signers  # (namespace, public_key)
-        self.quorum = len(signers) // 2 + 1 if quorum is None else quorum
-        self.allow_patch = allow_patch
-        self.prologue = prologue
-        self.linked = linked
-        self.user_data = user_data
-
-    def encode(self) -> bytes:
-        flags = ((1 if self.allow_patch else 0) | (2 if self.prologue else 0)
-                 | (4 if self.linked is not None else 0)
-                 | (8 if self.user_data is not None else 0))
-        out = [encode_uint(self.version), encode_uint(flags), encode_uint(0),
-               encode_uint(self.quorum), encode_uint(len(self.signers))]
-        for namespace, public_key in self.signers:
-            out += [encode_uint(0), namespace, public_key]
-        if self.prologue:
-            out += [self.prologue[0], encode_uint(self.prologue[1])]
-        if self.linked is not None:
-            out.append(encode_uint(len(self.linked)))
-            out += self.linked
-        if self.user_data is not None:
-            out.append(encode_buffer(self.user_data))
-        return b"".join(out)
-
-    @classmethod
-    def decode(cls, buf: bytes) -> "Manifest":
-        if len(buf) > MAX_MANIFEST:
-            raise DecodeError("manifest of %d bytes (at most %d)" % (len(buf), MAX_MANIFEST))
-        r = Reader(buf)
-        version = r.uint()
-        if version not in (1, 2):
-            raise DecodeError("manifest version %d is not supported" % version)
-        flags = r.uint()
-        if r.uint() != 0:
-            raise DecodeError("manifest hash type is not blake2b")
-        quorum = r.uint()
-        count = r.uint()
-        if count > MAX_SIGNERS:
-            raise DecodeError("%d signers (at most %d)" % (count, MAX_SIGNERS))
-        signers = []
-        for _ in range(count):
-            if r.uint() != 0:
-                raise DecodeError("signer is not ed25519")
-            signers.append((r.fixed(32), r.fixed(32)))
-        prologue = None
-        linked = None
-        user_data = None
-        if flags & 2:
-            prologue = (r.fixed(32), r.uint())
-        if flags & 4:
-            n = r.uint()
-            if n > MAX_SIGNERS:
-                raise DecodeError("%d linked cores" % n)
-            linked = [r.fixed(32) for _ in range(n)]
-        if flags & 8:
-            user_data = r.buffer()
-        if not r.done():
-            raise DecodeError("trailing bytes after the manifest")
-        if quorum == 0 or quorum > count:
-            raise DecodeError("manifest quorum %d with %d signers" % (quorum, count))
-        return cls(signers, version, quorum, bool(flags & 1), prologue, linked, user_data)
-
 
 def default_manifest(public_key: bytes) -> bytes:
     return Manifest([(NS_DEFAULT, public_key)]).encode()

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Tuple
 
 from ..encoding import DataMessage, Node
-from ..errors import InvalidArgumentError, InvalidProofError
+from ..caps import MAX_PROOF_NODES
+from ..errors import InvalidArgumentError, InvalidProofError, OutOfRangeError
 from ..proofs import Check
 from . import flat
 from .crypto import Verifier, hash_leaf, hash_parent, tree_hash
@@ -69,6 +70,8 @@ def check(verifier: Verifier, roots: List[Node], msg: DataMessage) -> Check:
     pending: Optional[Node] = None
     if msg.seek is not None:
         raise InvalidProofError("seek proofs are not supported")
+    if msg.block is not None and msg.hash is not None:
+        raise InvalidProofError("a block and a hash proof in one message")
     if msg.block is not None:
         index, value, nodes = msg.block
         if index >= MAX_INDEX // 2:
@@ -242,6 +245,10 @@ def build(get_node: GetNode, length: int, fork: int, signature: bytes,
     sub_tree = head
     if block is not None:
         index, _, nodes = block
+        if index < 0 or index >= length:
+            raise OutOfRangeError("block %d is outside a log of %d blocks" % (index, length))
+        if nodes < 0 or nodes > MAX_PROOF_NODES:
+            raise InvalidArgumentError("nodes must be between 0 and %d" % MAX_PROOF_NODES)
         node = 2 * index
         if upgrade is None or index < upgrade[0]:
             sub_tree = _nodes_to_root(node, nodes, to)
@@ -255,5 +262,7 @@ def build(get_node: GetNode, length: int, fork: int, signature: bytes,
         additional = _upgrade_nodes(get_node, to, head, None, head, [None]) if head > to else []
         msg.upgrade = (upgrade[0], upgrade[1], nodes_up, additional, signature)
     if block is not None:
-        msg.block = (block[0], block[1], block_nodes[0] or [])
+        if block_nodes[0] is None:  # past the end of the upgrade
+            raise InvalidArgumentError("block %d is not covered by the upgrade" % block[0])
+        msg.block = (block[0], block[1], block_nodes[0])
     return msg

@@ -127,6 +127,12 @@ def _parse_slot(raw: bytes, i: int) -> Optional[_Slot]:
     return slot
 
 
+def _is_compat_manifest(manifest: bytes, key: bytes) -> bool:
+    """Hypercore's compat case: one signer whose public key is the core key."""
+    m = Manifest.decode(manifest)
+    return len(m.signers) == 1 and m.signers[0][1] == key
+
+
 def _as_bytes(name: str, value: Any, size: Optional[int] = None) -> bytes:
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise ArgumentTypeError("%s must be bytes, not %s" % (name, type(value).__name__))
@@ -221,8 +227,6 @@ class Log:
             raise KeyMismatchError("the store holds another core")
         if manifest is not None and manifest != self.manifest:
             raise KeyMismatchError("the store holds another manifest")
-        if secret_key is not None:
-            self._check_secret(secret_key, KeyMismatchError, None)
         try:
             sk_file = storage.open("secret_key", 0)
         except StoreNotFoundError:
@@ -237,10 +241,23 @@ class Log:
                 raise KeyMismatchError("the store holds another secret key")
             self._secret_key = stored
         elif secret_key is not None:
+            # The signer's key given to a replica: it becomes the writer, which
+            # needs every block.
+            self._check_secret(secret_key, KeyMismatchError, None)
+            if self.contiguous != self.length:
+                raise InvalidArgumentError("a replica that lacks blocks cannot become the writer")
             self._write_secret(storage, secret_key)
         self._replay()
         self._load_roots()
-        if self._secret_key is None and self.length > self.contiguous:
+        if self._secret_key is None:
+            if self._sig is None and (self.length or self.fork):
+                raise CorruptionError("a replica state without its signature", "header")
+        elif self.contiguous != self.length:
+            raise CorruptionError("a writer that lacks blocks", "header")
+        c = self.contiguous
+        if self._secret_key is None and (
+                self.length > c or self._tree.size() > (40 * (2 * c - 1) if c else 0)
+                or self._data.size() > self._contig_bytes):
             self._sanitize()
         if self.recovery["bytes_discarded"]:
             self._checkpoint()
@@ -323,7 +340,7 @@ class Log:
         self.contiguous = contiguous
         self.byte_length = byte_length
         self._tree_hash = digest
-        self._sig = signature
+        self._sig = signature or None
 
     def _reset_wal(self) -> None:
         self._wal_offset = 0
@@ -628,6 +645,9 @@ class Log:
         self._check_writer()
         if not blocks:
             return self.length
+        if len(blocks) > caps.MAX_APPEND_BLOCKS:
+            raise TooLargeError("%d blocks in one append (at most %d)"
+                                % (len(blocks), caps.MAX_APPEND_BLOCKS))
         total = 0
         for b in blocks:
             if len(b) > self._max_block:
@@ -742,11 +762,15 @@ class Log:
     def proof(self, request: int = 0, block: Optional[int] = None, nodes: int = 0,
               upgrade: Optional[Tuple[int, int]] = None, manifest: bool = False) -> bytes:
         self._check_open()
-        value = (block, self.get(block), nodes) if block is not None else None
         sig = self.signature() or b""
         man = self.manifest if manifest and not self.compat else None
-        return proof.build(self._get_node, self.length, self.fork, sig, value, upgrade,
-                           request, man).encode()
+        msg = proof.build(self._get_node, self.length, self.fork, sig,
+                          None if block is None else (block, b"", nodes), upgrade, request, man)
+        if msg.block is not None:
+            if block >= self.contiguous:  # type: ignore[operator]
+                raise BlockNotAvailableError("block %d is not held" % block)
+            msg.block = (msg.block[0], self.get(msg.block[0]), msg.block[2])
+        return msg.encode()
 
     def missing_nodes(self, index: int) -> int:
         self._check_open()
@@ -777,12 +801,12 @@ class Log:
                             % msg.fork)
         verifier = self._verifier
         learned = None
-        if msg.manifest is not None and self.manifest is None and not self._flags & FLAG_COMPAT:
-            try:
+        if msg.manifest is not None and not self._flags & (FLAG_COMPAT | FLAG_MANIFEST):
+            if manifest_hash(msg.manifest) == self.key:
                 verifier = Verifier(self.key, msg.manifest)
-            except (KeyMismatchError, ValueError):
-                raise InvalidProofError("the manifest does not belong to this core") from None
-            learned = msg.manifest
+                learned = msg.manifest
+            elif not _is_compat_manifest(msg.manifest, self.key):
+                raise InvalidProofError("the manifest does not belong to this core")
         chk = proof.check(verifier, [] if reorg else self.roots, msg)
         if chk.unverified is not None:
             u = chk.unverified
@@ -825,7 +849,7 @@ class Log:
         if chk.upgraded:
             byte_length, digest, sig = chk.byte_length, chk.tree_hash, msg.upgrade[4]
         else:
-            byte_length, digest, sig = self.byte_length, self._tree_hash, self._sig
+            byte_length, digest, sig = self.byte_length, self._tree_hash, self._sig or b""
         self._commit(REC_TRUNCATE if reorg else 0, msg.fork, length,
                      contiguous + (1 if store else 0), byte_length, digest,
                      signature=sig, manifest=learned,
@@ -844,10 +868,41 @@ class Log:
         return res
 
     def _sanitize(self) -> None:
-        """Drop sparse-region node slots that no durable record may own."""
+        """Drop sparse-region node slots that no durable record may own: cut
+        ``tree`` at the contiguous region, then write back the roots of
+        ``length`` and the path from the contiguous region up to its root."""
         c = self.contiguous
-        keep = [r for r in self.roots if flat.right_span(r[0]) > 2 * c - 2]
+        keep = {r[0]: r for r in self.roots if flat.right_span(r[0]) > 2 * c - 2}
+        c_roots = flat.full_roots(c)
+        k = 0
+        while k < len(c_roots) and k < len(self.roots) and self.roots[k][0] == c_roots[k]:
+            k += 1
+        if k < len(c_roots):
+            top = self.roots[k][0]  # the root of `length` over the last held blocks
+            stack = [self._read_node(i) for i in c_roots[k:]]
+            path: Dict[int, Node] = {}
+            while stack[-1] is not None and stack[-1][0] != top:
+                sib = self._read_node(flat.sibling(stack[-1][0]))
+                if sib is None:
+                    path = {}  # nothing to rebuild from: keep the plain rule
+                    break
+                path[sib[0]] = sib
+                _merge(stack, sib, path)  # type: ignore[arg-type]
+            if path and stack[-1] != self.roots[k]:
+                raise CorruptionError("the nodes over the held blocks do not match root %d"
+                                      % top, "tree")
+            keep.update(path)
         self._commit(REC_TRUNCATE, self.fork, self.length, c, self.byte_length,
-                     self._tree_hash, signature=self._sig,
+                     self._tree_hash, signature=self._sig or b"",
                      tree_truncate=2 * c - 1 if c else 0, data_truncate=self._contig_bytes,
-                     clear=spanning_ancestors(c), nodes=keep)
+                     clear=spanning_ancestors(c), nodes=[keep[i] for i in sorted(keep)])
+
+
+def _merge(stack: List[Node], node: Node, out: Dict[int, Node]) -> None:
+    """Push ``node`` and merge siblings into parents, recording each parent."""
+    stack.append(node)
+    while len(stack) >= 2 and flat.sibling(stack[-1][0]) == stack[-2][0]:
+        parent = hash_parent(stack[-2], stack[-1], flat.parent(stack[-1][0]))
+        del stack[-2:]
+        stack.append(parent)
+        out[parent[0]] = parent
