@@ -16,11 +16,34 @@ from .errors import (ArgumentTypeError, BlockNotAvailableError, ClosedError,
 
 __version__ = "0.1.0"
 
+# The machine layer loads on first use, so that `import coremachine_embedded`
+# stays light on a Pi Zero (no asyncio, no JSON libraries until needed).
+_LAZY = {
+    "create_machine": "machine", "MachineDefinition": "machine", "DefinitionError": "machine",
+    "InvalidActionError": "machine", "GuardRejectedError": "machine",
+    "Coremachine": "coremachine", "Snapshot": "coremachine", "MISSING": "coremachine",
+    "NotAtHeadError": "coremachine", "ConcurrentActionError": "coremachine",
+    "RestoreError": "coremachine", "EntryActionError": "coremachine",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'coremachine_embedded' has no attribute %r" % name)
+    import importlib
+    value = getattr(importlib.import_module("." + module, __name__), name)
+    globals()[name] = value
+    return value
+
 #: "c" (the Cython extension over csrc/) or "python" (the pure-Python backend).
 backend: str = _backend.name
 
 __all__ = [
-    "Core", "KeyPair", "backend", "__version__",
+    "Core", "KeyPair", "backend", "__version__", "create_machine", "Coremachine", "Snapshot",
+    "MachineDefinition", "MISSING", "DefinitionError", "InvalidActionError",
+    "GuardRejectedError", "NotAtHeadError", "ConcurrentActionError", "RestoreError",
+    "EntryActionError",
     "ArgumentTypeError", "BlockNotAvailableError", "ClosedError", "CoreMachineError",
     "CorruptionError", "DecodeError", "ForkError", "FormatVersionError",
     "InvalidArgumentError", "InvalidProofError", "InvalidSignatureError", "KeyMismatchError",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _backend
 from .encoding import Node
@@ -63,6 +63,26 @@ class KeyPair:
         return "KeyPair(public_key=%s)" % self.public_key.hex()
 
 
+class CoreChange:
+    """What changed in a core: ``kind`` is ``"append"``, ``"truncate"`` or
+    ``"proof"`` (a replica stored something); lengths and forks before and after."""
+
+    __slots__ = ("kind", "previous_length", "previous_contiguous", "previous_fork", "length",
+                 "contiguous_length", "fork", "result")
+
+    def __init__(self, kind: str, before: Tuple[int, int, int], after: Tuple[int, int, int],
+                 result: Any) -> None:
+        self.kind = kind
+        self.previous_length, self.previous_contiguous, self.previous_fork = before
+        self.length, self.contiguous_length, self.fork = after
+        self.result = result
+
+    def __repr__(self) -> str:
+        return "CoreChange(%s, length %d->%d, contiguous %d->%d, fork %d->%d)" % (
+            self.kind, self.previous_length, self.length, self.previous_contiguous,
+            self.contiguous_length, self.previous_fork, self.fork)
+
+
 class Core:
     """A signed, append-only, Merkle-verified log in a store directory.
 
@@ -110,6 +130,7 @@ class Core:
             create = key_pair is not None or key is not None
         self.directory = None if directory is None else os.fspath(directory)
         self._lock = threading.RLock()
+        self._listeners: List[Callable[["CoreChange"], None]] = []
         self._timer: Optional[threading.Timer] = None
         self._flush_interval = float(flush_interval)
         self._log = _impl.Log(storage, create=create,
@@ -207,8 +228,10 @@ class Core:
             raise ArgumentTypeError("append takes bytes or a list of bytes, not %s"
                                     % type(data).__name__)
         with self._lock:
+            before = self._snapshot()
             length = self._log.append(blocks)
             self._arm_timer()
+            self._notify("append", before, None)
             return length  # type: ignore[no-any-return]
 
     def truncate(self, length: int, fork: Optional[int] = None) -> None:
@@ -217,7 +240,9 @@ class Core:
         if not isinstance(length, int) or isinstance(length, bool):
             raise ArgumentTypeError("length must be an int")
         with self._lock:
+            before = self._snapshot()
             self._log.truncate(length, self._log.fork + 1 if fork is None else fork)
+            self._notify("truncate", before, None)
 
     def flush(self) -> None:
         """Make everything appended so far durable (one fdatasync)."""
@@ -298,8 +323,11 @@ class Core:
         """
         message = _need_bytes("message", message)
         with self._lock:
+            before = self._snapshot()
             result = self._log.apply_proof(message)
             self._arm_timer()
+            if result.upgraded or result.block_stored or result.reorg:
+                self._notify("proof", before, result)
             return result
 
     def verify(self, progress: Any = None) -> int:
@@ -326,6 +354,32 @@ class Core:
     def has(self, index: int) -> bool:
         """True if block ``index`` is held locally."""
         return 0 <= index < self.contiguous_length
+
+    # --- change notifications --------------------------------------------------
+
+    def on_change(self, callback: Callable[["CoreChange"], None]) -> Callable[[], None]:
+        """Call ``callback(change)`` after every append, truncation and stored
+        proof (inside the core's lock: keep it short).  Returns a function that
+        removes the callback."""
+        with self._lock:
+            self._listeners.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+        return remove
+
+    def _snapshot(self) -> Tuple[int, int, int]:
+        log = self._log
+        return (log.length, log.contiguous, log.fork)
+
+    def _notify(self, kind: str, before: Tuple[int, int, int], result: Any) -> None:
+        if not self._listeners:
+            return
+        change = CoreChange(kind, before, self._snapshot(), result)
+        for callback in list(self._listeners):
+            callback(change)
 
     # --- lifetime ------------------------------------------------------------
 

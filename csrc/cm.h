@@ -450,6 +450,32 @@ typedef struct cm_apply_result {
  * unless the whole message verifies. */
 int cm_core_apply_proof(cm_core *core, const uint8_t *msg, size_t len, cm_apply_result *out);
 
+/* ------------------------------------------------------------------------ */
+/* Transition table: the compiled dispatch of a state machine               */
+/* ------------------------------------------------------------------------ */
+
+/* States and events are interned to integers by the machine compiler; a cell
+ * (state, event) names a run of candidate transitions [first, first+count)
+ * that the caller keeps (guards are tried in that order).  The `all` table is
+ * compiled into every state's row.  Lookups allocate nothing. */
+typedef struct cm_table {
+    uint32_t n_states;
+    uint32_t n_events;
+    uint32_t *first;   /* n_states * n_events */
+    uint32_t *count;   /* 0: no transition */
+} cm_table;
+
+#define CM_MAX_TABLE_CELLS (1u << 24)
+
+/* Allocate an empty table (CM_ERR_TOO_LARGE over CM_MAX_TABLE_CELLS cells). */
+int cm_table_init(cm_table *t, uint32_t n_states, uint32_t n_events);
+void cm_table_free(cm_table *t);
+int cm_table_set(cm_table *t, uint32_t state, uint32_t event, uint32_t first, uint32_t count);
+/* 1 and the run when (state, event) has transitions, 0 when it has none,
+ * CM_ERR_RANGE for an id outside the table. */
+int cm_table_lookup(const cm_table *t, uint32_t state, uint32_t event, uint32_t *first,
+                    uint32_t *count);
+
 #ifdef __cplusplus
 }
 #endif

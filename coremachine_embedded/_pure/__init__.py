@@ -14,6 +14,7 @@ from .crypto import (Verifier, default_manifest, discovery_key, hash_leaf, hash_
 from .flat import full_roots
 from ..proofs import ApplyResult, Check
 from .store import Log
+from .table import Table
 
 NAME = "python"
 
@@ -32,6 +33,6 @@ def check_signature(key: bytes, manifest: Optional[bytes], tree_hash_: bytes, le
     Verifier(bytes(key), manifest).check(bytes(tree_hash_), length, fork, bytes(signature))
 
 
-__all__ = ["NAME", "ApplyResult", "Check", "Log", "check_proof", "check_signature", "default_manifest",
+__all__ = ["NAME", "ApplyResult", "Check", "Log", "Table", "check_proof", "check_signature", "default_manifest",
            "discovery_key", "full_roots", "hash_leaf", "hash_parent", "keypair_from_seed",
            "keypair_generate", "manifest_hash", "sign", "tree_hash", "verify"]

@@ -192,6 +192,29 @@ static size_t block_content(uint32_t id, uint8_t *buf, size_t cap) {
 /* Flat tree, primitives, manifests                                         */
 /* ------------------------------------------------------------------------ */
 
+static void test_table(void) {
+    cm_table t;
+    uint32_t first = 99, count = 99, s, e;
+    g_ctx = "table";
+    CHECK_RC(cm_table_init(&t, 0, 3), CM_ERR_INVALID);
+    CHECK_RC(cm_table_init(&t, 1u << 13, 1u << 12), CM_ERR_TOO_LARGE);
+    CHECK_RC(cm_table_init(&t, 5, 7), CM_OK);
+    for (s = 0; s < 5; s++)
+        for (e = 0; e < 7; e++) CHECK(cm_table_lookup(&t, s, e, &first, &count) == 0, "empty cell");
+    CHECK(first == 99 && count == 99, "a miss leaves the outputs alone");
+    CHECK_RC(cm_table_set(&t, 4, 6, 10, 3), CM_OK);
+    CHECK_RC(cm_table_set(&t, 0, 0, 0, 1), CM_OK);
+    CHECK_RC(cm_table_set(&t, 5, 0, 0, 1), CM_ERR_RANGE);
+    CHECK_RC(cm_table_set(&t, 0, 7, 0, 1), CM_ERR_RANGE);
+    CHECK(cm_table_lookup(&t, 4, 6, &first, &count) == 1 && first == 10 && count == 3, "set cell");
+    CHECK(cm_table_lookup(&t, 0, 0, &first, &count) == 1 && first == 0 && count == 1, "cell 0");
+    CHECK(cm_table_lookup(&t, 3, 6, &first, &count) == 0, "neighbour untouched");
+    CHECK_RC(cm_table_lookup(&t, 5, 0, &first, &count), CM_ERR_RANGE);
+    cm_table_free(&t);
+    cm_table_free(&t); /* idempotent */
+    CHECK(t.first == NULL && t.n_states == 0, "freed");
+}
+
 static void test_flat_tree(void) {
     size_t i, j;
     g_ctx = "flat-tree";
@@ -2210,6 +2233,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     REQUIRE_OK(cm_init());
+    test_table();
     test_flat_tree();
     test_primitives();
     test_manifests();

@@ -1,0 +1,91 @@
+"""Pipe helpers for the stream side of a :class:`Coremachine` (asyncio).
+
+The Python form of the JS Duplex: actions flow in (``await machine.send(msg)``,
+with backpressure) and state changes flow out (``machine.changes()``).  These
+helpers connect an action source and a change sink::
+
+    await pipe(source, machine, sink)
+
+``source`` is an async iterable, a plain iterable or an ``asyncio.Queue`` of
+``{"event"|"action": name, "value": v}`` messages (a queue ends at ``None``);
+``sink`` is a callable or coroutine function taking a :class:`Snapshot`, or an
+``asyncio.Queue``.  An invalid message is reported to ``machine.on_error``
+callbacks and the pipe keeps going.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, AsyncIterator, Optional
+
+from .coremachine import Coremachine, Snapshot
+
+
+async def _messages(source: Any) -> AsyncIterator[Any]:
+    if isinstance(source, asyncio.Queue):
+        while True:
+            item = await source.get()
+            if item is None:
+                return
+            yield item
+    elif hasattr(source, "__aiter__"):
+        async for item in source:
+            yield item
+    else:
+        for item in source:
+            yield item
+
+
+async def pipe_actions(source: Any, machine: Coremachine, maxsize: int = 64) -> int:
+    """Feed every message of ``source`` to the machine (waiting while
+    ``maxsize`` are pending) and wait until they are applied.  Returns how
+    many messages were read."""
+    count = 0
+    async for message in _messages(source):
+        await machine.send(message, maxsize)
+        count += 1
+    await machine.drain()
+    return count
+
+
+async def _deliver(sink: Any, snap: Snapshot) -> None:
+    if isinstance(sink, asyncio.Queue):
+        await sink.put(snap)
+        return
+    result = sink(snap)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def pipe_changes(machine: Coremachine, sink: Any, limit: Optional[int] = None) -> int:
+    """Deliver the machine's changes to ``sink`` until cancelled (or ``limit``
+    changes).  Returns how many were delivered."""
+    count = 0
+    changes = machine.changes()
+    try:
+        async for snap in changes:
+            await _deliver(sink, snap)
+            count += 1
+            if limit is not None and count >= limit:
+                break
+    finally:
+        await changes.aclose()  # type: ignore[attr-defined]
+    return count
+
+
+async def pipe(source: Any, machine: Coremachine, sink: Any = None) -> int:
+    """``source -> machine -> sink``: returns once the source is exhausted,
+    every message is applied and the changes they caused were delivered."""
+    if sink is None:
+        return await pipe_actions(source, machine)
+    changes = machine.changes()
+
+    async def forward() -> None:
+        async for snap in changes:
+            await _deliver(sink, snap)
+    task = asyncio.get_running_loop().create_task(forward())
+    try:
+        return await pipe_actions(source, machine)
+    finally:
+        changes.end()  # type: ignore[attr-defined]  # delivers what is queued, then stops
+        await task
