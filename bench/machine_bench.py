@@ -1,0 +1,213 @@
+"""The machine: dispatch against `transitions` and `python-statemachine`,
+durable and group-committed actions against the disk and the JS Coremachine,
+restore time, memory and bytes per action."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+from bench.common import ROOT, Report, median_time, rate, workdir
+
+import coremachine_embedded as cm
+from coremachine_embedded import Coremachine, create_machine
+
+
+def start(ctx, n):
+    ctx["running"] = True
+    ctx["counter"] = n
+
+
+def increment(ctx, _v):
+    ctx["counter"] += 1
+
+
+DEFINITION = {
+    "initial": "idle",
+    "context": {"running": False, "counter": 0},
+    "states": {
+        "idle": {"on": {"START": {"target": "running", "action": start}}},
+        "running": {"on": {"INCREMENT": {"target": "running", "action": increment},
+                           "STOP": {"target": "idle"}}},
+    },
+}
+
+
+def ensure_peers() -> None:
+    missing = []
+    for module, pkg in (("transitions", "transitions==0.9.3"),
+                        ("statemachine", "python-statemachine==3.2.2")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(pkg)
+    if missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q"] + missing, check=True)
+
+
+def dispatch_rates(n: int) -> dict:
+    """Events/s of one in-memory transition (lookup, action, state change)."""
+    ensure_peers()
+    from statemachine import State, StateMachine
+    from transitions import Machine
+
+    definition = create_machine(DEFINITION)
+    running = definition.state_ids["running"]
+
+    def ours() -> None:
+        ctx = {"running": True, "counter": 0}
+        sid = running
+        candidates = definition.candidates
+        for _ in range(n):
+            t = candidates(sid, "INCREMENT")[0]
+            t.action(ctx, None)
+            sid = t.target_id
+
+    class Model:
+        counter = 0
+
+        def on_inc(self) -> None:
+            self.counter += 1
+
+    model = Model()
+    machine = Machine(model=model, states=["idle", "running"], initial="running")
+    machine.add_transition("INCREMENT", "running", "running", after="on_inc")
+
+    def with_transitions() -> None:
+        for _ in range(n):
+            model.INCREMENT()
+
+    class Counter(StateMachine):
+        idle = State(initial=True)
+        running = State()
+        start = idle.to(running)
+        increment = running.to(running)
+
+        def __init__(self) -> None:
+            self.counter = 0
+            super().__init__()
+
+        def on_increment(self) -> None:
+            self.counter += 1
+
+    sm = Counter()
+    sm.start()
+    m = max(1, n // 20)
+
+    def with_statemachine() -> None:
+        for _ in range(m):
+            sm.increment()
+
+    table = {("running", "INCREMENT"): ("running", increment)}
+
+    def plain_dict() -> None:
+        ctx = {"counter": 0}
+        state = "running"
+        for _ in range(n):
+            state, fn = table[(state, "INCREMENT")]
+            fn(ctx, None)
+
+    return {"ours": rate(n, ours), "transitions": rate(n, with_transitions),
+            "python-statemachine": rate(m, with_statemachine), "dict": rate(n, plain_dict)}
+
+
+def js(payload: dict) -> dict:
+    from tests.interop import jsenv
+    env = jsenv.ensure("coremachine", ["coremachine@1.1.0", "hypercore@11",
+                                       "hypercore-crypto@3"], legacy_peer_deps=True)
+    return jsenv.run(env, os.path.join(ROOT, "bench", "js", "coremachine_bench.mjs"), payload)
+
+
+RESTORE_PROBE = textwrap.dedent("""
+    import json, sys, time
+    sys.path.insert(0, sys.argv[2])
+    from bench.common import rss_kib
+    from bench.machine_bench import DEFINITION
+    import coremachine_embedded as cm
+    t0 = time.perf_counter()
+    core = cm.Core(sys.argv[1])
+    cube = cm.Coremachine(core, DEFINITION)
+    ms = (time.perf_counter() - t0) * 1000
+    print(json.dumps({"open_ms": ms, "rss_kib": rss_kib(), "counter": cube.context["counter"]}))
+""")
+
+
+def run(report: Report, quick: bool) -> None:
+    section = "machine"
+    print("\n== the machine (backend: %s) ==" % cm.backend, flush=True)
+    base = workdir("machine-")
+    try:
+        n = 200000 if quick else 1000000
+        d = dispatch_rates(n)
+        report.add(section, "dispatch events/s (compiled table, in memory)", d["ours"], "/s",
+                   "transitions 0.9.3", d["transitions"], ">= 10x", d["ours"] >= 10 * d["transitions"])
+        report.add(section, "  vs python-statemachine 3.2.2", d["ours"], "/s",
+                   "python-statemachine", d["python-statemachine"])
+        report.add(section, "  vs a plain dict dispatch", d["ours"], "/s", "dict", d["dict"])
+
+        from bench.log_bench import raw_fdatasync
+        n_sync = 300 if quick else 2000
+        raw = raw_fdatasync(base, n_sync)
+        core = cm.Core(os.path.join(base, "sync"), key_pair=cm.KeyPair.generate())
+        cube = Coremachine(core, DEFINITION)
+        cube.action("START", 0)
+        durable = rate(n_sync, lambda: [cube.action("INCREMENT") for _ in range(n_sync)])
+        core.close()
+        report.add(section, "durable actions/s (sync: one fdatasync each)", durable, "/s",
+                   "raw write+fdatasync loop", raw, ">= 0.8x", durable >= 0.8 * raw)
+
+        n_batch = 20000 if quick else 100000
+        path = os.path.join(base, "batch")
+        core = cm.Core(path, key_pair=cm.KeyPair.generate(), durability="batch")
+        cube = Coremachine(core, DEFINITION)
+        cube.action("START", 0)
+
+        def group() -> None:
+            for _ in range(n_batch):
+                cube.action("INCREMENT")
+            core.flush()
+        grouped = rate(n_batch, group)
+        report.add(section, "actions/s with group commit (durability=batch)", grouped, "/s",
+                   target="> 100k", ok=grouped > 100000)
+        core.close()
+        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+        n_log = 20000
+        js_dir = os.path.join(base, "js")
+        os.makedirs(js_dir)
+        try:
+            jw = js({"count": n_log, "dir": js_dir, "phase": "write"})
+            jr = js({"count": n_log, "dir": js_dir, "phase": "restore"})
+        except Exception as e:  # no node: say so, measure the rest
+            print("  (JS Coremachine not measured: %s)" % e)
+            jw = jr = {}
+        if jw:
+            report.add(section, "  group commit vs JS sequential await action()", grouped, "/s",
+                       "JS Coremachine 1.1.0", jw["actions_per_s"])
+            report.add(section, "  durable (fsync each) vs JS (no fsync)", durable, "/s",
+                       "JS Coremachine 1.1.0", jw["actions_per_s"])
+
+        # A 20,000-action log: reopen + restore, memory, bytes on disk.
+        path20 = os.path.join(base, "log20k")
+        core = cm.Core(path20, key_pair=cm.KeyPair.generate(), durability="none")
+        cube = Coremachine(core, DEFINITION)
+        cube.action("START", 0)
+        for _ in range(n_log - 1):
+            cube.action("INCREMENT")
+        core.close()
+        out = subprocess.run([sys.executable, "-c", RESTORE_PROBE, path20, ROOT], check=True,
+                             capture_output=True, text=True).stdout
+        probe = json.loads(out)
+        assert probe["counter"] == n_log - 1
+        report.add(section, "reopen + restore a 20,000-action log", probe["open_ms"], "ms",
+                   "JS Coremachine", jr.get("open_ms"))
+        report.add(section, "RSS after restore (whole process)", probe["rss_kib"] / 1024, "MiB",
+                   "JS Coremachine", jr["rss"] / 2**20 if jr else None)
+        ours_bytes = sum(os.path.getsize(os.path.join(path20, f)) for f in os.listdir(path20))
+        report.add(section, "bytes on disk per action (20,000 actions)", ours_bytes / n_log, "B",
+                   "JS Coremachine", jw["bytes"] / n_log if jw else None)
+        del size
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
