@@ -22,7 +22,7 @@ def _load() -> ModuleType:
     if impl not in ("auto", "c"):
         raise ImportError("COREMACHINE_IMPL must be auto, c or python, not %r" % impl)
     try:
-        from . import _core  # type: ignore[attr-defined]
+        from . import _core
         return _core
     except ImportError as e:
         if impl == "c":

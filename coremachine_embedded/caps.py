@@ -6,12 +6,13 @@ The namespaces are Hypercore's ``namespace('hypercore', 6)``:
 from __future__ import annotations
 
 import hashlib
+from typing import Tuple
 
 #: On-disk store format (docs/format.md); separate from the package version.
 FORMAT_VERSION = 1
 
 
-def _namespace(name: bytes, count: int) -> tuple:
+def _namespace(name: bytes, count: int) -> Tuple[bytes, ...]:
     base = hashlib.blake2b(name, digest_size=32).digest()
     return tuple(hashlib.blake2b(base + bytes([i]), digest_size=32).digest()
                  for i in range(count))

@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _backend
 from .encoding import Node
-from .errors import ArgumentTypeError, InvalidArgumentError
+from .errors import ArgumentTypeError, InvalidArgumentError, need_bytes
 
 BytesLike = Union[bytes, bytearray, memoryview]
 _impl = _backend.impl
-
-
-def _need_bytes(name: str, value: Any, size: Optional[int] = None) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise ArgumentTypeError("%s must be bytes, not %s" % (name, type(value).__name__))
-    value = bytes(value)
-    if size is not None and len(value) != size:
-        raise InvalidArgumentError("%s must be %d bytes, not %d" % (name, size, len(value)))
-    return value
 
 
 class KeyPair:
@@ -36,15 +27,15 @@ class KeyPair:
     __slots__ = ("public_key", "secret_key")
 
     def __init__(self, public_key: bytes, secret_key: bytes) -> None:
-        self.public_key = _need_bytes("public_key", public_key, 32)
-        self.secret_key = _need_bytes("secret_key", secret_key, 64)
+        self.public_key = need_bytes("public_key", public_key, 32)
+        self.secret_key = need_bytes("secret_key", secret_key, 64)
         if self.secret_key[32:] != self.public_key:
             raise InvalidArgumentError("secret_key does not end with public_key")
 
     @classmethod
     def from_seed(cls, seed: BytesLike) -> "KeyPair":
         """The key pair of a 32-byte seed (deterministic)."""
-        pk, sk = _impl.keypair_from_seed(_need_bytes("seed", seed, 32))
+        pk, sk = _impl.keypair_from_seed(need_bytes("seed", seed, 32))
         return cls(pk, sk)
 
     @classmethod
@@ -115,9 +106,9 @@ class Core:
             raise ArgumentTypeError("key_pair must be a KeyPair, not %s"
                                     % type(key_pair).__name__)
         if key is not None:
-            key = _need_bytes("key", key, 32)
+            key = need_bytes("key", key, 32)
         if manifest is not None:
-            manifest = _need_bytes("manifest", manifest)
+            manifest = need_bytes("manifest", manifest)
         if not isinstance(durability, str):
             raise ArgumentTypeError("durability must be a string")
         if storage is None:
@@ -133,6 +124,7 @@ class Core:
         self._listeners: List[Callable[["CoreChange"], None]] = []
         self._timer: Optional[threading.Timer] = None
         self._flush_interval = float(flush_interval)
+        self._flush_interval_armed = durability == "batch"
         self._log = _impl.Log(storage, create=create,
                               secret_key=key_pair.secret_key if key_pair else None,
                               key=key, manifest=manifest, compat=compat,
@@ -192,7 +184,7 @@ class Core:
         return self._log.durability  # type: ignore[no-any-return]
 
     @property
-    def recovery(self) -> dict:
+    def recovery(self) -> Dict[str, int]:
         """What opening found: records replayed, torn bytes discarded, header slot."""
         return dict(self._log.recovery)
 
@@ -210,7 +202,7 @@ class Core:
 
     def roots(self) -> List[Node]:
         """The current roots as ``(index, size, hash)``."""
-        return [tuple(r) for r in self._log.roots]  # type: ignore[misc]
+        return [(r[0], r[1], r[2]) for r in self._log.roots]
 
     # --- writing -------------------------------------------------------------
 
@@ -220,18 +212,23 @@ class Core:
         :returns: the new length.
         :raises TooLargeError: a block over ``max_block_size`` or a batch over 64 MiB.
         """
-        if isinstance(data, (bytes, bytearray, memoryview)):
+        if type(data) is bytes:
+            blocks = [data]
+        elif isinstance(data, (bytes, bytearray, memoryview)):
             blocks = [bytes(data)]
         elif isinstance(data, (list, tuple)):
-            blocks = [_need_bytes("block", b) for b in data]
+            blocks = [b if type(b) is bytes else need_bytes("block", b) for b in data]
         else:
             raise ArgumentTypeError("append takes bytes or a list of bytes, not %s"
                                     % type(data).__name__)
         with self._lock:
-            before = self._snapshot()
-            length = self._log.append(blocks)
-            self._arm_timer()
-            self._notify("append", before, None)
+            log = self._log
+            before = (log.length, log.contiguous, log.fork) if self._listeners else None
+            length = log.append(blocks)
+            if self._timer is None and self._flush_interval_armed:
+                self._arm_timer()
+            if before is not None:
+                self._notify("append", before, None)
             return length  # type: ignore[no-any-return]
 
     def truncate(self, length: int, fork: Optional[int] = None) -> None:
@@ -255,7 +252,7 @@ class Core:
             self._log.checkpoint()
 
     def _arm_timer(self) -> None:
-        if self._log.durability != "batch" or self._timer is not None:
+        if not self._flush_interval_armed or self._timer is not None:
             return
         self._timer = threading.Timer(self._flush_interval, self._timed_flush)
         self._timer.daemon = True
@@ -321,7 +318,7 @@ class Core:
         :raises InvalidProofError, InvalidSignatureError, ForkError, DecodeError:
             nothing was stored.
         """
-        message = _need_bytes("message", message)
+        message = need_bytes("message", message)
         with self._lock:
             before = self._snapshot()
             result = self._log.apply_proof(message)

@@ -7,7 +7,7 @@ versions) and subclasses the built-in exception a caller would expect, so
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Type
+from typing import Any, Dict, Optional, Type
 
 
 class CoreMachineError(Exception):
@@ -167,3 +167,13 @@ def from_code(code: int, message: str, filename: Optional[str] = None,
     if issubclass(cls, StorageError):
         return cls(message, filename, errno)
     return cls(message)
+
+
+def need_bytes(name: str, value: Any, size: Optional[int] = None) -> bytes:
+    """``value`` as bytes, or ArgumentTypeError / InvalidArgumentError naming ``name``."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise ArgumentTypeError("%s must be bytes, not %s" % (name, type(value).__name__))
+    out = bytes(value)
+    if size is not None and len(out) != size:
+        raise InvalidArgumentError("%s must be %d bytes, not %d" % (name, size, len(out)))
+    return out

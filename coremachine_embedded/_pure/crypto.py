@@ -21,7 +21,7 @@ _sodium: Any = None
 def _nacl() -> Any:
     global _sodium
     if _sodium is None:
-        import pysodium
+        import pysodium  # type: ignore[import-untyped]
         _sodium = pysodium
     return _sodium
 

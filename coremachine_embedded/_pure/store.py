@@ -11,14 +11,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import caps
 from ..encoding import DataMessage, Node
-from ..errors import (ArgumentTypeError, BlockNotAvailableError, ClosedError, CorruptionError,
+from ..errors import (need_bytes, ArgumentTypeError, BlockNotAvailableError, ClosedError, CorruptionError,
                       FormatVersionError, InvalidArgumentError, InvalidProofError,
                       KeyMismatchError, OutOfRangeError, ReadOnlyError, StorageError,
                       StoreNotFoundError, TooLargeError, ForkError)
 from ..proofs import ApplyResult
 from ..storage import CREATE, PRIVATE, File, FileStorage
 from . import flat, proof
-from .crypto import (Manifest, Verifier, default_manifest, discovery_key, hash_leaf,
+from ..encoding import Manifest
+from .crypto import (Verifier, default_manifest, discovery_key, hash_leaf,
                      hash_parent, keypair_from_seed, manifest_hash, tree_hash)
 
 MAGIC = b"CMEH"
@@ -68,6 +69,26 @@ class _Record:
                  "fork", "length", "contiguous", "byte_length", "tree_hash", "tree_truncate",
                  "data_truncate", "data_offset", "data", "clear", "nodes", "signature",
                  "manifest")
+    crc: int
+    end: int
+    generation: int
+    seq: int
+    durable_count: int
+    prev_crc: int
+    flags: int
+    fork: int
+    length: int
+    contiguous: int
+    byte_length: int
+    tree_hash: bytes
+    tree_truncate: int
+    data_truncate: int
+    data_offset: int
+    data: bytes
+    clear: List[int]
+    nodes: List[Node]
+    signature: Optional[bytes]
+    manifest: Optional[bytes]
 
 
 def _parse_record(buf: bytes, off: int) -> Optional[_Record]:
@@ -104,6 +125,18 @@ def _parse_record(buf: bytes, off: int) -> Optional[_Record]:
 class _Slot:
     __slots__ = ("seq", "version", "flags", "key", "fork", "length", "contiguous",
                  "byte_length", "tree_hash", "generation", "signature", "manifest")
+    seq: int
+    version: int
+    flags: int
+    key: bytes
+    fork: int
+    length: int
+    contiguous: int
+    byte_length: int
+    tree_hash: bytes
+    generation: int
+    signature: Optional[bytes]
+    manifest: Optional[bytes]
 
 
 def _parse_slot(raw: bytes, i: int) -> Optional[_Slot]:
@@ -131,15 +164,6 @@ def _is_compat_manifest(manifest: bytes, key: bytes) -> bool:
     """Hypercore's compat case: one signer whose public key is the core key."""
     m = Manifest.decode(manifest)
     return len(m.signers) == 1 and m.signers[0][1] == key
-
-
-def _as_bytes(name: str, value: Any, size: Optional[int] = None) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise ArgumentTypeError("%s must be bytes, not %s" % (name, type(value).__name__))
-    value = bytes(value)
-    if size is not None and len(value) != size:
-        raise InvalidArgumentError("%s must be %d bytes, not %d" % (name, size, len(value)))
-    return value
 
 
 class Log:
@@ -175,11 +199,11 @@ class Log:
         if isinstance(storage, str):
             storage = FileStorage(storage)
         if secret_key is not None:
-            secret_key = _as_bytes("secret_key", secret_key, 64)
+            secret_key = need_bytes("secret_key", secret_key, 64)
         if key is not None:
-            key = _as_bytes("key", key, 32)
+            key = need_bytes("key", key, 32)
         if manifest is not None:
-            manifest = _as_bytes("manifest", manifest)
+            manifest = need_bytes("manifest", manifest)
         try:
             self._header = storage.open("header", 0)
             fresh = False
@@ -193,10 +217,9 @@ class Log:
         raw = self._header.read(2 * SLOT_SIZE, 0)
         slots = [_parse_slot(raw, 0), _parse_slot(raw, 1)]
         valid = [s for s in slots if s is not None]
-        for name in ("wal", "tree", "data"):
-            f = storage.open(name, CREATE)
-            self._files.append(f)
-            setattr(self, "_" + name, f)
+        self._wal: File = self._open_file(storage, "wal")
+        self._tree: File = self._open_file(storage, "tree")
+        self._data: File = self._open_file(storage, "data")
         if not valid:
             # A torn first header with nothing else written is an interrupted
             # creation: nothing to lose.  Otherwise the header is damaged.
@@ -261,6 +284,11 @@ class Log:
             self._sanitize()
         if self.recovery["bytes_discarded"]:
             self._checkpoint()
+
+    def _open_file(self, storage: Any, name: str) -> File:
+        f: File = storage.open(name, CREATE)
+        self._files.append(f)
+        return f
 
     def _check_secret(self, sk: bytes, error: Any, filename: Optional[str]) -> None:
         def fail(why: str) -> None:
@@ -767,9 +795,10 @@ class Log:
         msg = proof.build(self._get_node, self.length, self.fork, sig,
                           None if block is None else (block, b"", nodes), upgrade, request, man)
         if msg.block is not None:
-            if block >= self.contiguous:  # type: ignore[operator]
-                raise BlockNotAvailableError("block %d is not held" % block)
-            msg.block = (msg.block[0], self.get(msg.block[0]), msg.block[2])
+            index = msg.block[0]
+            if index >= self.contiguous:
+                raise BlockNotAvailableError("block %d is not held" % index)
+            msg.block = (index, self.get(index), msg.block[2])
         return msg.encode()
 
     def missing_nodes(self, index: int) -> int:
@@ -789,7 +818,7 @@ class Log:
         self._check_open()
         if self._secret_key is not None:
             raise InvalidArgumentError("a writer does not take proofs")
-        msg = DataMessage.decode(_as_bytes("proof", message))
+        msg = DataMessage.decode(need_bytes("proof", message))
         res = ApplyResult()
         res.fork = msg.fork
         if msg.fork < self.fork:
@@ -846,7 +875,7 @@ class Log:
                 seen.add(n[0])
                 nodes.append(n)
         data = msg.block[1] if store and msg.block is not None else b""
-        if chk.upgraded:
+        if chk.upgraded and msg.upgrade is not None:
             byte_length, digest, sig = chk.byte_length, chk.tree_hash, msg.upgrade[4]
         else:
             byte_length, digest, sig = self.byte_length, self._tree_hash, self._sig or b""
