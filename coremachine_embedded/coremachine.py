@@ -63,7 +63,7 @@ def copy_json(value: Any) -> Any:
     """A deep copy of a JSON value (dicts, lists, immutables)."""
     if isinstance(value, dict):
         return {k: copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # a tuple is stored as an array: copy it as one
         return [copy_json(v) for v in value]
     return value
 
@@ -111,12 +111,14 @@ class Snapshot:
 class _Plan:
     """A transition worked out on a copy of the context, not committed yet."""
 
-    __slots__ = ("event", "value", "transition", "context", "pending")
+    __slots__ = ("event", "value", "transition", "context", "pending", "at")
 
-    def __init__(self, event: str, value: Any, context: Dict[str, Any]) -> None:
+    def __init__(self, event: str, value: Any, context: Dict[str, Any],
+                 at: Tuple[int, int]) -> None:
         self.event = event
         self.value = value
         self.context = context
+        self.at = at  # (head, fork) the plan was made on
         self.transition: Optional[Transition] = None
         self.pending: Optional[Tuple[Transition, ...]] = None  # candidates behind an async guard
 
@@ -309,7 +311,7 @@ class Coremachine:
         error = None
         for fn in self._entry_actions(plan):
             try:
-                fn(copy_json(snap.context), snap.state)
+                _no_awaitable(fn(copy_json(snap.context), snap.state), "an entry action")
             except Exception as e:
                 error = error or e
         return self._entry_result(snap, error)
@@ -373,7 +375,7 @@ class Coremachine:
         run = self.definition.candidates(self._sid, event)
         if run is None:
             raise InvalidActionError(event, self.state)
-        plan = _Plan(event, value, copy_json(self._context))
+        plan = _Plan(event, value, copy_json(self._context), (self._head, self.core.fork))
         arg = None if value is MISSING else value
         for k, t in enumerate(run):
             ok = True if t.guard is None else t.guard(plan.context, arg)
@@ -388,12 +390,15 @@ class Coremachine:
 
     def _run_exit_and_action(self, plan: _Plan) -> None:
         t = plan.transition
-        assert t is not None
+        if t is None:  # a guard returned an awaitable (a plain function wrapping a coroutine)
+            raise ConcurrentActionError("a guard of %s returned an awaitable: use action_async"
+                                        % plan.event)
         if t.target is not None:
             for fn in self.definition.exit[self._sid]:
-                fn(plan.context, self.state)
+                _no_awaitable(fn(plan.context, self.state), "an exit action")
         if t.action is not None:
-            t.action(plan.context, None if plan.value is MISSING else plan.value)
+            _no_awaitable(t.action(plan.context, None if plan.value is MISSING else plan.value),
+                          "the action of %s" % plan.event)
 
     async def _run_exit_and_action_async(self, plan: _Plan) -> None:
         arg = None if plan.value is MISSING else plan.value
@@ -428,6 +433,12 @@ class Coremachine:
         if plan.value is not MISSING:
             entry["value"] = plan.value
         block = _json.dumps(entry)  # JSONValueError: nothing was changed
+        if plan.at != (self._head, self.core.fork) or self.core.length != self._head + 1:
+            # The lock is re-entrant: a coroutine of the same thread (while an
+            # async action awaited) or a callback truncated or appended.  The
+            # plan was made on an older log: appending it would lose that.
+            raise ConcurrentActionError("the log changed while %s was running: nothing was "
+                                        "appended" % plan.event)
         previous = self.state
         self._local = True
         try:
@@ -435,7 +446,10 @@ class Coremachine:
         finally:
             self._local = False
         self._sid = target_id
-        self._context = plan.context
+        # A copy: the action may have put the caller's objects (its value, a
+        # global) in the context; later changes to those must not change the
+        # machine behind the log's back.
+        self._context = copy_json(plan.context)
         self._head = length - 1
         return Snapshot(self.definition.states[target_id], copy_json(plan.context), length - 1,
                         previous, plan.event, copy_json(plan.value), self.core.fork)
@@ -462,7 +476,7 @@ class Coremachine:
             if current <= 0:
                 return None
             self._cursor = current - 1
-            self._view = self._decode(self._cursor)
+            self._view = self.entry(self._cursor)  # as entry(i) gives it (previous_state too)
             return self._view.copy()
 
     def forward(self) -> Optional[Snapshot]:
@@ -476,7 +490,7 @@ class Coremachine:
                 self._view = None
                 return self._newest()
             self._cursor += 1
-            self._view = self._decode(self._cursor)
+            self._view = self.entry(self._cursor)
             return self._view.copy()
 
     def head(self) -> Snapshot:
@@ -611,6 +625,14 @@ class Coremachine:
     def __repr__(self) -> str:
         return "Coremachine(state=%r, entries=%d%s)" % (self.state, self._head + 1,
                                                         "" if self.core.writable else ", replica")
+
+
+def _no_awaitable(result: Any, what: str) -> None:
+    """The synchronous action() cannot await: refuse (before anything is committed)
+    rather than commit a transition whose coroutine never ran."""
+    if inspect.isawaitable(result):
+        getattr(result, "close", lambda: None)()
+        raise ConcurrentActionError("%s returned an awaitable: use action_async" % what)
 
 
 def parse_message(message: Mapping[str, Any]) -> Tuple[str, Any]:

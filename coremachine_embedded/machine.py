@@ -284,6 +284,7 @@ def create_machine(config: Mapping[str, Any]) -> MachineDefinition:
                 if fn is not None:
                     (s_entry if event == "enter" else s_exit).append(fn)
                 if event == "enter" and spec.get("target"):
+                    _name(spec["target"], "state %r: on.enter.target" % name)
                     if spec["target"] not in ids:
                         raise DefinitionError("state %r: on.enter.target %r is not a state"
                                               % (name, spec["target"]))
@@ -310,6 +311,9 @@ def create_machine(config: Mapping[str, Any]) -> MachineDefinition:
             if event in ("enter", "exit"):
                 raise DefinitionError("'all' cannot define %s" % event)
             eid = intern(event)
+            # Checked once even if no state receives it (every state defines the
+            # event itself or is final): a mistake in 'all' is still a mistake.
+            compile_candidates(spec, event, "all", True, "all.%s" % event)
             for sid, name in enumerate(names):
                 if finals[sid] or (sid, eid) in cells:
                     continue  # a state's own transition wins over 'all'
