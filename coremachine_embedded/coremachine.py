@@ -59,12 +59,17 @@ class EntryActionError(CoreMachineError, RuntimeError):
         self.snapshot = snapshot
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def copy_json(value: Any) -> Any:
-    """A deep copy of a JSON value (dicts, lists, immutables)."""
+    """A deep copy of a JSON value (dicts, lists, immutables); a tuple is
+    stored as an array, so it is copied as a list."""
     if isinstance(value, dict):
-        return {k: copy_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):  # a tuple is stored as an array: copy it as one
-        return [copy_json(v) for v in value]
+        return {k: (copy_json(v) if isinstance(v, _CONTAINERS) else v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [copy_json(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
 
 
@@ -144,6 +149,7 @@ class Coremachine:
         self.definition = create_machine(definition)
         self.eager = eager
         self._lock = core._lock  # one lock for the log and the machine: no ordering issues
+        self._log = core._log    # the backend log, for cheap reads of length/fork
         self._acting = False
         self._local = False      # our own core call is running: ignore its notification
         self._async_locks: Dict[Any, asyncio.Lock] = {}
@@ -168,7 +174,9 @@ class Coremachine:
     @property
     def context(self) -> Dict[str, Any]:
         """A copy of the current context."""
-        return copy_json(self._view.context if self._view is not None else self._context)
+        context: Dict[str, Any] = copy_json(self._view.context if self._view is not None
+                                            else self._context)
+        return context
 
     @property
     def is_empty(self) -> bool:
@@ -365,7 +373,7 @@ class Coremachine:
         self._acting = True
 
     def _plan(self, event: str, value: Any) -> _Plan:
-        if not self.core.writable:
+        if not self._log.writable:
             raise ReadOnlyError("this machine follows a read-only replica: only its writer acts")
         if self._cursor is not None:
             raise NotAtHeadError("viewing history entry %d of %d: call head() before acting"
@@ -375,10 +383,13 @@ class Coremachine:
         run = self.definition.candidates(self._sid, event)
         if run is None:
             raise InvalidActionError(event, self.state)
-        plan = _Plan(event, value, copy_json(self._context), (self._head, self.core.fork))
+        plan = _Plan(event, value, copy_json(self._context), (self._head, self._log.fork))
         arg = None if value is MISSING else value
         for k, t in enumerate(run):
-            ok = True if t.guard is None else t.guard(plan.context, arg)
+            if t.guard is None:
+                plan.transition = t
+                return plan
+            ok = t.guard(plan.context, arg)
             if inspect.isawaitable(ok):
                 getattr(ok, "close", lambda: None)()
                 plan.pending = run[k:]  # decided by _run_exit_and_action_async
@@ -403,12 +414,12 @@ class Coremachine:
     async def _run_exit_and_action_async(self, plan: _Plan) -> None:
         arg = None if plan.value is MISSING else plan.value
         if plan.pending is not None:
-            for t in plan.pending:
-                ok = True if t.guard is None else t.guard(plan.context, arg)
+            for candidate in plan.pending:
+                ok = True if candidate.guard is None else candidate.guard(plan.context, arg)
                 if inspect.isawaitable(ok):
                     ok = await ok
                 if ok:
-                    plan.transition = t
+                    plan.transition = candidate
                     break
             else:
                 raise GuardRejectedError(plan.event, self.state, "no guard passed")
@@ -433,13 +444,14 @@ class Coremachine:
         if plan.value is not MISSING:
             entry["value"] = plan.value
         block = _json.dumps(entry)  # JSONValueError: nothing was changed
-        if plan.at != (self._head, self.core.fork) or self.core.length != self._head + 1:
+        log = self._log
+        if plan.at != (self._head, log.fork) or log.length != self._head + 1:
             # The lock is re-entrant: a coroutine of the same thread (while an
             # async action awaited) or a callback truncated or appended.  The
             # plan was made on an older log: appending it would lose that.
             raise ConcurrentActionError("the log changed while %s was running: nothing was "
                                         "appended" % plan.event)
-        previous = self.state
+        previous = self.definition.states[self._sid]
         self._local = True
         try:
             length = self.core.append(block)
@@ -451,8 +463,8 @@ class Coremachine:
         # machine behind the log's back.
         self._context = copy_json(plan.context)
         self._head = length - 1
-        return Snapshot(self.definition.states[target_id], copy_json(plan.context), length - 1,
-                        previous, plan.event, copy_json(plan.value), self.core.fork)
+        return Snapshot(self.definition.states[target_id], copy_json(self._context), length - 1,
+                        previous, plan.event, copy_json(plan.value), log.fork)
 
     # --- history ----------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ table is compiled into the backend's ``Table`` (C in the C backend).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _backend, _json
 from .errors import CoreMachineError, InvalidArgumentError
@@ -172,7 +172,7 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
-def create_machine(config: Mapping[str, Any]) -> MachineDefinition:
+def create_machine(config: Union[MachineDefinition, Mapping[str, Any]]) -> MachineDefinition:
     """Validate and compile a machine definition (see the module docstring).
 
     :raises DefinitionError: naming what is wrong and where.
