@@ -28,6 +28,17 @@ def rate(count: int, fn: Callable[[], Any]) -> float:
     return count / (time.perf_counter() - t0)
 
 
+def interleaved(count: int, fns: Dict[str, Callable[[], Any]], rounds: int = 5) -> Dict[str, float]:
+    """Median ops/s of each fn (each performing ``count`` operations), run in
+    alternating rounds so that a slow patch of the shared disk or CPU hits
+    every contender alike."""
+    runs: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            runs[name].append(rate(count, fn))
+    return {name: statistics.median(r) for name, r in runs.items()}
+
+
 def median_time(fn: Callable[[], Any], repeat: int) -> float:
     times = []
     for _ in range(repeat):

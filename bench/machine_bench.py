@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-from bench.common import ROOT, Report, median_time, rate, workdir
+from bench.common import ROOT, Report, interleaved, rate, workdir
 
 import coremachine_embedded as cm
 from coremachine_embedded import Coremachine, create_machine
@@ -149,12 +149,14 @@ def run(report: Report, quick: bool) -> None:
         report.add(section, "  vs a plain dict dispatch", d["ours"], "/s", "dict", d["dict"])
 
         from bench.log_bench import raw_fdatasync
-        n_sync = 300 if quick else 2000
-        raw = raw_fdatasync(base, n_sync)
+        n_sync = 200 if quick else 1000
         core = cm.Core(os.path.join(base, "sync"), key_pair=cm.KeyPair.generate())
         cube = Coremachine(core, DEFINITION)
         cube.action("START", 0)
-        durable = rate(n_sync, lambda: [cube.action("INCREMENT") for _ in range(n_sync)])
+        r = interleaved(n_sync, {
+            "raw": lambda: raw_fdatasync(base, n_sync),
+            "ours": lambda: [cube.action("INCREMENT") for _ in range(n_sync)]})
+        raw, durable = r["raw"], r["ours"]
         core.close()
         report.add(section, "durable actions/s (sync: one fdatasync each)", durable, "/s",
                    "raw write+fdatasync loop", raw, ">= 0.8x", durable >= 0.8 * raw)
@@ -169,11 +171,10 @@ def run(report: Report, quick: bool) -> None:
             for _ in range(n_batch):
                 cube.action("INCREMENT")
             core.flush()
-        grouped = rate(n_batch, group)
+        grouped = interleaved(n_batch, {"group": group}, rounds=3)["group"]
         report.add(section, "actions/s with group commit (durability=batch)", grouped, "/s",
                    target="> 100k", ok=grouped > 100000)
         core.close()
-        size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
         n_log = 20000
         js_dir = os.path.join(base, "js")
         os.makedirs(js_dir)
@@ -208,6 +209,5 @@ def run(report: Report, quick: bool) -> None:
         ours_bytes = sum(os.path.getsize(os.path.join(path20, f)) for f in os.listdir(path20))
         report.add(section, "bytes on disk per action (20,000 actions)", ours_bytes / n_log, "B",
                    "JS Coremachine", jw["bytes"] / n_log if jw else None)
-        del size
     finally:
         shutil.rmtree(base, ignore_errors=True)
