@@ -187,6 +187,10 @@ cdef extern from "cm.h":
     ctypedef struct cm_table:
         uint32_t n_states
         uint32_t n_events
+    int cm_aead_seal(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *msg, size_t len, uint8_t *out)
+    int cm_aead_open(const uint8_t *key, const uint8_t *nonce, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *ct, size_t ct_len, uint8_t *out)
     int cm_table_init(cm_table *t, uint32_t n_states, uint32_t n_events)
     void cm_table_free(cm_table *t)
     int cm_table_set(cm_table *t, uint32_t state, uint32_t event, uint32_t first, uint32_t count)
@@ -382,6 +386,36 @@ def check_proof(key, manifest, roots, message):
     finally:
         PyMem_Free(m)
         PyMem_Free(chk)
+
+
+def aead_seal(key, nonce, ad, message):
+    """XChaCha20-Poly1305: the ciphertext with its 16-byte tag."""
+    cdef bytes k = _need(key, "key", 32)
+    cdef bytes n = _need(nonce, "nonce", 24)
+    cdef bytes a = _need(ad, "ad")
+    cdef bytes m = _need(message, "message")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, len(m) + 16)
+    cm_aead_seal(<const uint8_t *>PyBytes_AS_STRING(k), <const uint8_t *>PyBytes_AS_STRING(n),
+                 <const uint8_t *>PyBytes_AS_STRING(a), len(a),
+                 <const uint8_t *>PyBytes_AS_STRING(m), len(m), <uint8_t *>PyBytes_AS_STRING(out))
+    return out
+
+
+def aead_open(key, nonce, ad, ciphertext):
+    """The message, or None if the ciphertext, ad, key or nonce do not match."""
+    cdef bytes k = _need(key, "key", 32)
+    cdef bytes n = _need(nonce, "nonce", 24)
+    cdef bytes a = _need(ad, "ad")
+    cdef bytes c = _need(ciphertext, "ciphertext")
+    if len(c) < 16:
+        return None
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, len(c) - 16)
+    if cm_aead_open(<const uint8_t *>PyBytes_AS_STRING(k), <const uint8_t *>PyBytes_AS_STRING(n),
+                    <const uint8_t *>PyBytes_AS_STRING(a), len(a),
+                    <const uint8_t *>PyBytes_AS_STRING(c), len(c),
+                    <uint8_t *>PyBytes_AS_STRING(out)) != 0:
+        return None
+    return out
 
 
 # --- Python storage behind the C io ----------------------------------------------

@@ -142,6 +142,18 @@ int cm_sign(const uint8_t *msg, size_t len, const uint8_t secret_key[64], uint8_
 int cm_verify(const uint8_t *msg, size_t len, const uint8_t sig[64],
               const uint8_t public_key[32]);
 
+/* Authenticated encryption of sync envelopes: XChaCha20-Poly1305 (IETF).
+ * seal writes len + CM_AEAD_TAG bytes; open writes ct_len - CM_AEAD_TAG bytes
+ * and returns CM_ERR_BAD_SIGNATURE if the ciphertext or `ad` was altered. */
+#define CM_AEAD_KEY 32
+#define CM_AEAD_NONCE 24
+#define CM_AEAD_TAG 16
+int cm_aead_seal(const uint8_t key[CM_AEAD_KEY], const uint8_t nonce[CM_AEAD_NONCE],
+                 const uint8_t *ad, size_t ad_len, const uint8_t *msg, size_t len, uint8_t *out);
+int cm_aead_open(const uint8_t key[CM_AEAD_KEY], const uint8_t nonce[CM_AEAD_NONCE],
+                 const uint8_t *ad, size_t ad_len, const uint8_t *ct, size_t ct_len,
+                 uint8_t *out);
+
 /* CRC-32 (IEEE 802.3, as zlib.crc32), continuing from `crc` (start with 0). */
 uint32_t cm_crc32(uint32_t crc, const uint8_t *buf, size_t len);
 

@@ -146,6 +146,27 @@ int cm_verify(const uint8_t *msg, size_t len, const uint8_t sig[64],
                : CM_ERR_BAD_SIGNATURE;
 }
 
+int cm_aead_seal(const uint8_t key[CM_AEAD_KEY], const uint8_t nonce[CM_AEAD_NONCE],
+                 const uint8_t *ad, size_t ad_len, const uint8_t *msg, size_t len, uint8_t *out) {
+    unsigned long long out_len = 0;
+    crypto_aead_xchacha20poly1305_ietf_encrypt(out, &out_len, msg, (unsigned long long)len, ad,
+                                               (unsigned long long)ad_len, NULL, nonce, key);
+    return CM_OK;
+}
+
+int cm_aead_open(const uint8_t key[CM_AEAD_KEY], const uint8_t nonce[CM_AEAD_NONCE],
+                 const uint8_t *ad, size_t ad_len, const uint8_t *ct, size_t ct_len,
+                 uint8_t *out) {
+    unsigned long long out_len = 0;
+    if (ct_len < CM_AEAD_TAG) return CM_ERR_BAD_SIGNATURE;
+    return crypto_aead_xchacha20poly1305_ietf_decrypt(out, &out_len, NULL, ct,
+                                                      (unsigned long long)ct_len, ad,
+                                                      (unsigned long long)ad_len, nonce,
+                                                      key) == 0
+               ? CM_OK
+               : CM_ERR_BAD_SIGNATURE;
+}
+
 /* ------------------------------------------------------------------------ */
 /* CRC-32 (slicing by 8)                                                    */
 /* ------------------------------------------------------------------------ */

@@ -1752,7 +1752,13 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
             goto out;
         }
         if ((rc = tree_read(c, chk->unverified.index, &n, &present)) != CM_OK) goto out;
-        if (!present || !cm__node_eq(&n, &chk->unverified)) {
+        if (!present) {
+            /* Nothing to check it against yet (the proof of an earlier block
+             * that brings this node may still be on its way): not invalid. */
+            rc = CM_ERR_UNAVAILABLE;
+            goto out;
+        }
+        if (!cm__node_eq(&n, &chk->unverified)) {
             rc = CM_ERR_BAD_PROOF;
             goto out;
         }

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import List, Optional
 
 from ..encoding import DataMessage, Node
-from .crypto import (Verifier, default_manifest, discovery_key, hash_leaf, hash_parent,
-                     keypair_from_seed, keypair_generate, manifest_hash, sign, tree_hash,
-                     verify)
+from .crypto import (Verifier, aead_open, aead_seal, default_manifest, discovery_key,
+                     hash_leaf, hash_parent, keypair_from_seed, keypair_generate, manifest_hash,
+                     sign, tree_hash, verify)
 from .flat import full_roots
 from ..proofs import ApplyResult, Check
 from .store import Log
@@ -33,6 +33,6 @@ def check_signature(key: bytes, manifest: Optional[bytes], tree_hash_: bytes, le
     Verifier(bytes(key), manifest).check(bytes(tree_hash_), length, fork, bytes(signature))
 
 
-__all__ = ["NAME", "ApplyResult", "Check", "Log", "Table", "check_proof", "check_signature", "default_manifest",
+__all__ = ["NAME", "aead_open", "aead_seal", "ApplyResult", "Check", "Log", "Table", "check_proof", "check_signature", "default_manifest",
            "discovery_key", "full_roots", "hash_leaf", "hash_parent", "keypair_from_seed",
            "keypair_generate", "manifest_hash", "sign", "tree_hash", "verify"]

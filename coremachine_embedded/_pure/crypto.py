@@ -83,6 +83,22 @@ def verify(message: bytes, signature: bytes, public_key: bytes) -> bool:
     return True
 
 
+def aead_seal(key: bytes, nonce: bytes, ad: bytes, message: bytes) -> bytes:
+    """XChaCha20-Poly1305: the ciphertext with its 16-byte tag."""
+    return bytes(_nacl().crypto_aead_xchacha20poly1305_ietf_encrypt(message, ad, nonce, key))
+
+
+def aead_open(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> Optional[bytes]:
+    """The message, or None if the ciphertext, ad, key or nonce do not match."""
+    if len(ciphertext) < 16:
+        return None
+    try:
+        return bytes(_nacl().crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce,
+                                                                         key))
+    except ValueError:
+        return None
+
+
 # --- manifests ---------------------------------------------------------------
 
 def default_manifest(public_key: bytes) -> bytes:

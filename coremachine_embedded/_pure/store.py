@@ -841,11 +841,10 @@ class Log:
             u = chk.unverified
             if reorg or flat.right_span(u[0]) > 2 * self.length - 2:
                 raise InvalidProofError("the block is not covered by a trusted tree")
-            try:
-                local = self._get_node(u[0])
-            except BlockNotAvailableError:
-                raise InvalidProofError("no local node %d to check the proof against"
-                                        % u[0]) from None
+            local = self._get_node_or_none(u[0])
+            if local is None:  # the proof that brings it may still be on its way
+                raise BlockNotAvailableError("no local node %d to check the proof against yet"
+                                             % u[0])
             if local != u:
                 raise InvalidProofError("checksum mismatch at node %d" % u[0])
         contiguous = self.contiguous

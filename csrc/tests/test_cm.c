@@ -192,6 +192,28 @@ static size_t block_content(uint32_t id, uint8_t *buf, size_t cap) {
 /* Flat tree, primitives, manifests                                         */
 /* ------------------------------------------------------------------------ */
 
+static void test_aead(void) {
+    uint8_t key[CM_AEAD_KEY], nonce[CM_AEAD_NONCE], msg[100], ct[100 + CM_AEAD_TAG], back[100];
+    const uint8_t ad[5] = {1, 2, 3, 4, 5};
+    size_t i;
+    g_ctx = "aead";
+    for (i = 0; i < sizeof(key); i++) key[i] = (uint8_t)i;
+    for (i = 0; i < sizeof(nonce); i++) nonce[i] = (uint8_t)(200 - i);
+    for (i = 0; i < sizeof(msg); i++) msg[i] = (uint8_t)(i * 7);
+    CHECK_RC(cm_aead_seal(key, nonce, ad, sizeof(ad), msg, sizeof(msg), ct), CM_OK);
+    CHECK(memcmp(ct, msg, sizeof(msg)) != 0, "ciphertext differs from the message");
+    CHECK_RC(cm_aead_open(key, nonce, ad, sizeof(ad), ct, sizeof(ct), back), CM_OK);
+    CHECK(memcmp(back, msg, sizeof(msg)) == 0, "round trip");
+    ct[10] ^= 1;
+    CHECK_RC(cm_aead_open(key, nonce, ad, sizeof(ad), ct, sizeof(ct), back), CM_ERR_BAD_SIGNATURE);
+    ct[10] ^= 1;
+    CHECK_RC(cm_aead_open(key, nonce, ad, 4, ct, sizeof(ct), back), CM_ERR_BAD_SIGNATURE);
+    key[0] ^= 1;
+    CHECK_RC(cm_aead_open(key, nonce, ad, sizeof(ad), ct, sizeof(ct), back), CM_ERR_BAD_SIGNATURE);
+    CHECK_RC(cm_aead_open(key, nonce, ad, sizeof(ad), ct, CM_AEAD_TAG - 1, back),
+             CM_ERR_BAD_SIGNATURE);
+}
+
 static void test_table(void) {
     cm_table t;
     uint32_t first = 99, count = 99, s, e;
@@ -2234,6 +2256,7 @@ int main(int argc, char **argv) {
     }
     REQUIRE_OK(cm_init());
     test_table();
+    test_aead();
     test_flat_tree();
     test_primitives();
     test_manifests();
