@@ -30,6 +30,7 @@
 #define RF_MANIFEST 4u
 
 #define NODE_SLOT 40u
+#define CM_VCACHE 1024u
 #define NODE_ENTRY 48u
 
 #define MAX_APPEND_BLOCKS (UINT64_C(1) << 20)
@@ -110,6 +111,15 @@ struct cm_core {
 
     cm_file_id err_file;
     int err_errno;
+
+    /* Tree nodes verified by earlier walks (a node never changes until a
+     * truncation, which bumps vgen): sequential reads and proofs then
+     * re-verify only the few lowest levels. Fixed size, by index. */
+    struct {
+        cm_node node;
+        uint64_t gen;
+    } vcache[CM_VCACHE];
+    uint64_t vgen;
 };
 
 static cm_file_id g_open_err_file = CM_FILE_NONE;
@@ -228,6 +238,19 @@ static int tree_read(cm_core *c, uint64_t index, cm_node *out, int *present) {
     return CM_OK;
 }
 
+static int vcache_get(const cm_core *c, uint64_t index, cm_node *out) {
+    size_t slot = (size_t)(index % CM_VCACHE);
+    if (c->vcache[slot].gen != c->vgen || c->vcache[slot].node.index != index) return 0;
+    *out = c->vcache[slot].node;
+    return 1;
+}
+
+static void vcache_put(cm_core *c, const cm_node *n) {
+    size_t slot = (size_t)(n->index % CM_VCACHE);
+    c->vcache[slot].node = *n;
+    c->vcache[slot].gen = c->vgen;
+}
+
 /* Verified walk from the trusted root covering `target` down to it.
  * Missing node -> CM_ERR_UNAVAILABLE (caller decides), mismatch -> CORRUPT
  * naming tree.  *offset = byte offset of the node's first block. */
@@ -248,14 +271,23 @@ static int walk_to(cm_core *c, uint64_t target, cm_node *out, uint64_t *offset) 
     while (cur.index != target) {
         cm_node l, r, p;
         int pl, pr, rc;
+        uint64_t li, ri;
         if ((cur.index & 1) == 0 || ++guard > 64) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
-        if ((rc = tree_read(c, cm_ft_left_child(cur.index), &l, &pl)) != CM_OK) return rc;
-        if ((rc = tree_read(c, cm_ft_right_child(cur.index), &r, &pr)) != CM_OK) return rc;
-        if (!pl || !pr) return CM_ERR_UNAVAILABLE;
-        if (l.size + r.size < l.size || l.size + r.size != cur.size)
-            return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
-        cm_hash_parent(&l, &r, &p);
-        if (memcmp(p.hash, cur.hash, 32) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+        li = cm_ft_left_child(cur.index);
+        ri = cm_ft_right_child(cur.index);
+        if (vcache_get(c, li, &l) && vcache_get(c, ri, &r)) {
+            /* both children were verified against this same parent before */
+        } else {
+            if ((rc = tree_read(c, li, &l, &pl)) != CM_OK) return rc;
+            if ((rc = tree_read(c, ri, &r, &pr)) != CM_OK) return rc;
+            if (!pl || !pr) return CM_ERR_UNAVAILABLE;
+            if (l.size + r.size < l.size || l.size + r.size != cur.size)
+                return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            cm_hash_parent(&l, &r, &p);
+            if (memcmp(p.hash, cur.hash, 32) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            vcache_put(c, &l);
+            vcache_put(c, &r);
+        }
         if (cm_ft_contains(l.index, target)) {
             cur = l;
         } else {
@@ -588,6 +620,7 @@ static int rec_apply_files(cm_core *c, rec_view *v) {
     int rc;
     if (v->flags & RF_TRUNCATE) {
         static const uint8_t zero[NODE_SLOT];
+        c->vgen++; /* nodes of the old history may be rewritten: forget verified ones */
         if ((rc = io_truncate(c, CM_FILE_TREE, v->tree_truncate * NODE_SLOT)) != CM_OK) return rc;
         if ((rc = io_truncate(c, CM_FILE_DATA, v->data_truncate)) != CM_OK) return rc;
         for (i = 0; i < v->n_clear; i++) {
@@ -1257,6 +1290,7 @@ int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery)
     if (cm_init() != CM_OK) return CM_ERR_INVALID;
     c = (cm_core *)calloc(1, sizeof(*c));
     if (!c) return CM_ERR_NOMEM;
+    c->vgen = 1; /* cache entries start at generation 0: all invalid */
     c->io = *opts->io;
     c->durability = opts->durability;
     c->checkpoint_bytes = opts->checkpoint_bytes ? opts->checkpoint_bytes : CM_DEFAULT_CHECKPOINT_BYTES;
@@ -1516,11 +1550,25 @@ int cm_core_block_size(cm_core *c, uint64_t index, uint64_t *size) {
     return CM_OK;
 }
 
+/* Read the bytes of a verified leaf at `off` into buf and check them. */
+static int read_leaf(cm_core *c, const cm_node *leaf, uint64_t off, uint8_t *buf) {
+    cm_node chk;
+    size_t got;
+    int rc;
+    if (leaf->size > 0) {
+        if ((rc = io_read(c, CM_FILE_DATA, buf, (size_t)leaf->size, off, &got)) != CM_OK)
+            return rc;
+        if (got != leaf->size) return fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
+    }
+    cm_hash_leaf(leaf->index / 2, buf, (size_t)leaf->size, &chk);
+    if (memcmp(chk.hash, leaf->hash, 32) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
+    return CM_OK;
+}
+
 /* Verified read of block `index` into buf (cap >= its size). */
 static int read_block(cm_core *c, uint64_t index, uint8_t *buf, size_t cap, size_t *len) {
-    cm_node leaf, chk;
+    cm_node leaf;
     uint64_t off;
-    size_t got;
     int rc;
     if (index >= c->length) return fail(c, CM_ERR_RANGE, CM_FILE_NONE);
     if (index >= c->contiguous) return fail(c, CM_ERR_UNAVAILABLE, CM_FILE_NONE);
@@ -1528,13 +1576,7 @@ static int read_block(cm_core *c, uint64_t index, uint8_t *buf, size_t cap, size
     if (leaf.size > (uint64_t)SIZE_MAX) return fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
     *len = (size_t)leaf.size;
     if (cap < leaf.size) return fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
-    if (leaf.size > 0) {
-        if ((rc = io_read(c, CM_FILE_DATA, buf, (size_t)leaf.size, off, &got)) != CM_OK) return rc;
-        if (got != leaf.size) return fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
-    }
-    cm_hash_leaf(index, buf, (size_t)leaf.size, &chk);
-    if (memcmp(chk.hash, leaf.hash, 32) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
-    return CM_OK;
+    return read_leaf(c, &leaf, off, buf);
 }
 
 int cm_core_get(cm_core *c, uint64_t index, uint8_t *buf, size_t cap, size_t *len) {
@@ -1600,6 +1642,8 @@ static int gen_get_node(void *ctx, uint64_t index, cm_node *out) {
 int cm_core_proof(cm_core *c, const cm_proof_request *req, uint8_t *out, size_t cap,
                   size_t *len) {
     cm_data_msg *m;
+    cm_node leaf;
+    uint64_t leaf_off = 0;
     size_t value_off = 0;
     int rc;
     c->err_file = CM_FILE_NONE;
@@ -1613,12 +1657,11 @@ int cm_core_proof(cm_core *c, const cm_proof_request *req, uint8_t *out, size_t 
     m->fork = c->fork;
     rc = cm__proof_generate(c->length, req, gen_get_node, c, m);
     if (rc == CM_OK && m->has_block) {
-        uint64_t size;
         if (req->block_index >= c->contiguous)
             rc = fail(c, CM_ERR_UNAVAILABLE, CM_FILE_NONE);
-        else if ((rc = cm_core_block_size(c, req->block_index, &size)) == CM_OK) {
-            if (size > (uint64_t)SIZE_MAX) rc = fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
-            m->block_len = (size_t)size;
+        else if ((rc = walk_held(c, 2 * req->block_index, &leaf, &leaf_off)) == CM_OK) {
+            if (leaf.size > (uint64_t)SIZE_MAX) rc = fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
+            m->block_len = (size_t)leaf.size;
         }
     }
     if (rc == CM_OK && m->has_upgrade) {
@@ -1634,10 +1677,7 @@ int cm_core_proof(cm_core *c, const cm_proof_request *req, uint8_t *out, size_t 
         rc = cm__data_encode_ex(m, out, cap, len, m->has_block ? &value_off : NULL);
         if (rc == CM_ERR_TOO_LARGE) rc = fail(c, rc, CM_FILE_NONE);
     }
-    if (rc == CM_OK && m->has_block) {
-        size_t got;
-        rc = read_block(c, m->block_index, out + value_off, m->block_len, &got);
-    }
+    if (rc == CM_OK && m->has_block) rc = read_leaf(c, &leaf, leaf_off, out + value_off);
     if (rc == CM_ERR_INVALID || rc == CM_ERR_RANGE) c->err_file = CM_FILE_NONE;
     return rc;
 }

@@ -1,0 +1,726 @@
+"""The replicator: what to request, what to serve, how to verify and store -
+independent of the carrier (UDP datagrams, serial frames, anything with a
+``send(envelope, addr)`` and an ``on_receive(envelope, addr)``).
+
+DEV NOTES.  An :class:`Endpoint` holds cores (by discovery key) and links.
+Every envelope is authenticated with the core's wire key; inside, a peer is
+known by its random session id.  A peer proves freshness by echoing the
+cookie we gave it in a HELLO (``BLAKE2b(key=secret, session || dk)``, the
+secret rotating every few minutes), and each session has a 64-message replay
+window, so replayed envelopes do nothing.
+
+Serving: SYNC answers SYNC (fork, signed length), REQUEST answers DATA (a
+Hypercore proof built by the core) or NO_DATA; appends are announced to peers
+that pull live.  Pulling: learn the remote length (SYNC), fetch the signed tree
+(an upgrade proof), then request blocks in a window, each asking for just the
+tree nodes that neither the store nor an earlier in-flight proof provides.
+Proofs arriving ahead of the next needed block wait in a bounded buffer;
+lost requests are retried with backoff.  Nothing is stored that the core did
+not verify (``Core.apply_proof``).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from .. import errors
+from ..core import Core, CoreChange
+from ..encoding import Reader
+from . import wire
+
+log = logging.getLogger("coremachine_embedded.sync")
+
+COOKIE_EPOCH = 300.0          # seconds a cookie secret lives (two are accepted)
+MAX_SESSIONS = 4096           # replay windows kept per endpoint
+MAX_PEERS_PER_CORE = 256
+MAX_QUEUE_BYTES = 4 << 20     # queued outgoing bytes per peer
+MAX_REASSEMBLY = 16           # messages being reassembled per peer
+KEEPALIVE = 2.0               # seconds between SYNCs to a source while pulling live
+PEER_TIMEOUT = 60.0           # a live puller that was silent this long gets no announcements
+
+
+class Counters(Dict[str, int]):
+    """Counts of what an endpoint did and why it dropped things."""
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self[name] = self.get(name, 0) + n
+
+
+class _Window:
+    """Anti-replay window of one remote session: the highest counter seen and a
+    bitmap of the 64 below it."""
+
+    __slots__ = ("high", "mask")
+
+    def __init__(self) -> None:
+        self.high = -1
+        self.mask = 0
+
+    def accept(self, counter: int) -> bool:
+        if counter > self.high:
+            shift = counter - self.high
+            self.mask = ((self.mask << shift) | 1) & ((1 << 64) - 1) if shift < 64 else 1
+            self.high = counter
+            return True
+        behind = self.high - counter
+        if behind >= 64 or self.mask >> behind & 1:
+            return False
+        self.mask |= 1 << behind
+        return True
+
+
+class _Peer:
+    """A remote endpoint as seen by one core."""
+
+    def __init__(self, link: Any, addr: Any, session: bytes) -> None:
+        self.link = link
+        self.addr = addr
+        self.session = session
+        self.echo = bytes(8)         # the cookie it gave us
+        self.live = False            # it pulls: tell it about new lengths
+        self.serves = False
+        self.last_seen = time.monotonic()
+        self.fork = -1               # its state, from SYNC/RANGE
+        self.length = -1
+        self.contiguous = 0
+        self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
+        self.out: List[Tuple[int, bytes]] = []
+        self.out_bytes = 0
+        self.fragments: "OrderedDict[Tuple[int, int], Dict[int, bytes]]" = OrderedDict()
+        self.srtt = 0.2
+        self.rttvar = 0.1
+        self.hello_sent = 0.0
+
+    @property
+    def ready(self) -> bool:
+        return self.echo != bytes(8)
+
+    def rto(self) -> float:
+        return min(3.0, max(0.05, self.srtt + 4 * self.rttvar))
+
+    def sample_rtt(self, rtt: float) -> None:
+        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+        self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+
+class _Req:
+    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline")
+
+    def __init__(self, rid: int, index: Optional[int], upgrade: Optional[Tuple[int, int]],
+                 nodes: List[int]) -> None:
+        self.id = rid
+        self.index = index
+        self.upgrade = upgrade
+        self.sent = 0.0
+        self.tries = 0
+        self.nodes = nodes       # tree nodes this request's proof will bring
+        self.deadline = 0.0
+
+
+class _Entry:
+    """A core at an endpoint, and the state of pulling it."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.key = core.key
+        self.dk = core.discovery_key
+        self.wire_key = wire.wire_key(core.key)
+        self.peers: "OrderedDict[Tuple[int, Any], _Peer]" = OrderedDict()
+        self.pulling = False
+        self.live = False
+        self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
+        self.inflight: Dict[int, _Req] = {}                # by block index
+        self.upgrade: Optional[_Req] = None
+        self.ahead: Dict[int, bytes] = {}                  # proofs waiting for earlier blocks
+        self.promised: Dict[int, int] = {}                 # node -> in-flight proofs bringing it
+        self.next = 0
+        self.caught_up = asyncio.Event()
+        self.progress: Optional[Callable[[int, int], None]] = None
+        self.unsubscribe: Optional[Callable[[], None]] = None
+        self.announce_pending = False
+        self.last_keepalive = 0.0
+
+
+class Endpoint:
+    """Serves and pulls cores over one or more links.
+
+    :param window: block requests in flight per pulled core.
+    """
+
+    def __init__(self, window: int = 128) -> None:
+        self.window = window
+        self.counters = Counters()
+        self.session = os.urandom(8)
+        self._counter = 0
+        self._secrets = [os.urandom(32), os.urandom(32)]
+        self._secret_time = time.monotonic()
+        self._entries: Dict[bytes, _Entry] = {}
+        self._windows: "OrderedDict[Tuple[bytes, bytes], _Window]" = OrderedDict()
+        self._links: List[Any] = []
+        self._next_id = 1
+        self._frag_id = 1
+        self._flush_scheduled: Set[Tuple[int, Any, bytes]] = set()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._timer: Optional["asyncio.Task[None]"] = None
+
+    # --- setup ----------------------------------------------------------------------
+
+    async def attach(self, link: Any) -> None:
+        """Start a link and route what it receives here."""
+        self._loop = asyncio.get_running_loop()
+        self._links.append(link)
+        await link.start(lambda data, addr: self.receive(link, data, addr))
+        if self._timer is None:
+            self._timer = self._loop.create_task(self._tick())
+
+    def serve(self, core: Core) -> None:
+        """Answer requests for ``core`` from anyone who knows its key."""
+        self._entry(core)
+
+    def _entry(self, core: Core) -> _Entry:
+        dk = core.discovery_key
+        entry = self._entries.get(dk)
+        if entry is None:
+            entry = self._entries[dk] = _Entry(core)
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            loop_thread = threading.get_ident()
+
+            def changed(change: CoreChange) -> None:
+                if not entry.announce_pending:
+                    entry.announce_pending = True
+                    if threading.get_ident() == loop_thread:
+                        loop.call_soon(self._announce, entry)   # no wake-up write needed
+                    else:
+                        loop.call_soon_threadsafe(self._announce, entry)
+            entry.unsubscribe = core.on_change(changed)
+        return entry
+
+    async def pull(self, core: Core, link: Any, addr: Any = None, *, live: bool = False,
+                   progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Pull ``core`` from the peer at ``addr`` on ``link`` until this replica
+        holds the peer's signed length; with ``live``, keep following until
+        cancelled.  The core keeps serving what it holds."""
+        entry = self._entry(core)
+        entry.pulling = True
+        entry.live = live
+        entry.source = (link, addr)
+        entry.progress = progress
+        entry.caught_up.clear()
+        entry.next = core.contiguous_length
+        self._hello(entry, link, addr)
+        try:
+            if live:
+                await asyncio.Event().wait()
+            await entry.caught_up.wait()
+        finally:
+            if not live:
+                entry.pulling = False
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for entry in self._entries.values():
+            if entry.unsubscribe:
+                entry.unsubscribe()
+        for link in self._links:
+            await link.close()
+        self._links = []
+
+    # --- receiving -------------------------------------------------------------------
+
+    def receive(self, link: Any, data: bytes, addr: Any) -> None:
+        """One envelope from ``addr`` on ``link``; everything invalid is dropped and counted."""
+        c = self.counters
+        c.inc("rx_envelopes")
+        c.inc("rx_bytes", len(data))
+        dk = wire.peek(data)
+        if dk is None:
+            c.inc("dropped_malformed")
+            return
+        entry = self._entries.get(dk)
+        if entry is None:
+            c.inc("dropped_unknown_core")
+            return
+        plain = wire.unseal(entry.wire_key, data)
+        if plain is None:
+            c.inc("dropped_auth")
+            return
+        try:
+            payload = wire.decode_payload(plain)
+        except errors.CoreMachineError:
+            c.inc("dropped_malformed")
+            return
+        if payload.session == self.session:
+            c.inc("dropped_own")  # our own envelope, looped back
+            return
+        window = self._windows.get((dk, payload.session))
+        if window is None:
+            window = self._windows[(dk, payload.session)] = _Window()
+            while len(self._windows) > MAX_SESSIONS:
+                self._windows.popitem(last=False)
+        else:
+            self._windows.move_to_end((dk, payload.session))
+        if not window.accept(payload.counter):
+            c.inc("dropped_replay")
+            return
+        peer = self._peer(entry, link, addr, payload.session)
+        fresh = self._cookie_ok(payload.session, dk, payload.echo)
+        greeted = False
+        for kind, body in payload.messages:
+            if kind == wire.HELLO:
+                greeted = True
+            elif not fresh:
+                continue
+            try:
+                self._handle(entry, peer, kind, body)
+            except errors.CoreMachineError as e:
+                c.inc("dropped_malformed")
+                log.debug("bad %d message from %r: %s", kind, addr, e)
+        if not fresh:
+            if not greeted:
+                c.inc("dropped_stale_cookie")
+            # It does not know our current cookie: tell it (at once in answer to
+            # a HELLO - that exchange ends once both echo right - otherwise at
+            # most five times a second).
+            if greeted or time.monotonic() - peer.hello_sent > 0.2:
+                self._hello(entry, link, addr, peer)
+        self._pump(entry)
+
+    def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
+        key = (id(link), addr)
+        peer = entry.peers.get(key)
+        if peer is None or peer.session != session:
+            fresh = _Peer(link, addr, session)
+            if peer is not None:  # the peer restarted: keep nothing but its address
+                self._forget_source_state(entry, key)
+            peer = fresh
+            entry.peers[key] = peer
+            while len(entry.peers) > MAX_PEERS_PER_CORE:
+                entry.peers.popitem(last=False)
+        entry.peers.move_to_end(key)
+        peer.last_seen = time.monotonic()
+        return peer
+
+    def _forget_source_state(self, entry: _Entry, key: Tuple[int, Any]) -> None:
+        if entry.source is not None and (id(entry.source[0]), entry.source[1]) == key:
+            entry.upgrade = None
+            for req in list(entry.inflight.values()):
+                req.deadline = 0.0  # resend at once to the new session
+
+    def _cookie(self, session: bytes, dk: bytes, secret: bytes) -> bytes:
+        return hashlib.blake2b(session + dk, digest_size=8, key=secret).digest()
+
+    def _cookie_ok(self, session: bytes, dk: bytes, echo: bytes) -> bool:
+        return any(echo == self._cookie(session, dk, s) for s in self._secrets)
+
+    def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+        msg = wire.decode_message(kind, body)
+        if kind == wire.HELLO:
+            peer.echo = msg.cookie
+            peer.live = bool(msg.flags & wire.HELLO_PULL)
+            peer.serves = bool(msg.flags & wire.HELLO_SERVE)
+            self._send_sync(entry, peer, force=True)
+        elif kind == wire.SYNC:
+            peer.fork, peer.length = msg.fork, msg.length
+            if msg.downloading:
+                peer.live = True
+            if (msg.remote_length, msg.fork) != (entry.core.length, entry.core.fork) or \
+                    peer.told != (entry.core.fork, entry.core.length):
+                self._send_sync(entry, peer)
+        elif kind == wire.RANGE:
+            if not msg.drop and msg.start == 0:
+                peer.contiguous = msg.length
+        elif kind == wire.REQUEST:
+            self._serve_request(entry, peer, msg)
+        elif kind == wire.DATA:
+            self._on_data(entry, peer, body)
+        elif kind == wire.NO_DATA:
+            self._on_no_data(entry, peer, msg)
+        elif kind == wire.FRAGMENT:
+            self._on_fragment(entry, peer, msg)
+
+    # --- serving ---------------------------------------------------------------------
+
+    def _send_sync(self, entry: _Entry, peer: _Peer, force: bool = False) -> None:
+        core = entry.core
+        state = (core.fork, core.length)
+        if not force and peer.told == state:
+            return
+        peer.told = state
+        self._queue(entry, peer, wire.SYNC, wire.Sync(
+            core.fork, core.length, max(0, peer.length), downloading=entry.pulling,
+            has_manifest=core.manifest is not None).encode())
+        self._queue(entry, peer, wire.RANGE, wire.Range(0, core.contiguous_length).encode())
+
+    def _serve_request(self, entry: _Entry, peer: _Peer, req: wire.Request) -> None:
+        core = entry.core
+        if peer.out_bytes > MAX_QUEUE_BYTES:
+            self.counters.inc("dropped_flood")
+            return
+        if req.hash is not None or req.seek is not None or (
+                req.fork != core.fork and req.upgrade is None):
+            self._queue(entry, peer, wire.NO_DATA, wire.NoData(req.id, 2).encode())
+            self._send_sync(entry, peer, force=True)
+            return
+        try:
+            proof = core.proof(block=None if req.block is None else req.block[0],
+                               nodes=0 if req.block is None else req.block[1],
+                               upgrade=req.upgrade, manifest=req.manifest, request=req.id)
+        except (errors.OutOfRangeError, errors.BlockNotAvailableError,
+                errors.InvalidArgumentError) as e:
+            self.counters.inc("requests_refused")
+            log.debug("request %r refused: %s", req, e)
+            self._queue(entry, peer, wire.NO_DATA, wire.NoData(req.id, 1).encode())
+            self._send_sync(entry, peer)
+            return
+        self.counters.inc("requests_served")
+        self._queue(entry, peer, wire.DATA, proof)
+
+    def _announce(self, entry: _Entry) -> None:
+        entry.announce_pending = False
+        now = time.monotonic()
+        for peer in list(entry.peers.values()):
+            if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
+                self._send_sync(entry, peer)
+        self._pump(entry)
+
+    # --- pulling ---------------------------------------------------------------------
+
+    def _source_peer(self, entry: _Entry) -> Optional[_Peer]:
+        if entry.source is None:
+            return None
+        return entry.peers.get((id(entry.source[0]), entry.source[1]))
+
+    def _hello(self, entry: _Entry, link: Any, addr: Any, peer: Optional[_Peer] = None) -> None:
+        flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
+        if peer is None:
+            key = (id(link), addr)
+            peer = entry.peers.get(key)
+            if peer is None:
+                peer = entry.peers[key] = _Peer(link, addr, b"")
+        peer.hello_sent = time.monotonic()
+        session = peer.session or bytes(8)
+        self._queue(entry, peer, wire.HELLO,
+                    wire.Hello(flags, self._cookie(session, entry.dk, self._secrets[0])).encode())
+
+    def _request(self, entry: _Entry, peer: _Peer, req: _Req, manifest: bool = False) -> None:
+        rid = self._next_id
+        self._next_id += 1
+        req.id = rid
+        req.tries += 1
+        req.sent = time.monotonic()
+        req.deadline = req.sent + peer.rto() * (2 ** min(req.tries - 1, 4))
+        if req.index is None:
+            block = None
+        else:  # with an upgrade the prover picks the path; alone, ask for our levels
+            block = (req.index, 0 if req.upgrade else len(req.nodes) // 2)
+        self._queue(entry, peer, wire.REQUEST, wire.Request(
+            rid, entry.core.fork, block=block, upgrade=req.upgrade, manifest=manifest).encode())
+
+    def _plan_nodes(self, entry: _Entry, index: int) -> List[int]:
+        """Levels above leaf 2*index that neither the store nor an in-flight
+        proof provides: the nodes this block's proof will bring (per level,
+        the node on the path and its sibling)."""
+        levels = entry.core._log.missing_nodes(index)  # what the store lacks (C)
+        promised = entry.promised
+        nodes = []
+        x = 2 * index
+        for depth in range(levels):
+            if x in promised:
+                break
+            bit = 1 << (depth + 1)
+            nodes.append(x)
+            nodes.append(x ^ bit)                   # sibling
+            x = (x | (bit >> 1)) & ~bit             # parent
+        return nodes
+
+    def _promise(self, entry: _Entry, nodes: List[int], delta: int) -> None:
+        for n in nodes:
+            left = entry.promised.get(n, 0) + delta
+            if left > 0:
+                entry.promised[n] = left
+            else:
+                entry.promised.pop(n, None)
+
+    def _pump(self, entry: _Entry) -> None:
+        """Send whatever requests pulling ``entry`` needs now."""
+        if not entry.pulling:
+            return
+        peer = self._source_peer(entry)
+        if peer is None or not peer.ready or peer.length < 0:
+            return
+        core = entry.core
+        behind = peer.fork > core.fork or (peer.fork == core.fork and peer.length > core.length)
+        if behind and entry.upgrade is None:
+            start = core.length if peer.fork == core.fork else 0
+            req = _Req(0, None, (start, peer.length - start), [])
+            # Live following: ask for the first new block with the upgrade.
+            if start == core.length == core.contiguous_length and not entry.inflight:
+                req.index = start
+            entry.upgrade = req
+            self._request(entry, peer, req, manifest=core.manifest is None)
+        if behind or entry.upgrade is not None:
+            return
+        if entry.next < core.contiguous_length:
+            entry.next = core.contiguous_length
+        while len(entry.inflight) < self.window and entry.next < core.length:
+            i = entry.next
+            entry.next += 1
+            if i in entry.inflight or i in entry.ahead:
+                continue
+            req = _Req(0, i, None, self._plan_nodes(entry, i))
+            self._promise(entry, req.nodes, +1)
+            entry.inflight[i] = req
+            self._request(entry, peer, req)
+        self._check_caught_up(entry, peer)
+
+    def _check_caught_up(self, entry: _Entry, peer: _Peer) -> None:
+        core = entry.core
+        if (core.fork == peer.fork and core.length >= peer.length
+                and core.contiguous_length >= core.length and entry.upgrade is None):
+            if not entry.caught_up.is_set():
+                entry.caught_up.set()
+            try:
+                core.flush()
+            except errors.CoreMachineError:
+                pass
+
+    def _on_data(self, entry: _Entry, peer: _Peer, body: bytes) -> None:
+        core = entry.core
+        if not entry.pulling or core.writable:
+            self.counters.inc("dropped_unsolicited")
+            return
+        up = entry.upgrade
+        try:
+            msg = _peek_data(body)
+        except errors.DecodeError:
+            self.counters.inc("dropped_malformed")
+            return
+        index, has_upgrade, rid = msg
+        if has_upgrade:
+            if up is not None and rid == up.id:
+                peer.sample_rtt(time.monotonic() - up.sent)
+            self._apply(entry, body, upgrade=True)
+            return
+        if index is None:
+            self.counters.inc("dropped_unsolicited")
+            return
+        req = entry.inflight.get(index)
+        if req is not None and rid == req.id and req.tries == 1:
+            peer.sample_rtt(time.monotonic() - req.sent)
+        if index < core.contiguous_length:
+            self.counters.inc("duplicates")
+            return
+        if index > core.contiguous_length:
+            if req is None or index in entry.ahead:
+                self.counters.inc("duplicates" if index in entry.ahead else "dropped_unsolicited")
+                return
+            entry.ahead[index] = body
+            return
+        self._apply(entry, body)
+
+    def _apply(self, entry: _Entry, body: bytes, upgrade: bool = False) -> None:
+        """Apply a proof, then every waiting proof it unblocks, in order."""
+        core = entry.core
+        while True:
+            before = core.contiguous_length
+            self._apply_one(entry, body, upgrade)
+            upgrade = False
+            if core.contiguous_length == before:
+                return
+            nxt = entry.ahead.pop(core.contiguous_length, None)
+            if nxt is None:
+                return
+            body = nxt
+
+    def _apply_one(self, entry: _Entry, body: bytes, upgrade: bool) -> None:
+        core = entry.core
+        before = (core.fork, core.length)
+        try:
+            result = core.apply_proof(body)
+        except errors.BlockNotAvailableError:
+            self.counters.inc("proofs_waiting")  # its nodes come with an earlier proof
+            index = _peek_data(body)[0]
+            if index is not None and not upgrade:
+                entry.ahead[index] = body
+            return
+        except (errors.InvalidProofError, errors.DecodeError, errors.TooLargeError) as e:
+            self.counters.inc("dropped_invalid_proof")
+            log.debug("proof rejected: %s", e)
+            if upgrade:
+                entry.upgrade = None
+            else:
+                index = _peek_data(body)[0]
+                req = entry.inflight.get(index) if index is not None else None
+                if req is not None:
+                    req.deadline = 0.0  # ask again
+            return
+        if upgrade or result.upgraded:
+            entry.upgrade = None
+            if result.reorg or (core.fork, core.length) != before:
+                self._reset_pull(entry)
+        if result.block_stored:
+            self._stored(entry, result.block_index)
+
+    def _stored(self, entry: _Entry, index: Optional[int]) -> None:
+        if index is None:
+            return
+        req = entry.inflight.pop(index, None)
+        if req is not None:
+            self._promise(entry, req.nodes, -1)
+        self.counters.inc("blocks")
+        if entry.progress is not None:
+            peer = self._source_peer(entry)
+            entry.progress(entry.core.contiguous_length, max(0, peer.length if peer else 0))
+
+    def _reset_pull(self, entry: _Entry) -> None:
+        """The signed tree changed (upgrade or reorg): node plans start over."""
+        for req in entry.inflight.values():
+            if req.index is not None and req.index >= entry.core.contiguous_length:
+                req.deadline = 0.0
+        entry.promised.clear()
+        for req in entry.inflight.values():
+            req.nodes = []
+        entry.ahead = {i: b for i, b in entry.ahead.items() if i >= entry.core.contiguous_length}
+        entry.next = min(entry.next, entry.core.contiguous_length)
+
+    def _on_no_data(self, entry: _Entry, peer: _Peer, msg: wire.NoData) -> None:
+        self.counters.inc("no_data")
+        if entry.upgrade is not None and entry.upgrade.id == msg.request:
+            entry.upgrade = None
+        for req in entry.inflight.values():
+            if req.id == msg.request:
+                req.deadline = time.monotonic() + peer.rto()
+
+    def _on_fragment(self, entry: _Entry, peer: _Peer, frag: wire.Fragment) -> None:
+        key = (frag.id, frag.count)
+        parts = peer.fragments.get(key)
+        if parts is None:
+            parts = peer.fragments[key] = {}
+            while len(peer.fragments) > MAX_REASSEMBLY:
+                peer.fragments.popitem(last=False)
+                self.counters.inc("dropped_fragments")
+        parts[frag.index] = frag.chunk
+        if sum(len(p) for p in parts.values()) > wire.MAX_MESSAGE:
+            del peer.fragments[key]
+            self.counters.inc("dropped_oversize")
+            return
+        if len(parts) < frag.count:
+            return
+        del peer.fragments[key]
+        data = b"".join(parts[i] for i in range(frag.count))
+        for kind, body in wire.decode_messages(Reader(data)):
+            if kind != wire.FRAGMENT:
+                self._handle(entry, peer, kind, body)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def _queue(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+        budget = self._budget(peer.link)
+        if wire.message_size(body) > budget:
+            self._fragment(entry, peer, kind, body, budget)
+            return
+        peer.out.append((kind, body))
+        peer.out_bytes += len(body)
+        key = (id(peer.link), peer.addr, entry.dk)
+        if key not in self._flush_scheduled:
+            self._flush_scheduled.add(key)
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush, entry, peer, key)
+
+    def _budget(self, link: Any) -> int:
+        return int(link.mtu) - wire.OVERHEAD - 8 - 9 - 8
+
+    def _fragment(self, entry: _Entry, peer: _Peer, kind: int, body: bytes, budget: int) -> None:
+        inner = wire.encode_messages([(kind, body)])
+        chunk = budget - 16
+        count = (len(inner) + chunk - 1) // chunk
+        fid = self._frag_id
+        self._frag_id += 1
+        for i in range(count):
+            self._queue(entry, peer, wire.FRAGMENT,
+                        wire.Fragment(fid, i, count, inner[i * chunk:(i + 1) * chunk]).encode())
+
+    def _flush(self, entry: _Entry, peer: _Peer, key: Tuple[int, Any, bytes]) -> None:
+        self._flush_scheduled.discard(key)
+        budget = self._budget(peer.link)
+        batch: List[Tuple[int, bytes]] = []
+        size = 0
+        out, peer.out, peer.out_bytes = peer.out, [], 0
+        for kind, body in out:
+            n = wire.message_size(body)
+            if batch and size + n > budget:
+                self._send(entry, peer, batch)
+                batch, size = [], 0
+            batch.append((kind, body))
+            size += n
+        if batch:
+            self._send(entry, peer, batch)
+
+    def _send(self, entry: _Entry, peer: _Peer, messages: List[Tuple[int, bytes]]) -> None:
+        self._counter += 1
+        payload = wire.encode_payload(self.session, self._counter, peer.echo, messages)
+        envelope = wire.seal(entry.wire_key, entry.dk, payload)
+        self.counters.inc("tx_envelopes")
+        self.counters.inc("tx_bytes", len(envelope))
+        peer.link.send(envelope, peer.addr)
+
+    # --- timers ----------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            if now - self._secret_time > COOKIE_EPOCH:
+                self._secrets = [os.urandom(32), self._secrets[0]]
+                self._secret_time = now
+            for entry in list(self._entries.values()):
+                try:
+                    self._timeouts(entry, now)
+                except errors.CoreMachineError as e:  # a core that failed: report, go on
+                    self.counters.inc("errors")
+                    log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
+
+    def _timeouts(self, entry: _Entry, now: float) -> None:
+        if not entry.pulling or entry.source is None:
+            return
+        link, addr = entry.source
+        peer = self._source_peer(entry)
+        if peer is None or not peer.ready:
+            if peer is None or now - peer.hello_sent > 0.5:
+                self._hello(entry, link, addr, peer)
+            return
+        if entry.live and now - entry.last_keepalive > KEEPALIVE:
+            entry.last_keepalive = now
+            self._send_sync(entry, peer, force=True)
+        up = entry.upgrade
+        if up is not None and now > up.deadline:
+            self.counters.inc("retries")
+            self._request(entry, peer, up, manifest=entry.core.manifest is None)
+        for req in list(entry.inflight.values()):
+            if now > req.deadline:
+                self.counters.inc("retries")
+                if not req.nodes:
+                    req.nodes = self._plan_nodes(entry, req.index)  # type: ignore[arg-type]
+                    self._promise(entry, req.nodes, +1)
+                self._request(entry, peer, req)
+        self._pump(entry)
+
+
+def _peek_data(body: bytes) -> Tuple[Optional[int], bool, int]:
+    """(block index or None, has an upgrade, request id) of a data message."""
+    r = Reader(body)
+    flags = r.uint()
+    rid = r.uint()
+    r.uint()
+    index = r.uint() if flags & 1 else None
+    return index, bool(flags & 8), rid
+
