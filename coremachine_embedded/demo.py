@@ -1,61 +1,178 @@
-"""The demo behind ``make demo``: a signed log on the embedded defaults."""
+"""The demo behind ``make demo``, on the embedded defaults.
+
+A writer node runs a thermostat machine on a signed log (durability ``sync``:
+every transition is on disk before ``action`` returns).  Two readers follow
+it live and print each transition as their own machine replays it: one over
+UDP on 127.0.0.1, one over a serial line (two PTYs joined like a null-modem
+cable, paced at 115200 baud).  At the end every log is verified.
+"""
 from __future__ import annotations
 
-import json
+import asyncio
 import os
+import pty
+import select
 import shutil
 import tempfile
+import threading
 import time
-from typing import Optional
+import tty
+from typing import Any, Callable, List, Optional, Tuple
 
-from . import Core, KeyPair, backend
+from . import Core, Coremachine, KeyPair, backend, create_machine
+from .sync import Endpoint
+from .sync.serial import SerialLink
+from .sync.udp import UDPLink
+
+
+def _heat(ctx: dict, reading: Any) -> None:
+    ctx["heating_since"] = reading["t"]
+
+
+def _record(ctx: dict, reading: Any) -> None:
+    ctx["celsius"] = reading["celsius"]
+    ctx["readings"] += 1
+
+
+THERMOSTAT = {
+    "initial": "idle",
+    "context": {"celsius": None, "readings": 0, "heating_since": None, "target": 20.0},
+    "states": {
+        "idle": {"on": {"READING": [
+            {"target": "heating", "guard": lambda ctx, r: r["celsius"] < ctx["target"] - 1,
+             "action": lambda ctx, r: (_record(ctx, r), _heat(ctx, r))},
+            {"action": _record},
+        ]}},
+        "heating": {"on": {"READING": [
+            {"target": "idle", "guard": lambda ctx, r: r["celsius"] >= ctx["target"] + 0.5,
+             "action": lambda ctx, r: (_record(ctx, r), ctx.update(heating_since=None))},
+            {"action": _record},
+        ]}},
+        "off": {"final": True},
+    },
+    "all": {"SHUTDOWN": {"target": "off"}},
+}
+
+
+class NullModem:
+    """Two pseudo-terminals joined back to back, like a null-modem cable:
+    what one side writes, the other reads."""
+
+    def __init__(self) -> None:
+        self._fds: List[int] = []
+        self.paths: List[str] = []
+        for _ in range(2):
+            master, slave = pty.openpty()
+            tty.setraw(slave)
+            self._fds += [master, slave]
+            self.paths.append(os.ttyname(slave))
+        self._stop = False
+        self._thread = threading.Thread(target=self._relay, daemon=True)
+        self._thread.start()
+
+    def _relay(self) -> None:
+        a, b = self._fds[0], self._fds[2]
+        while not self._stop:
+            ready, _, _ = select.select([a, b], [], [], 0.05)
+            for fd in ready:
+                try:
+                    data = os.read(fd, 4096)
+                    os.write(b if fd == a else a, data)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        for fd in self._fds:
+            os.close(fd)
+
+
+async def _demo(base: str, say: Callable[..., None]) -> None:
+    definition = create_machine(THERMOSTAT)
+    writer = Core(os.path.join(base, "node"), key_pair=KeyPair.generate())
+    node = Coremachine(writer, definition)
+    say("writer node: %s (backend %s)" % (writer.key.hex()[:16] + "...", backend))
+
+    readers: List[Tuple[str, Core, Coremachine]] = []
+    for name in ("udp", "serial"):
+        core = Core(os.path.join(base, "reader-" + name), key=writer.key, durability="batch")
+        machine = Coremachine(core, definition)
+        machine.on_change(lambda s, n=name: say(
+            "  [%-6s reader] %-7s <- %-8s %s" % (n, s.state, s.event or "(sync)",
+                                                _fmt(s.context))))
+        readers.append((name, core, machine))
+
+    server = Endpoint()
+    udp_server = UDPLink("127.0.0.1", 0)
+    await server.attach(udp_server)
+    modem = NullModem()
+    serial_server = SerialLink(modem.paths[0], 115200)
+    await server.attach(serial_server)
+    server.serve(writer)
+
+    # Each reader is its own node (an endpoint holds one core per key).
+    udp_node, serial_node = Endpoint(), Endpoint()
+    udp_client = UDPLink("127.0.0.1", 0)
+    await udp_node.attach(udp_client)
+    serial_client = SerialLink(modem.paths[1], 115200)
+    await serial_node.attach(serial_client)
+    follow = [asyncio.ensure_future(udp_node.pull(readers[0][1], udp_client,
+                                                  udp_server.address, live=True)),
+              asyncio.ensure_future(serial_node.pull(readers[1][1], serial_client, None,
+                                                     live=True))]
+    say("readers follow over udp://%s:%d and serial %s <-> %s at 115200 baud"
+        % (udp_server.address + (modem.paths[0], modem.paths[1])))
+    try:
+        temps = [21.0, 19.4, 18.6, 18.9, 19.8, 20.3, 20.6, 19.9, 18.7, 18.2, 19.5, 20.7]
+        for i, celsius in enumerate(temps):
+            snap = node.action("READING", {"t": i, "celsius": celsius})
+            say("writer: %-7s <- READING  %.1f C (entry %d, fsync'ed)"
+                % (snap.state, celsius, snap.index))
+            await asyncio.sleep(0.15)
+        node.action("SHUTDOWN")
+        say("writer: off     <- SHUTDOWN")
+        deadline = time.monotonic() + 20
+        while any(core.contiguous_length < writer.length for _, core, _ in readers):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the readers did not catch up in 20 s")
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+    finally:
+        for task in follow:
+            task.cancel()
+        await asyncio.gather(*follow, return_exceptions=True)
+        await udp_node.close()
+        await serial_node.close()
+        await server.close()
+        modem.close()
+    say("verification:")
+    for name, core, machine in readers:
+        core.flush()
+        checked = core.verify()
+        same = (core.tree_hash() == writer.tree_hash() and core.signature == writer.signature)
+        say("  %-6s replica: %d entries re-hashed, signature valid, identical to the writer: %s;"
+            " machine in state %r" % (name, checked, "yes" if same else "NO", machine.state))
+        if not same or machine.state != node.state:
+            raise RuntimeError("%s replica differs from the writer" % name)
+        core.close()
+    say("  writer: %d entries, tree hash %s" % (writer.verify(), writer.tree_hash().hex()[:32]))
+    writer.close()
+
+
+def _fmt(context: dict) -> str:
+    return "celsius=%s readings=%s" % (context.get("celsius"), context.get("readings"))
 
 
 def run(directory: Optional[str] = None, quiet: bool = False) -> int:
-    say = (lambda *a: None) if quiet else print
-    owned = directory is None
-    base = tempfile.mkdtemp(prefix="coremachine-demo-") if owned else directory
-    assert base is not None
-    writer_dir = os.path.join(base, "writer")
-    replica_dir = os.path.join(base, "replica")
+    """Run the demo; returns the exit code."""
+    say: Callable[..., None] = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    base = directory or tempfile.mkdtemp(prefix="coremachine-demo-")
+    t0 = time.monotonic()
     try:
-        say("coremachine_embedded demo (backend: %s)" % backend)
-        kp = KeyPair.generate()
-        t0 = time.perf_counter()
-        with Core(writer_dir, key_pair=kp) as core:
-            say("created %s (manifest mode, durability=sync)" % writer_dir)
-            say("  key           %s" % core.key.hex())
-            say("  discovery key %s" % core.discovery_key.hex())
-            for i in range(20):
-                reading = {"sensor": "t0", "seq": i, "celsius": round(20 + i * 0.25, 2)}
-                core.append(json.dumps(reading, separators=(",", ":")).encode())
-            say("appended 20 readings one by one: each is signed and fsync'ed")
-            batch = [b'{"sensor":"t0","seq":%d}' % i for i in range(20, 1000)]
-            core.append(batch)
-            say("appended %d readings in one batch (one signature)" % len(batch))
-            say("  length %d, %d bytes, tree hash %s" % (core.length, core.byte_length,
-                                                         core.tree_hash().hex()[:32]))
-            length, digest, signature = core.length, core.tree_hash(), core.signature
-        say("closed after %.1f ms" % ((time.perf_counter() - t0) * 1000))
-
-        with Core(writer_dir) as core:
-            assert core.length == length and core.tree_hash() == digest
-            assert core.signature == signature
-            checked = core.verify()
-            say("reopened: length %d, signature still valid, %d blocks re-hashed and verified"
-                % (core.length, checked))
-            say("  last block: %s" % core.get(core.length - 1).decode())
-            with Core(replica_dir, key=core.key) as replica:
-                replica.apply_proof(core.proof(upgrade=(0, core.length), manifest=True))
-                for i in range(core.length):
-                    replica.apply_proof(core.proof(block=i, nodes=replica.missing_nodes(i)))
-                assert replica.tree_hash() == core.tree_hash()
-                assert replica.signature == core.signature
-                assert replica.get(500) == core.get(500)
-                say("replica filled from the writer's proofs only: %d blocks, each verified "
-                    "against the signed tree before it was stored" % replica.contiguous_length)
-        say("demo ok")
-        return 0
+        asyncio.run(_demo(base, say))
     finally:
-        if owned:
+        if directory is None:
             shutil.rmtree(base, ignore_errors=True)
+    say("demo ok in %.1f s" % (time.monotonic() - t0))
+    return 0

@@ -186,6 +186,8 @@ class Endpoint:
     def _entry(self, core: Core) -> _Entry:
         dk = core.discovery_key
         entry = self._entries.get(dk)
+        if entry is not None and entry.core is not core:
+            raise errors.InvalidArgumentError("this endpoint already has a core with this key")
         if entry is None:
             entry = self._entries[dk] = _Entry(core)
             loop = self._loop or asyncio.get_running_loop()
@@ -601,22 +603,22 @@ class Endpoint:
                 req.deadline = time.monotonic() + peer.rto()
 
     def _on_fragment(self, entry: _Entry, peer: _Peer, frag: wire.Fragment) -> None:
-        key = (frag.id, frag.count)
+        key = (frag.id, frag.parts)
         parts = peer.fragments.get(key)
         if parts is None:
             parts = peer.fragments[key] = {}
             while len(peer.fragments) > MAX_REASSEMBLY:
                 peer.fragments.popitem(last=False)
                 self.counters.inc("dropped_fragments")
-        parts[frag.index] = frag.chunk
+        parts[frag.part] = frag.chunk
         if sum(len(p) for p in parts.values()) > wire.MAX_MESSAGE:
             del peer.fragments[key]
             self.counters.inc("dropped_oversize")
             return
-        if len(parts) < frag.count:
+        if len(parts) < frag.parts:
             return
         del peer.fragments[key]
-        data = b"".join(parts[i] for i in range(frag.count))
+        data = b"".join(parts[i] for i in range(frag.parts))
         for kind, body in wire.decode_messages(Reader(data)):
             if kind != wire.FRAGMENT:
                 self._handle(entry, peer, kind, body)

@@ -19,7 +19,7 @@ class UDPLink:
         self.mtu = mtu
         self.counters: Dict[str, int] = {"datagrams_rx": 0, "datagrams_tx": 0, "tx_dropped": 0,
                                          "rx_oversize": 0}
-        self._transport: Optional[asyncio.DatagramTransport] = None
+        self._transport: Optional[Any] = None  # asyncio's datagram transport
 
     @property
     def address(self) -> Tuple[str, int]:
@@ -44,7 +44,7 @@ class UDPLink:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             Protocol, local_addr=(self.host, self.port))
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
 
     def send(self, envelope: bytes, addr: Any) -> None:
         t = self._transport

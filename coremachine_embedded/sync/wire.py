@@ -53,7 +53,8 @@ def seal(key: bytes, discovery_key: bytes, payload: bytes) -> bytes:
     """One envelope around ``payload``."""
     header = bytes((VERSION,)) + discovery_key
     nonce = os.urandom(NONCE)
-    return header + nonce + _impl.aead_seal(key, nonce, header, payload)
+    sealed: bytes = _impl.aead_seal(key, nonce, header, payload)
+    return header + nonce + sealed
 
 
 def peek(envelope: bytes) -> Optional[bytes]:
@@ -232,20 +233,20 @@ class Hello(NamedTuple):
 
 class Fragment(NamedTuple):
     id: int
-    index: int
-    count: int
+    part: int
+    parts: int
     chunk: bytes
 
     def encode(self) -> bytes:
-        return encode_uint(self.id) + encode_uint(self.index) + encode_uint(self.count) + self.chunk
+        return encode_uint(self.id) + encode_uint(self.part) + encode_uint(self.parts) + self.chunk
 
     @classmethod
     def decode(cls, body: bytes) -> "Fragment":
         r = Reader(body)
-        fid, index, count = r.uint(), r.uint(), r.uint()
-        if count == 0 or index >= count or count > MAX_MESSAGE // 64:
-            raise DecodeError("fragment %d of %d" % (index, count))
-        return cls(fid, index, count, bytes(body[r.pos:]))
+        fid, part, parts = r.uint(), r.uint(), r.uint()
+        if parts == 0 or part >= parts or parts > MAX_MESSAGE // 64:
+            raise DecodeError("fragment %d of %d" % (part, parts))
+        return cls(fid, part, parts, bytes(body[r.pos:]))
 
 
 def decode_message(kind: int, body: bytes) -> Any:

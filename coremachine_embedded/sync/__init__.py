@@ -1,0 +1,111 @@
+"""Verified log replication over UDP and serial lines.
+
+asyncio::
+
+    from coremachine_embedded import sync
+    endpoint = await sync.serve(core, "udp://0.0.0.0:7000")          # writer or replica
+    await sync.pull(replica, "udp://10.0.0.5:7000")                   # until it holds the signed length
+    await sync.pull(replica, "serial:///dev/ttyAMA0?baud=115200", live=True)   # follow forever
+
+plain scripts::
+
+    sync.serve_forever(core, "udp://0.0.0.0:7000")
+    sync.pull_blocking(replica, "udp://10.0.0.5:7000", timeout=60)
+
+One :class:`Endpoint` serves and pulls any number of cores over any number of
+links; the protocol is in docs/protocol.md.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, Iterable, Optional, Tuple, Union
+from urllib.parse import parse_qs, urlsplit
+
+from ..core import Core
+from ..errors import InvalidArgumentError
+from .replicator import Counters, Endpoint
+from .udp import UDPLink
+
+__all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",
+           "pull_blocking"]
+
+
+def _udp_parts(url: str) -> Tuple[str, int, dict]:
+    parts = urlsplit(url)
+    if parts.scheme != "udp" or not parts.hostname or parts.port is None:
+        raise InvalidArgumentError("a UDP address looks like udp://host:port, not %r" % url)
+    return parts.hostname, parts.port, parse_qs(parts.query)
+
+
+def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:
+    """A link for ``url`` and the peer address on it.
+
+    ``udp://host:port`` with ``listen``: bind there (peer None); without:
+    bind any local port and talk to host:port.  ``serial://...``: the port
+    (its single peer is None).  ``?mtu=N`` sets the UDP datagram size.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "udp":
+        host, port, query = _udp_parts(url)
+        mtu = int(query.get("mtu", ["1200"])[0])
+        if listen:
+            return UDPLink(host, port, mtu=mtu), None
+        return UDPLink("0.0.0.0", 0, mtu=mtu), (host, port)
+    if scheme == "serial":
+        from .serial import SerialLink
+        return SerialLink.from_url(url), None
+    raise InvalidArgumentError("unknown link %r (use udp://host:port or serial:///dev/tty...)"
+                               % url)
+
+
+async def serve(cores: Union[Core, Iterable[Core]], url: str,
+                endpoint: Optional[Endpoint] = None) -> Endpoint:
+    """Serve ``cores`` on ``url``; returns the running endpoint (close it when done)."""
+    ep = endpoint or Endpoint()
+    link, _ = open_link(url, listen=True)
+    await ep.attach(link)
+    for core in [cores] if isinstance(cores, Core) else cores:
+        ep.serve(core)
+    return ep
+
+
+async def pull(core: Core, url: str, *, live: bool = False, window: int = 128,
+               progress: Optional[Callable[[int, int], None]] = None,
+               endpoint: Optional[Endpoint] = None) -> Endpoint:
+    """Pull ``core`` (a replica) from the peer at ``url`` until it holds the
+    peer's signed length, or forever with ``live``.  The replica also serves
+    what it holds over the same link."""
+    ep = endpoint or Endpoint(window=window)
+    link, addr = open_link(url, listen=False)
+    await ep.attach(link)
+    await ep.pull(core, link, addr, live=live, progress=progress)
+    return ep
+
+
+def serve_forever(cores: Union[Core, Iterable[Core]], url: str) -> None:
+    """Blocking :func:`serve` for plain scripts (stop with Ctrl-C)."""
+    async def main() -> None:
+        ep = await serve(cores, url)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await ep.close()
+    asyncio.run(main())
+
+
+def pull_blocking(core: Core, url: str, *, timeout: Optional[float] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> Counters:
+    """Blocking :func:`pull` for plain scripts; returns the endpoint's counters.
+
+    :raises TimeoutError: not caught up within ``timeout`` seconds.
+    """
+    async def main() -> Counters:
+        ep = Endpoint()
+        link, addr = open_link(url, listen=False)
+        await ep.attach(link)
+        try:
+            await asyncio.wait_for(ep.pull(core, link, addr, progress=progress), timeout)
+        finally:
+            await ep.close()
+        return ep.counters
+    return asyncio.run(main())
