@@ -6,6 +6,8 @@ log (Hypercore 10/11 compatible), for Raspberry-Pi-class IoT nodes.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import _backend
 from .core import Core, KeyPair
 from .errors import (ArgumentTypeError, BlockNotAvailableError, ClosedError,
@@ -25,6 +27,13 @@ _LAZY = {
     "NotAtHeadError": "coremachine", "ConcurrentActionError": "coremachine",
     "RestoreError": "coremachine", "EntryActionError": "coremachine",
 }
+
+
+if TYPE_CHECKING:  # type checkers see the real names; at run time they load lazily
+    from .coremachine import (MISSING, ConcurrentActionError, Coremachine, EntryActionError,
+                              NotAtHeadError, RestoreError, Snapshot)
+    from .machine import (DefinitionError, GuardRejectedError, InvalidActionError,
+                          MachineDefinition, create_machine)
 
 
 def __getattr__(name: str) -> object:

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -42,7 +42,7 @@ class Progress:
             self.stream.write("\n")
 
 
-def _print_counters(counters: dict, stream: Any = None) -> None:
+def _print_counters(counters: Dict[str, int], stream: Any = None) -> None:
     stream = stream or sys.stderr
     stream.write(" ".join("%s=%d" % kv for kv in sorted(counters.items())) + "\n")
 

@@ -17,21 +17,29 @@ import tempfile
 import threading
 import time
 import tty
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import Core, Coremachine, KeyPair, backend, create_machine
+from . import Core, KeyPair, backend
+from .coremachine import Coremachine, Snapshot
+from .machine import create_machine
 from .sync import Endpoint
 from .sync.serial import SerialLink
 from .sync.udp import UDPLink
 
 
-def _heat(ctx: dict, reading: Any) -> None:
+def _record(ctx: Dict[str, Any], reading: Any) -> None:
+    ctx["celsius"] = reading["celsius"]
+    ctx["readings"] += 1
+
+
+def _start_heating(ctx: Dict[str, Any], reading: Any) -> None:
+    _record(ctx, reading)
     ctx["heating_since"] = reading["t"]
 
 
-def _record(ctx: dict, reading: Any) -> None:
-    ctx["celsius"] = reading["celsius"]
-    ctx["readings"] += 1
+def _stop_heating(ctx: Dict[str, Any], reading: Any) -> None:
+    _record(ctx, reading)
+    ctx["heating_since"] = None
 
 
 THERMOSTAT = {
@@ -40,12 +48,12 @@ THERMOSTAT = {
     "states": {
         "idle": {"on": {"READING": [
             {"target": "heating", "guard": lambda ctx, r: r["celsius"] < ctx["target"] - 1,
-             "action": lambda ctx, r: (_record(ctx, r), _heat(ctx, r))},
+             "action": _start_heating},
             {"action": _record},
         ]}},
         "heating": {"on": {"READING": [
             {"target": "idle", "guard": lambda ctx, r: r["celsius"] >= ctx["target"] + 0.5,
-             "action": lambda ctx, r: (_record(ctx, r), ctx.update(heating_since=None))},
+             "action": _stop_heating},
             {"action": _record},
         ]}},
         "off": {"final": True},
@@ -98,9 +106,7 @@ async def _demo(base: str, say: Callable[..., None]) -> None:
     for name in ("udp", "serial"):
         core = Core(os.path.join(base, "reader-" + name), key=writer.key, durability="batch")
         machine = Coremachine(core, definition)
-        machine.on_change(lambda s, n=name: say(
-            "  [%-6s reader] %-7s <- %-8s %s" % (n, s.state, s.event or "(sync)",
-                                                _fmt(s.context))))
+        machine.on_change(_printer(name, say))
         readers.append((name, core, machine))
 
     server = Endpoint()
@@ -127,7 +133,7 @@ async def _demo(base: str, say: Callable[..., None]) -> None:
         temps = [21.0, 19.4, 18.6, 18.9, 19.8, 20.3, 20.6, 19.9, 18.7, 18.2, 19.5, 20.7]
         for i, celsius in enumerate(temps):
             snap = node.action("READING", {"t": i, "celsius": celsius})
-            say("writer: %-7s <- READING  %.1f C (entry %d, fsync'ed)"
+            say("writer: %-7s <- READING  %.1f C (entry %s, fsync'ed)"
                 % (snap.state, celsius, snap.index))
             await asyncio.sleep(0.15)
         node.action("SHUTDOWN")
@@ -160,7 +166,14 @@ async def _demo(base: str, say: Callable[..., None]) -> None:
     writer.close()
 
 
-def _fmt(context: dict) -> str:
+def _printer(name: str, say: Callable[..., None]) -> Callable[[Snapshot], None]:
+    def show(snap: Snapshot) -> None:
+        say("  [%-6s reader] %-7s <- %-8s %s" % (name, snap.state, snap.event or "(sync)",
+                                                _fmt(snap.context)))
+    return show
+
+
+def _fmt(context: Dict[str, Any]) -> str:
     return "celsius=%s readings=%s" % (context.get("celsius"), context.get("readings"))
 
 

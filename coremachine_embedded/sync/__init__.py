@@ -18,7 +18,7 @@ links; the protocol is in docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Iterable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from ..core import Core
@@ -30,7 +30,7 @@ __all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "ser
            "pull_blocking"]
 
 
-def _udp_parts(url: str) -> Tuple[str, int, dict]:
+def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
     parts = urlsplit(url)
     if parts.scheme != "udp" or not parts.hostname or parts.port is None:
         raise InvalidArgumentError("a UDP address looks like udp://host:port, not %r" % url)
