@@ -1,0 +1,163 @@
+"""Sync: catch-up of a 20,000-entry machine log over UDP loopback against the JS
+hypercore's in-process replication of the same log, the same under 20% loss,
+and goodput over a serial line paced at 115200 baud."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+from bench.common import ROOT, Report, workdir
+
+import coremachine_embedded as cm
+from coremachine_embedded import Coremachine
+
+WORKER = os.path.join(ROOT, "bench", "sync_worker.py")
+
+
+def build_log(path: str, entries: int, payload: int = 0) -> cm.Core:
+    """A counter machine's log (each entry ~80 bytes of JSON), or with
+    ``payload`` > 0 entries carrying that many bytes of text."""
+    core = cm.Core(path, key_pair=cm.KeyPair.generate(), durability="none")
+    machine = Coremachine(core, {
+        "initial": "counting", "context": {"n": 0, "note": ""},
+        "states": {"counting": {"on": {"TICK": {"action": _tick}}}}})
+    for i in range(entries):
+        machine.action("TICK", "x" * payload if payload else i)
+    core.flush()
+    return core
+
+
+def _tick(ctx: Dict[str, Any], value: Any) -> None:
+    ctx["n"] += 1
+    if isinstance(value, str):
+        ctx["note"] = value
+
+
+class Server:
+    """A serving process (`bench/sync_worker.py serve`)."""
+
+    def __init__(self, store: str, url: str, base: str) -> None:
+        port_file = os.path.join(base, "port-%d" % time.monotonic_ns())
+        self.proc = subprocess.Popen([sys.executable, WORKER, "serve", store, url, port_file])
+        deadline = time.monotonic() + 20
+        while not os.path.exists(port_file):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the serving process did not start")
+            time.sleep(0.02)
+        with open(port_file) as f:
+            self.port = int(f.read())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def pull(store: str, key: bytes, url: str) -> Dict[str, Any]:
+    out = subprocess.run([sys.executable, WORKER, "pull", store, key.hex(), url], check=True,
+                         capture_output=True, text=True, timeout=600).stdout
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def js_replication(base: str, core: cm.Core) -> Dict[str, Any]:
+    from tests.interop import jsenv
+    env = jsenv.ensure("hypercore11", ["hypercore@11", "hypercore-crypto@3"])
+    blocks_file = os.path.join(base, "blocks.json")
+    with open(blocks_file, "w") as f:
+        json.dump([core.get(i).hex() for i in range(core.length)], f)
+    d = os.path.join(base, "js")
+    os.makedirs(d)
+    return jsenv.run(env, os.path.join(ROOT, "bench", "js", "hypercore_replicate.mjs"),  # type: ignore[no-any-return]
+                     {"blocks_file": blocks_file, "dir": d})
+
+
+def run(report: Report, quick: bool) -> None:
+    section = "sync"
+    print("\n== sync (backend: %s) ==" % cm.backend, flush=True)
+    base = workdir("sync-")
+    try:
+        entries = 5000 if quick else 20000
+        writer = build_log(os.path.join(base, "writer"), entries)
+        key, digest = writer.key, writer.tree_hash().hex()
+        try:
+            js = js_replication(base, writer)
+        except Exception as e:  # no node: say so, measure the rest
+            print("  (JS replication not measured: %s)" % e)
+            js = {}
+        writer.close()
+        server = Server(os.path.join(base, "writer"), "udp://127.0.0.1:0", base)
+        try:
+            rates = []
+            for k in range(3):
+                r = pull(os.path.join(base, "reader%d" % k), key, "udp://127.0.0.1:%d"
+                         % server.port)
+                assert r["verified"] and r["tree_hash"] == digest and r["blocks"] == entries
+                rates.append(entries / r["seconds"])
+            lossless = statistics.median(rates)
+            report.add(section, "catch-up of %s entries over UDP loopback" % "{:,}".format(
+                entries), lossless, "blocks/s", "JS hypercore in-process replication",
+                entries / js["seconds"] if js else None, ">= 10x",
+                bool(js) and lossless >= 10 * entries / js["seconds"])
+            lossy = lossy_rate(base, key, digest, entries, server.port)
+            if lossy is not None:
+                report.add(section, "  the same through 20% loss", lossy, "blocks/s",
+                           "lossless", lossless, ">= 0.5x", lossy >= 0.5 * lossless)
+        finally:
+            server.stop()
+        serial_goodput(report, section, base, quick)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def lossy_rate(base: str, key: bytes, digest: str, entries: int, port: int) -> Any:
+    try:
+        from tests.fault.udp_proxy import UDPProxy
+    except ImportError as e:
+        print("  (lossy run not measured: %s)" % e)
+        return None
+
+    async def main() -> Dict[str, Any]:
+        proxy = UDPProxy(("127.0.0.1", port), loss=0.20, seed=7)
+        await proxy.start()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, pull, os.path.join(base, "lossy"), key,
+                                              "udp://127.0.0.1:%d" % proxy.port)
+        finally:
+            await proxy.close()
+    r = asyncio.run(main())
+    assert r["verified"] and r["tree_hash"] == digest
+    return entries / r["seconds"]
+
+
+def serial_goodput(report: Report, section: str, base: str, quick: bool) -> None:
+    """Payload bytes delivered per second over a PTY null-modem paced at
+    115200 baud, as a fraction of the line rate (11,520 bytes/s)."""
+    from coremachine_embedded.demo import NullModem
+    line_rate = 115200 / 10
+    for label, entries, payload in (("machine entries (~80 B)", 150 if quick else 600, 0),
+                                    ("1 KiB entries", 20 if quick else 80, 1000)):
+        writer = build_log(os.path.join(base, "serial-w-%d" % payload), entries, payload)
+        key, size = writer.key, writer.byte_length
+        writer.close()
+        modem = NullModem()
+        server = Server(os.path.join(base, "serial-w-%d" % payload),
+                        "serial://%s?baud=115200" % modem.paths[0], base)
+        try:
+            r = pull(os.path.join(base, "serial-r-%d" % payload), key,
+                     "serial://%s?baud=115200" % modem.paths[1])
+        finally:
+            server.stop()
+            modem.close()
+        assert r["verified"]
+        goodput = size / r["seconds"]
+        used = r["link"]["bytes_rx"] / r["seconds"]
+        report.add(section, "serial 115200 goodput, %s" % label, goodput / line_rate * 100, "%",
+                   target=">= 85%", ok=goodput >= 0.85 * line_rate)
+        report.add(section, "  line busy with sync traffic", used / line_rate * 100, "%")
