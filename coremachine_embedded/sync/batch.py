@@ -30,9 +30,9 @@ def subtree_nodes(start: int, values: Sequence[bytes]) -> Dict[int, Node]:
     """Every tree node whose span lies inside blocks ``[start, start+len(values))``,
     computed from the values (leaves, then parents of complete pairs)."""
     nodes: Dict[int, Node] = {}
-    level = [tuple(_impl.hash_leaf(start + i, v)) for i, v in enumerate(values)]
+    level: List[Node] = [_impl.hash_leaf(start + i, v) for i, v in enumerate(values)]
     for n in level:
-        nodes[n[0]] = n  # type: ignore[assignment]
+        nodes[n[0]] = n
     depth = 0
     while len(level) > 1:
         nxt = []
@@ -41,8 +41,8 @@ def subtree_nodes(start: int, values: Sequence[bytes]) -> Dict[int, Node]:
             bit = 1 << (depth + 1)
             if a[0] ^ bit != b[0]:     # not siblings (unaligned edge): stop pairing here
                 break
-            parent = tuple(_impl.hash_parent(a, b, (a[0] | (bit >> 1)) & ~bit))
-            nodes[parent[0]] = parent  # type: ignore[assignment]
+            parent: Node = _impl.hash_parent(a, b, (a[0] | (bit >> 1)) & ~bit)
+            nodes[parent[0]] = parent
             nxt.append(parent)
         level = nxt
         depth += 1
