@@ -42,18 +42,27 @@ def _stop_heating(ctx: Dict[str, Any], reading: Any) -> None:
     ctx["heating_since"] = None
 
 
+def too_cold(ctx: Dict[str, Any], reading: Any) -> bool:
+    return bool(reading["celsius"] < ctx["target"] - 1)
+
+
+def warm_enough(ctx: Dict[str, Any], reading: Any) -> bool:
+    return bool(reading["celsius"] >= ctx["target"] + 0.5)
+
+
+#: A thermostat fed with temperature readings (``READING {"t": .., "celsius": ..}``),
+#: stopped by ``SHUTDOWN`` from any state.  The example firmware in
+#: boards/examples/ runs it too.
 THERMOSTAT = {
     "initial": "idle",
     "context": {"celsius": None, "readings": 0, "heating_since": None, "target": 20.0},
     "states": {
         "idle": {"on": {"READING": [
-            {"target": "heating", "guard": lambda ctx, r: r["celsius"] < ctx["target"] - 1,
-             "action": _start_heating},
+            {"target": "heating", "guard": too_cold, "action": _start_heating},
             {"action": _record},
         ]}},
         "heating": {"on": {"READING": [
-            {"target": "idle", "guard": lambda ctx, r: r["celsius"] >= ctx["target"] + 0.5,
-             "action": _stop_heating},
+            {"target": "idle", "guard": warm_enough, "action": _stop_heating},
             {"action": _record},
         ]}},
         "off": {"final": True},

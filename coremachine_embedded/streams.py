@@ -36,6 +36,36 @@ async def _messages(source: Any) -> AsyncIterator[Any]:
             yield item
 
 
+async def serial_messages(url: str, maxsize: int = 256) -> AsyncIterator[Any]:
+    """Action messages sent by a device over a serial line: each frame (the
+    sync framing, ``COBS(json + CRC32) 0x00``) holds one JSON
+    ``{"event": ..., "value": ...}``; frames that are not JSON objects are
+    skipped.  ``pipe(serial_messages(url), machine)`` feeds a machine from a
+    microcontroller (see boards/examples/micropython/action_source.py)."""
+    from . import _json
+    from .sync.serial import SerialLink
+    queue: "asyncio.Queue[bytes]" = asyncio.Queue(maxsize)
+
+    def received(frame: bytes, _addr: Any) -> None:
+        if queue.full():
+            queue.get_nowait()  # a device that outruns the machine loses the oldest
+        queue.put_nowait(frame)
+
+    link = SerialLink.from_url(url)
+    await link.start(received)
+    try:
+        while True:
+            frame = await queue.get()
+            try:
+                message = _json.loads(frame)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                yield message
+    finally:
+        await link.close()
+
+
 async def pipe_actions(source: Any, machine: Coremachine, maxsize: int = 64) -> int:
     """Feed every message of ``source`` to the machine (waiting while
     ``maxsize`` are pending) and wait until they are applied.  Returns how
