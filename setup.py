@@ -1,15 +1,21 @@
-"""Declares the C extension only; everything else is in pyproject.toml.
+"""Declares the C extension and ships the board profiles; everything else is in
+pyproject.toml.
 
 The extension is Cython (coremachine_embedded/_core.pyx) over csrc/*.c, linked
 against libsodium (found with pkg-config).  COREMACHINE_IMPL=python skips it.
+The TOML profiles in boards/profiles are copied into the built package
+(coremachine_embedded/board_profiles) so an installed package finds them.
 """
+import glob
 import os
 import shlex
+import shutil
 import subprocess
 
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
 
-CSRC = sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".c"))
+CSRC = sorted(glob.glob(os.path.join("csrc", "*.c")))
 
 
 def pkg_config(flag, default):
@@ -35,9 +41,18 @@ def extensions():
         library_dirs=[f[2:] for f in pkg_config("--libs-only-L", [])],
         libraries=["sodium"],
         extra_compile_args=cflags,
-        depends=[os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".h")],
+        depends=glob.glob(os.path.join("csrc", "*.h")),
     )
     return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
 
 
-setup(ext_modules=extensions())
+class BuildWithProfiles(build_py):
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "coremachine_embedded", "board_profiles")
+        os.makedirs(target, exist_ok=True)
+        for path in glob.glob(os.path.join("boards", "profiles", "*.toml")):
+            shutil.copy(path, target)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_py": BuildWithProfiles})

@@ -32,6 +32,8 @@ __all__ = ["BoardProfile", "SerialSettings", "UdpSettings", "StoreSettings", "Me
 
 #: The repository's profiles (``boards/profiles`` next to the package).
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "boards" / "profiles"
+#: The same profiles inside an installed package (copied there by setup.py).
+PACKAGED_DIR = Path(__file__).resolve().parent / "board_profiles"
 #: Environment variable naming an extra profiles directory, searched first.
 ENV_DIR = "COREMACHINE_BOARDS_DIR"
 #: Rates Linux termios can set exactly (``B1200`` .. ``B4000000``).
@@ -244,8 +246,10 @@ def profile_dirs() -> List[Path]:
         if not p.is_dir():
             raise BoardProfileError("%s=%s is not a directory" % (ENV_DIR, extra))
         dirs.append(p)
-    if BUILTIN_DIR.is_dir():
-        dirs.append(BUILTIN_DIR)
+    for builtin in (BUILTIN_DIR, PACKAGED_DIR):
+        if builtin.is_dir():
+            dirs.append(builtin)
+            break
     return dirs
 
 
