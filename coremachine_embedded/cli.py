@@ -1,19 +1,21 @@
 """The ``coremachine`` command (also ``python -m coremachine_embedded``).
 
-Exit codes: 0 success, 1 failure (one line on stderr naming what failed),
-2 usage error, 3 timed out, 130 interrupted.
+Exit codes: 0 success; 1 failure (one line on stderr naming the file or peer at
+fault; ``verify`` found a damaged store); 2 usage error; 3 timed out; 4 the
+machine rejected the action (``act``); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class Progress:
@@ -118,6 +120,106 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         core.close()
 
 
+def _emit(data: Any, as_json: bool, lines: Callable[[], List[str]]) -> None:
+    if as_json:
+        from . import _json
+        sys.stdout.write(_json.dumps(data).decode() + "\n")
+    else:
+        for line in lines():
+            print(line)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from . import commands
+    print("public key %s written to %s (mode 0600)" % (commands.keygen(args.keyfile, args.force),
+                                                       args.keyfile))
+    return EXIT_OK
+
+
+def _board_defaults(args: argparse.Namespace) -> None:
+    if getattr(args, "board", None):
+        from . import boards
+        board = boards.load(args.board)
+        if getattr(args, "store", None) is None:
+            args.store = board.store.path
+        if getattr(args, "durability", None) is None:
+            args.durability = board.store.durability
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from . import commands
+    _board_defaults(args)
+    if not args.store:
+        raise commands.CommandError("give STORE (or --board)", EXIT_USAGE)
+    with commands.init(args.store, args.machine, args.key_file, args.compat,
+                       args.durability or "sync") as core:
+        print("created %s: key %s (%s, durability %s)" % (args.store, core.key.hex(),
+                                                          "compat" if core.compat else "manifest",
+                                                          core.durability))
+    return EXIT_OK
+
+
+def _cmd_act(args: argparse.Namespace) -> int:
+    from . import commands
+    snap = commands.act(args.store, args.event, args.value, args.machine)
+    _emit(snap.to_dict(), args.json, lambda: [snap.state])
+    return EXIT_OK
+
+
+def _cmd_state(args: argparse.Namespace) -> int:
+    from . import commands
+    st = commands.state(args.store, args.machine)
+    _emit(st, args.json, lambda: ["state    %s%s" % (st["state"], " (final)" if st["final"] else ""),
+                                  "context  %s" % json.dumps(st["context"]),
+                                  "entries  %d (fork %d)" % (st["length"], st["fork"]),
+                                  "can do   %s" % (", ".join(st["available"]) or "-")])
+    return EXIT_OK
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from . import commands
+    rows = commands.history(args.store, args.start, args.end)
+    _emit(rows, args.json, lambda: ["%6d  %-12s %-24s -> %-12s fork %d" % (
+        r["index"], r["event"] or "-", json.dumps(r["value"]) if r["value"] is not None
+        else "-", r["state"] or "?", r["fork"]) for r in rows])
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from . import commands
+    progress = Progress("verify")
+    result = commands.verify(args.store, progress)
+    progress.done()
+    print("%s: %d blocks re-hashed against the tree, signature of length %d (fork %d) valid"
+          % (args.store, result["blocks"], result["length"], result["fork"]))
+    return EXIT_OK
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import commands
+    data = commands.info(args.store)
+    _emit(data, args.json, lambda: ["%-18s %s" % (k, v) for k, v in data.items()])
+    return EXIT_OK
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from . import commands
+    out = commands.graph(args.machine, args.format, args.output, args.store)
+    if args.output is None:
+        if args.format in ("svg", "png") and sys.stdout.isatty():
+            raise commands.CommandError("%s is binary: give -o FILE" % args.format, EXIT_USAGE)
+        sys.stdout.buffer.write(out)
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import selfbench
+    figures = selfbench.run(quick=args.quick, out=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coremachine",
@@ -132,6 +234,71 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", help="where to put the demo stores (default: a temp dir)")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
+
+    keygen = sub.add_parser("keygen", help="write a new key pair to KEYFILE (mode 0600)",
+                            description="Generate an Ed25519 key pair; KEYFILE holds the "
+                                        "secret key in hex, readable by its owner only.")
+    keygen.add_argument("keyfile", metavar="KEYFILE")
+    keygen.add_argument("--force", action="store_true", help="replace an existing KEYFILE")
+    keygen.set_defaults(func=_cmd_keygen)
+
+    init = sub.add_parser("init", help="create a writer store for a machine definition",
+                          description="Create a store whose machine is MODULE:ATTR (or "
+                                      "path/to/file.py:ATTR); later commands remember it.")
+    init.add_argument("store", metavar="STORE", nargs="?")
+    init.add_argument("--machine", required=True, metavar="MOD:ATTR")
+    init.add_argument("--key-file", help="use this key pair (from keygen) instead of a new one")
+    init.add_argument("--compat", action="store_true", help="Hypercore 10 compat mode")
+    init.add_argument("--durability", choices=["sync", "batch", "none"])
+    init.add_argument("--board", help="take the store path and durability from a board profile")
+    init.set_defaults(func=_cmd_init)
+
+    act = sub.add_parser("act", help="fire one transition; prints the new state",
+                         description="Fire EVENT with an optional JSON VALUE; exit 4 if the "
+                                     "machine rejects it in its current state.")
+    act.add_argument("store", metavar="STORE")
+    act.add_argument("event", metavar="EVENT")
+    act.add_argument("value", metavar="VALUE_JSON", nargs="?")
+    act.add_argument("--machine", metavar="MOD:ATTR", help="default: the one given to init")
+    act.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    act.set_defaults(func=_cmd_act)
+
+    state = sub.add_parser("state", help="print the current state and context")
+    state.add_argument("store", metavar="STORE")
+    state.add_argument("--machine", metavar="MOD:ATTR", help="default: the one given to init")
+    state.add_argument("--json", action="store_true")
+    state.set_defaults(func=_cmd_state)
+
+    history = sub.add_parser("history", help="print the entries: index, event, value, state, fork")
+    history.add_argument("store", metavar="STORE")
+    history.add_argument("--from", dest="start", type=int, metavar="N")
+    history.add_argument("--to", dest="end", type=int, metavar="N", help="up to, not including")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=_cmd_history)
+
+    verify = sub.add_parser("verify", help="re-hash every block, check the signature",
+                            description="Exit 0 if the store verifies, 1 naming the damaged "
+                                        "file otherwise.")
+    verify.add_argument("store", metavar="STORE")
+    verify.set_defaults(func=_cmd_verify)
+
+    info = sub.add_parser("info", help="key, discovery key, length, fork, format, size")
+    info.add_argument("store", metavar="STORE")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_cmd_info)
+
+    graph = sub.add_parser("graph", help="draw a machine (Mermaid, DOT, SVG, PNG)",
+                           description="SVG and PNG need Graphviz (apt-get install graphviz).")
+    graph.add_argument("--machine", required=True, metavar="MOD:ATTR")
+    graph.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
+    graph.add_argument("-o", "--output", metavar="FILE")
+    graph.add_argument("--store", help="highlight the state this store is in")
+    graph.set_defaults(func=_cmd_graph)
+
+    bench = sub.add_parser("bench", help="measure this machine (import cost, appends, actions)")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_cmd_bench)
 
     serve = sub.add_parser("serve", help="serve a store (writer or replica) on a link",
                            description="Answer sync requests for the core in STORE_DIR until "
@@ -169,4 +336,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.debug or os.environ.get("COREMACHINE_DEBUG"):
             raise
         print("coremachine: error: %s" % e, file=sys.stderr)
-        return EXIT_FAIL
+        return int(getattr(e, "exit_code", EXIT_FAIL))

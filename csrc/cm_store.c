@@ -41,25 +41,25 @@ const char *const cm_file_names[6] = {"", "header", "wal", "tree", "data", "secr
 
 const char *cm_strerror(int err) {
     switch (err) {
-    case CM_OK: return "OK";
-    case CM_ERR_INVALID: return "INVALID";
-    case CM_ERR_IO: return "IO";
-    case CM_ERR_CORRUPT: return "CORRUPT";
-    case CM_ERR_VERSION: return "VERSION";
-    case CM_ERR_NOMEM: return "NOMEM";
-    case CM_ERR_RANGE: return "RANGE";
-    case CM_ERR_READONLY: return "READONLY";
-    case CM_ERR_LOCKED: return "LOCKED";
-    case CM_ERR_BAD_PROOF: return "BAD_PROOF";
-    case CM_ERR_BAD_SIGNATURE: return "BAD_SIGNATURE";
-    case CM_ERR_DECODE: return "DECODE";
-    case CM_ERR_TOO_LARGE: return "TOO_LARGE";
-    case CM_ERR_NOT_FOUND: return "NOT_FOUND";
-    case CM_ERR_KEY: return "KEY";
-    case CM_ERR_UNAVAILABLE: return "UNAVAILABLE";
-    case CM_ERR_FORK: return "FORK";
-    case CM_ERR_CLOSED: return "CLOSED";
-    default: return "UNKNOWN";
+    case CM_OK: return "ok";
+    case CM_ERR_INVALID: return "invalid argument";
+    case CM_ERR_IO: return "a file operation failed";
+    case CM_ERR_CORRUPT: return "the store is damaged";
+    case CM_ERR_VERSION: return "the store was written by a newer format version";
+    case CM_ERR_NOMEM: return "out of memory";
+    case CM_ERR_RANGE: return "out of range";
+    case CM_ERR_READONLY: return "the core was opened without its secret key";
+    case CM_ERR_LOCKED: return "the store is open in another core or process";
+    case CM_ERR_BAD_PROOF: return "the proof does not verify";
+    case CM_ERR_BAD_SIGNATURE: return "the signature does not verify";
+    case CM_ERR_DECODE: return "malformed encoding";
+    case CM_ERR_TOO_LARGE: return "over its size limit";
+    case CM_ERR_NOT_FOUND: return "no such store";
+    case CM_ERR_KEY: return "the key does not belong to this core";
+    case CM_ERR_UNAVAILABLE: return "not held locally (yet)";
+    case CM_ERR_FORK: return "the proof is for another fork";
+    case CM_ERR_CLOSED: return "the core is closed";
+    default: return "unknown error";
     }
 }
 

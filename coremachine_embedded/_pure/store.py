@@ -5,6 +5,7 @@ follows it step by step and is the reference the C core is tested against.
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -198,6 +199,7 @@ class Log:
               key: Optional[bytes], manifest: Optional[bytes], compat: bool) -> None:
         if isinstance(storage, str):
             storage = FileStorage(storage)
+        self._dir: Optional[str] = getattr(storage, "directory", None)
         if secret_key is not None:
             secret_key = need_bytes("secret_key", secret_key, 64)
         if key is not None:
@@ -224,7 +226,7 @@ class Log:
             # A torn first header with nothing else written is an interrupted
             # creation: nothing to lose.  Otherwise the header is damaged.
             if any(f.size() for f in (self._wal, self._tree, self._data)):
-                raise CorruptionError("no valid header slot", "header")
+                raise self._damaged("no valid header slot", "header")
             if not create:
                 raise StoreNotFoundError("the store was never initialised", "header")
             fresh = True
@@ -259,14 +261,14 @@ class Log:
                 stored = sk_file.read(65, 0)
             finally:
                 sk_file.close()
-            self._check_secret(stored, CorruptionError, "secret_key")
+            self._check_secret(stored, True)
             if secret_key is not None and stored != secret_key:
                 raise KeyMismatchError("the store holds another secret key")
             self._secret_key = stored
         elif secret_key is not None:
             # The signer's key given to a replica: it becomes the writer, which
             # needs every block.
-            self._check_secret(secret_key, KeyMismatchError, None)
+            self._check_secret(secret_key, False)
             if self.contiguous != self.length:
                 raise InvalidArgumentError("a replica that lacks blocks cannot become the writer")
             self._write_secret(storage, secret_key)
@@ -274,9 +276,9 @@ class Log:
         self._load_roots()
         if self._secret_key is None:
             if self._sig is None and (self.length or self.fork):
-                raise CorruptionError("a replica state without its signature", "header")
+                raise self._damaged("a replica state without its signature", "header")
         elif self.contiguous != self.length:
-            raise CorruptionError("a writer that lacks blocks", "header")
+            raise self._damaged("a writer that lacks blocks", "header")
         c = self.contiguous
         if self._secret_key is None and (
                 self.length > c or self._tree.size() > (40 * (2 * c - 1) if c else 0)
@@ -285,14 +287,19 @@ class Log:
         if self.recovery["bytes_discarded"]:
             self._checkpoint()
 
+    def _damaged(self, message: str, name: str) -> CorruptionError:
+        """A CorruptionError naming the store file (its path for a directory store)."""
+        return CorruptionError(message, os.path.join(self._dir, name) if self._dir else name)
+
     def _open_file(self, storage: Any, name: str) -> File:
         f: File = storage.open(name, CREATE)
         self._files.append(f)
         return f
 
-    def _check_secret(self, sk: bytes, error: Any, filename: Optional[str]) -> None:
+    def _check_secret(self, sk: bytes, damaged_file: bool) -> None:
+        """A stored secret key that does not fit is damage; a given one, a mismatch."""
         def fail(why: str) -> None:
-            raise error(why, filename) if filename else error(why)
+            raise self._damaged(why, "secret_key") if damaged_file else KeyMismatchError(why)
         if len(sk) != 64:
             fail("secret key file holds %d bytes, not 64" % len(sk))
         pk, derived = keypair_from_seed(sk[:32])
@@ -426,8 +433,7 @@ class Log:
             if generation < self._generation:
                 return  # a record of an older checkpoint: a clean end
             if generation > self._generation and self._frame(off, size, True) is not None:
-                raise CorruptionError("the newest header slot is damaged (the wal is newer)",
-                                      "header")
+                raise self._damaged("the newest header slot is damaged (the wal is newer)", "header")
         self._check_torn_tail(self._wal.read(size - off, off), off)
         self.recovery["bytes_discarded"] = size - off
 
@@ -443,7 +449,7 @@ class Log:
                 rec = _parse_record(tail, start)
                 if rec is not None and rec.generation == self._generation \
                         and rec.durable_count > self._seq:
-                    raise CorruptionError("wal record %d is damaged but had been synced"
+                    raise self._damaged("wal record %d is damaged but had been synced"
                                           % self._seq, "wal")
             pos = tail.find(needle, pos + 1)
 
@@ -452,16 +458,16 @@ class Log:
         for i in flat.full_roots(self.length):
             node = self._read_node(i)
             if node is None:
-                raise CorruptionError("root node %d is missing" % i, "tree")
+                raise self._damaged("root node %d is missing" % i, "tree")
             roots.append(node)
         if tree_hash(roots) != self._tree_hash or sum(r[1] for r in roots) != self.byte_length:
-            raise CorruptionError("the roots do not match the committed tree hash", "tree")
+            raise self._damaged("the roots do not match the committed tree hash", "tree")
         self.roots = roots
         if self._sig is not None and self._secret_key is None:
             try:
                 self._verifier.check(self._tree_hash, self.length, self.fork, self._sig)
             except InvalidProofError:
-                raise CorruptionError("the stored signature does not verify", "header") from None
+                raise self._damaged("the stored signature does not verify", "header") from None
         self._contig_bytes = self._prefix_bytes(self.contiguous)
 
     def _prefix_bytes(self, n: int) -> int:
@@ -472,7 +478,7 @@ class Log:
         for i in flat.full_roots(n):
             node = self._read_node(i)
             if node is None:
-                raise CorruptionError("node %d is missing" % i, "tree")
+                raise self._damaged("node %d is missing" % i, "tree")
             total += node[1]
         return total
 
@@ -766,8 +772,7 @@ class Log:
             left, right = self._read_node(li), self._read_node(ri)
             if (left is None or right is None or left[1] + right[1] != node[1]
                     or hash_parent(left, right, node[0])[2] != node[2]):
-                raise CorruptionError("tree node %d does not match its children" % node[0],
-                                      "tree")
+                raise self._damaged("tree node %d does not match its children" % node[0], "tree")
             if target <= flat.right_span(li):
                 node = left
             else:
@@ -782,7 +787,7 @@ class Log:
         offset, leaf = self._locate(index)
         data = self._data.read(leaf[1], offset)
         if len(data) != leaf[1] or hash_leaf(index, data)[2] != leaf[2]:
-            raise CorruptionError("block %d does not match its tree node" % index, "data")
+            raise self._damaged("block %d does not match its tree node" % index, "data")
         return data
 
     # --- proofs ------------------------------------------------------------------
@@ -917,7 +922,7 @@ class Log:
                 path[sib[0]] = sib
                 _merge(stack, sib, path)  # type: ignore[arg-type]
             if path and stack[-1] != self.roots[k]:
-                raise CorruptionError("the nodes over the held blocks do not match root %d"
+                raise self._damaged("the nodes over the held blocks do not match root %d"
                                       % top, "tree")
             keep.update(path)
         self._commit(REC_TRUNCATE, self.fork, self.length, c, self.byte_length,
