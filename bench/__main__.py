@@ -17,6 +17,10 @@ def main() -> None:
     sync_bench.run(report, args.quick)
     path = report.save("latest.json")
     print("\nresults saved to %s" % path)
+    if not args.quick:
+        from bench import chart
+        print("chart written to %s" % chart.write(
+            report.rows, "coremachine_embedded vs the alternatives (ratio; > 1x is better)"))
 
 
 if __name__ == "__main__":

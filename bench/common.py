@@ -64,15 +64,20 @@ class Report:
 
     def add(self, section: str, name: str, value: float, unit: str,
             peer: Optional[str] = None, peer_value: Optional[float] = None,
-            target: Optional[str] = None, ok: Optional[bool] = None) -> None:
+            target: Optional[str] = None, ok: Optional[bool] = None,
+            lower_is_better: bool = False) -> None:
         row = {"section": section, "name": name, "value": value, "unit": unit,
-               "peer": peer, "peer_value": peer_value, "target": target, "ok": ok}
+               "peer": peer, "peer_value": peer_value, "target": target, "ok": ok,
+               "lower_is_better": lower_is_better}
         if peer_value:
             row["ratio"] = value / peer_value
+            # how many times better we are, whichever direction "better" is
+            row["advantage"] = peer_value / value if lower_is_better else value / peer_value
         self.rows.append(row)
         line = "  %-52s %14s %-10s" % (name, _fmt(value), unit)
         if peer_value:
-            line += "  %6.2fx %s (%s)" % (value / peer_value, peer, _fmt(peer_value))
+            line += "  %6.2fx %s (%s)%s" % (value / peer_value, peer, _fmt(peer_value),
+                                           ", lower is better" if lower_is_better else "")
         if target:
             line += "  target %s: %s" % (target, "ok" if ok else "MISSED")
         print(line, flush=True)

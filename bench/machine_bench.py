@@ -203,11 +203,11 @@ def run(report: Report, quick: bool) -> None:
         probe = json.loads(out)
         assert probe["counter"] == n_log - 1
         report.add(section, "reopen + restore a 20,000-action log", probe["open_ms"], "ms",
-                   "JS Coremachine", jr.get("open_ms"))
+                   "JS Coremachine", jr.get("open_ms"), lower_is_better=True)
         report.add(section, "RSS after restore (whole process)", probe["rss_kib"] / 1024, "MiB",
-                   "JS Coremachine", jr["rss"] / 2**20 if jr else None)
+                   "JS Coremachine", jr["rss"] / 2**20 if jr else None, lower_is_better=True)
         ours_bytes = sum(os.path.getsize(os.path.join(path20, f)) for f in os.listdir(path20))
         report.add(section, "bytes on disk per action (20,000 actions)", ours_bytes / n_log, "B",
-                   "JS Coremachine", jw["bytes"] / n_log if jw else None)
+                   "JS Coremachine", jw["bytes"] / n_log if jw else None, lower_is_better=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
