@@ -78,7 +78,12 @@ async def pull(core: Core, url: str, *, live: bool = False, window: int = 128,
     ep = endpoint or Endpoint(window=window)
     link, addr = open_link(url, listen=False)
     await ep.attach(link)
-    await ep.pull(core, link, addr, live=live, progress=progress)
+    try:
+        await ep.pull(core, link, addr, live=live, progress=progress)
+    except BaseException:  # cancelled or timed out: the caller never gets the endpoint
+        if endpoint is None:
+            await ep.close()
+        raise
     return ep
 
 

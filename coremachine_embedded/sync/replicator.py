@@ -14,9 +14,10 @@ Hypercore proof built by the core) or NO_DATA; appends are announced to peers
 that pull live.  Pulling: learn the remote length (SYNC), fetch the signed tree
 (an upgrade proof), then request blocks in a window, each asking for just the
 tree nodes that neither the store nor an earlier in-flight proof provides.
-Proofs arriving ahead of the next needed block wait in a bounded buffer;
-lost requests are retried with backoff.  Nothing is stored that the core did
-not verify (``Core.apply_proof``).
+Proofs arriving ahead of the next needed block wait in a bounded buffer.  A
+request is retried at once when the answer to a later one arrives first (it
+or its answer was lost), otherwise after a timeout, with backoff.  Nothing is
+stored that the core did not verify (``Core.apply_proof``).
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ class _Peer:
 
 
 class _Req:
-    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline")
+    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "lost")
 
     def __init__(self, rid: int, index: Optional[int], upgrade: Optional[Tuple[int, int]],
                  nodes: List[int]) -> None:
@@ -121,6 +122,7 @@ class _Req:
         self.tries = 0
         self.nodes = nodes       # tree nodes this request's proof will bring
         self.deadline = 0.0
+        self.lost = False        # known lost (a later request was answered): retry at once
 
 
 class _Entry:
@@ -336,7 +338,8 @@ class Endpoint:
                 peer.live = True
             if (msg.remote_length, msg.fork) != (entry.core.length, entry.core.fork) or \
                     peer.told != (entry.core.fork, entry.core.length):
-                self._send_sync(entry, peer)
+                # a wrong remote length: our last SYNC to it was lost - send it again
+                self._send_sync(entry, peer, force=msg.remote_length != entry.core.length)
         elif kind == wire.RANGE:
             if not msg.drop and msg.start == 0:
                 peer.contiguous = msg.length
@@ -419,7 +422,9 @@ class Endpoint:
         req.id = rid
         req.tries += 1
         req.sent = time.monotonic()
-        req.deadline = req.sent + peer.rto() * (2 ** min(req.tries - 1, 4))
+        # back off after a timeout (the peer may be gone or swamped), not after a loss
+        req.deadline = req.sent + peer.rto() * (1 if req.lost else 2 ** min(req.tries - 1, 4))
+        req.lost = False
         if req.index is None:
             block = None
         else:  # with an upgrade the prover picks the path; alone, ask for our levels
@@ -526,8 +531,19 @@ class Endpoint:
                 self.counters.inc("duplicates" if index in entry.ahead else "dropped_unsolicited")
                 return
             entry.ahead[index] = body
+            if rid == req.id:
+                self._lost_before(entry, req.sent)
             return
         self._apply(entry, body)
+
+    def _lost_before(self, entry: _Entry, sent: float) -> None:
+        """The answer to a request sent at ``sent`` came: the unanswered ones
+        sent before it were lost (or their answers were) - retry them now
+        rather than after a timeout."""
+        for req in entry.inflight.values():
+            if req.sent < sent and not req.lost and req.index not in entry.ahead:
+                req.deadline = 0.0
+                req.lost = True
 
     def _apply(self, entry: _Entry, body: bytes, upgrade: bool = False) -> None:
         """Apply a proof, then every waiting proof it unblocks, in order."""
@@ -696,7 +712,8 @@ class Endpoint:
             return
         link, addr = entry.source
         peer = self._source_peer(entry)
-        if peer is None or not peer.ready:
+        if peer is None or not peer.ready or peer.length < 0:
+            # no answer to our HELLO yet, or the SYNC answering it was lost
             if peer is None or now - peer.hello_sent > 0.5:
                 self._hello(entry, link, addr, peer)
             return
@@ -709,6 +726,9 @@ class Endpoint:
             self._request(entry, peer, up, manifest=entry.core.manifest is None)
         for req in list(entry.inflight.values()):
             if now > req.deadline:
+                if req.index in entry.ahead and req.index > entry.core.contiguous_length:
+                    req.deadline = now + peer.rto()  # answered: it waits for an earlier block
+                    continue
                 self.counters.inc("retries")
                 if not req.nodes:
                     req.nodes = self._plan_nodes(entry, req.index)  # type: ignore[arg-type]

@@ -13,9 +13,12 @@ as in Hypercore.  The payload::
     message = uint type | buffer body
 
 Message bodies reuse Hypercore's encodings (sync 0, request 1, data 3, noData 4,
-range 8) plus two of ours: HELLO 16 (``uint flags | fixed8 cookie``) and
-FRAGMENT 17 (``uint id | uint index | uint count | raw chunk``) for messages
-larger than one envelope.  All decoding treats input as hostile.
+range 8) plus four of ours: HELLO 16 (``uint flags | fixed8 cookie``), FRAGMENT
+17 (``uint id | uint part | uint parts | raw chunk``) for messages larger than one
+envelope, and for batched transfer (see batch.py) RUN 18 (``uint id | uint fork
+| uint start | uint size | uint nodes``) answered by the DATA of the first
+block and VALUES 19 (``uint request | uint first | array(buffer)``) with the
+values of the others.  All decoding treats input as hostile.
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ OVERHEAD = HEADER + NONCE + TAG
 MAX_PAYLOAD = 1 << 16            # one envelope's plaintext, at most
 MAX_MESSAGE = 16 << 20           # a reassembled message, at most
 
-SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE, HELLO, FRAGMENT = 0, 1, 2, 3, 4, 8, 16, 17
-TYPES = {SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE, HELLO, FRAGMENT}
+SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE = 0, 1, 2, 3, 4, 8
+HELLO, FRAGMENT, RUN, VALUES = 16, 17, 18, 19
+TYPES = {SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE, HELLO, FRAGMENT, VALUES, RUN}
+MAX_RUN = 256   # blocks in one RUN request
 
 HELLO_PULL = 1    # the sender pulls: tell it about new lengths (live)
 HELLO_SERVE = 2   # the sender serves this core
@@ -249,6 +254,49 @@ class Fragment(NamedTuple):
         return cls(fid, part, parts, bytes(body[r.pos:]))
 
 
+class Run(NamedTuple):
+    """Blocks ``[start, start+size)`` (``size`` a power of two, ``start`` a
+    multiple of it); ``nodes`` are the levels the first block's proof needs."""
+
+    id: int
+    fork: int
+    start: int
+    size: int
+    nodes: int
+
+    def encode(self) -> bytes:
+        return b"".join(encode_uint(x) for x in self)
+
+    @classmethod
+    def decode(cls, body: bytes) -> "Run":
+        r = Reader(body)
+        run = cls(r.uint(), r.uint(), r.uint(), r.uint(), r.uint())
+        if run.size == 0 or run.size > MAX_RUN or run.size & (run.size - 1) or \
+                run.start % run.size or run.start >= 1 << 60:
+            raise DecodeError("run of %d blocks at %d" % (run.size, run.start))
+        return run
+
+
+class Values(NamedTuple):
+    """The values of blocks ``first, first+1, ...`` answering RUN ``request``."""
+
+    request: int
+    first: int
+    values: List[bytes]
+
+    def encode(self) -> bytes:
+        return (encode_uint(self.request) + encode_uint(self.first)
+                + encode_uint(len(self.values)) + b"".join(encode_buffer(v) for v in self.values))
+
+    @classmethod
+    def decode(cls, body: bytes) -> "Values":
+        r = Reader(body)
+        request, first, count = r.uint(), r.uint(), r.uint()
+        if count > MAX_RUN or first >= 1 << 60:
+            raise DecodeError("%d values at %d" % (count, first))
+        return cls(request, first, [r.buffer() for _ in range(count)])
+
+
 def decode_message(kind: int, body: bytes) -> Any:
     """The decoded body of a message type we act on (raises DecodeError)."""
     if kind == SYNC:
@@ -263,4 +311,8 @@ def decode_message(kind: int, body: bytes) -> Any:
         return Hello.decode(body)
     if kind == FRAGMENT:
         return Fragment.decode(body)
+    if kind == RUN:
+        return Run.decode(body)
+    if kind == VALUES:
+        return Values.decode(body)
     return body  # DATA stays encoded: the core decodes and verifies it

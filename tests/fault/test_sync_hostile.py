@@ -916,9 +916,6 @@ def test_forged_proofs_waiting_ahead_are_dropped_once_passed(tmp_path: Any) -> N
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="a forged proof waiting ahead for block k makes the "
-                   "genuine one count as a duplicate; when its turn comes and it cannot be checked "
-                   "yet it is put back, and the request for k is never sent again")
 def test_forged_proof_waiting_ahead_does_not_block_the_pull(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=60).start()
