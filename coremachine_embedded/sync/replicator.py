@@ -94,6 +94,7 @@ class _Peer:
         self.out: List[Tuple[int, bytes]] = []
         self.out_bytes = 0
         self.fragments: "OrderedDict[Tuple[int, int], Dict[int, bytes]]" = OrderedDict()
+        self.fragment_bytes = 0
         self.srtt = 0.2
         self.rttvar = 0.1
         self.hello_sent = 0.0
@@ -275,13 +276,20 @@ class Endpoint:
         if not window.accept(payload.counter):
             c.inc("dropped_replay")
             return
-        peer = self._peer(entry, link, addr, payload.session)
         fresh = self._cookie_ok(payload.session, dk, payload.echo)
-        greeted = False
+        if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
+            # No state for a sender that does not know our cookie (so that many
+            # addresses cannot push honest peers out): tell it the cookie, forget it.
+            c.inc("dropped_stale_cookie")
+            peer = entry.peers.get((id(link), addr))
+            if peer is None or peer.session != payload.session:
+                peer = _Peer(link, addr, payload.session)
+            if time.monotonic() - peer.hello_sent > 0.2:
+                self._hello(entry, link, addr, peer)
+            return
+        peer = self._peer(entry, link, addr, payload.session)
         for kind, body in payload.messages:
-            if kind == wire.HELLO:
-                greeted = True
-            elif not fresh:
+            if kind != wire.HELLO and not fresh:
                 continue
             try:
                 self._handle(entry, peer, kind, body)
@@ -289,13 +297,9 @@ class Endpoint:
                 c.inc("dropped_malformed")
                 log.debug("bad %d message from %r: %s", kind, addr, e)
         if not fresh:
-            if not greeted:
-                c.inc("dropped_stale_cookie")
-            # It does not know our current cookie: tell it (at once in answer to
-            # a HELLO - that exchange ends once both echo right - otherwise at
-            # most five times a second).
-            if greeted or time.monotonic() - peer.hello_sent > 0.2:
-                self._hello(entry, link, addr, peer)
+            # It greeted us without our current cookie: answer at once (the
+            # exchange ends when both echo right).
+            self._hello(entry, link, addr, peer)
         self._pump(entry)
 
     def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
@@ -513,7 +517,10 @@ class Endpoint:
             return
         index, has_upgrade, rid = msg
         if has_upgrade:
-            if up is not None and rid == up.id:
+            if up is None:  # a late answer to a retried upgrade: we have it already
+                self.counters.inc("duplicates")
+                return
+            if rid == up.id:
                 peer.sample_rtt(time.monotonic() - up.sent)
             self._apply(entry, body, upgrade=True)
             return
@@ -574,7 +581,9 @@ class Endpoint:
             self.counters.inc("dropped_invalid_proof")
             log.debug("proof rejected: %s", e)
             if upgrade:
-                entry.upgrade = None
+                # only the answer to our request settles it; a forgery changes nothing
+                if entry.upgrade is not None and _peek_data(body)[2] == entry.upgrade.id:
+                    entry.upgrade = None
             else:
                 index = _peek_data(body)[0]
                 req = entry.inflight.get(index) if index is not None else None
@@ -591,6 +600,7 @@ class Endpoint:
     def _stored(self, entry: _Entry, index: Optional[int]) -> None:
         if index is None:
             return
+        entry.ahead.pop(index, None)  # whatever waited for this block was not it
         req = entry.inflight.pop(index, None)
         if req is not None:
             self._promise(entry, req.nodes, -1)
@@ -624,20 +634,25 @@ class Endpoint:
         if parts is None:
             parts = peer.fragments[key] = {}
             while len(peer.fragments) > MAX_REASSEMBLY:
-                peer.fragments.popitem(last=False)
-                self.counters.inc("dropped_fragments")
+                self._drop_fragments(peer, "dropped_fragments")
+        previous = parts.get(frag.part)
         parts[frag.part] = frag.chunk
-        if sum(len(p) for p in parts.values()) > wire.MAX_MESSAGE:
-            del peer.fragments[key]
-            self.counters.inc("dropped_oversize")
-            return
-        if len(parts) < frag.parts:
+        peer.fragment_bytes += len(frag.chunk) - (len(previous) if previous else 0)
+        while peer.fragment_bytes > wire.MAX_MESSAGE:  # all of a peer's sets: one message
+            self._drop_fragments(peer, "dropped_oversize")
+        if key not in peer.fragments or len(parts) < frag.parts:
             return
         del peer.fragments[key]
+        peer.fragment_bytes -= sum(len(p) for p in parts.values())
         data = b"".join(parts[i] for i in range(frag.parts))
         for kind, body in wire.decode_messages(Reader(data)):
             if kind != wire.FRAGMENT:
                 self._handle(entry, peer, kind, body)
+
+    def _drop_fragments(self, peer: _Peer, reason: str) -> None:
+        _, old = peer.fragments.popitem(last=False)
+        peer.fragment_bytes -= sum(len(p) for p in old.values())
+        self.counters.inc(reason)
 
     # --- sending ---------------------------------------------------------------------
 

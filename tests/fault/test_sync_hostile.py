@@ -691,10 +691,6 @@ def test_session_flood_stays_bounded(tmp_path: Any) -> None:
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="a peer is created for any authenticated envelope, "
-                   "cookie or not, and peers are evicted LRU: 300 attacker addresses evict the "
-                   "honest puller, whose requests are then answered without its echo cookie "
-                   "(dropped as stale) - the pull starves")
 def test_many_addresses_do_not_starve_an_honest_puller(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=200).start()
@@ -786,8 +782,6 @@ def test_fragments_never_completing_stay_bounded(tmp_path: Any) -> None:
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="reassembly memory is only bounded per set (16 MiB): one "
-                   "peer may hold MAX_REASSEMBLY x MAX_MESSAGE = 256 MiB, every peer as much")
 def test_fragment_memory_per_peer_is_bounded_by_one_message(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
@@ -840,8 +834,6 @@ def test_lost_sync_after_the_handshake_does_not_stall_the_pull(tmp_path: Any) ->
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="a late answer to a retried upgrade request (a genuine, "
-                   "duplicate proof) is counted as dropped_invalid_proof")
 def test_duplicate_upgrade_answer_is_not_an_invalid_proof(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
@@ -861,9 +853,6 @@ def _upgrade_requests(hp: HeldPull) -> int:
                if k == wire.REQUEST and wire.Request.decode(b).upgrade is not None)
 
 
-@pytest.mark.xfail(strict=True, reason="any failed upgrade proof, from any peer, clears the "
-                   "pending upgrade request: each forged proof makes the puller send a new "
-                   "request to its source (and the duplicate answers count as invalid)")
 def test_forged_upgrade_does_not_cancel_the_pending_request(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=60).start()
@@ -889,9 +878,6 @@ def test_forged_upgrade_does_not_cancel_the_pending_request(tmp_path: Any) -> No
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="a forged proof waiting ahead whose check needs nodes "
-                   "not held yet is put back, and stays in entry.ahead after the genuine block "
-                   "is stored: unverified data kept for the life of the pull")
 def test_forged_proofs_waiting_ahead_are_dropped_once_passed(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=60).start()
