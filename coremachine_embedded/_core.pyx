@@ -181,6 +181,8 @@ cdef extern from "cm.h":
 
     int cm_core_apply_proof(cm_core *core, const uint8_t *msg, size_t len,
                             cm_apply_result *out) nogil
+    int cm_core_apply_run(cm_core *core, uint64_t start, const cm_buf *values, size_t n,
+                          uint64_t *stored) nogil
 
 
 cdef extern from "cm.h":
@@ -844,6 +846,31 @@ cdef class Log:
         out.manifest_learned = bool(r.manifest_learned)
         out.length = cm_core_length(c)
         return out
+
+
+    def apply_run(self, start, values):
+        """Store a run of blocks proven by the node over them; returns blocks added."""
+        cdef cm_core *c = self._c()
+        cdef size_t n = len(values)
+        cdef uint64_t s = self._index(start), stored = 0
+        cdef cm_buf *bufs
+        cdef bytes b
+        if n < 2 or n > 256:
+            raise InvalidArgumentError("a run is 2..256 blocks")
+        bufs = <cm_buf *>PyMem_Malloc(n * sizeof(cm_buf))
+        if bufs == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                b = values[i]
+                bufs[i].data = <const uint8_t *>PyBytes_AS_STRING(b)
+                bufs[i].len = len(b)
+            with nogil:
+                rc = cm_core_apply_run(c, s, bufs, n, &stored)
+            self._check(rc, "run", True)
+        finally:
+            PyMem_Free(bufs)
+        return stored
 
 
 # --- transition table --------------------------------------------------------------

@@ -327,6 +327,24 @@ class Core:
                 self._notify("proof", before, result)
             return result
 
+    def apply_run(self, start: int, values: Sequence[BytesLike]) -> int:
+        """Store the blocks of an aligned run ``[start, start+len(values))``
+        (a power of two, at a multiple of it) whose first block this replica
+        holds, if the tree rebuilt from ``values`` matches the node it holds
+        over the run (batched transfer).  Returns the blocks added.
+
+        :raises InvalidProofError: the values do not match; nothing stored.
+        :raises BlockNotAvailableError: the first block or the node is not held yet.
+        """
+        blocks = [b if type(b) is bytes else need_bytes("value", b) for b in values]
+        with self._lock:
+            before = self._snapshot()
+            added = self._log.apply_run(start, blocks)
+            self._arm_timer()
+            if added:
+                self._notify("proof", before, None)
+            return added  # type: ignore[no-any-return]
+
     def verify(self, progress: Any = None) -> int:
         """Re-hash every held block against the tree and check the signature
         of the current state.  Returns the number of blocks checked.

@@ -488,6 +488,16 @@ int cm_table_set(cm_table *t, uint32_t state, uint32_t event, uint32_t first, ui
 int cm_table_lookup(const cm_table *t, uint32_t state, uint32_t event, uint32_t *first,
                     uint32_t *count);
 
+/* Store a run of blocks proven by one trusted node (batched transfer).
+ * `values` are the n blocks [start, start+n) (n a power of two <= 256, start a
+ * multiple of n); the replica must hold block `start` already and the node
+ * covering the run (index 2*start + n - 1).  The run's tree is rebuilt from the
+ * values; if its root equals that node, the blocks the replica lacks are stored
+ * in one record (with all 2n-1 nodes of the run), else CM_ERR_BAD_PROOF and
+ * nothing is written.  *stored = blocks added. */
+int cm_core_apply_run(cm_core *core, uint64_t start, const cm_buf *values, size_t n,
+                      uint64_t *stored);
+
 #ifdef __cplusplus
 }
 #endif

@@ -900,6 +900,47 @@ class Log:
         self._maybe_checkpoint()
         return res
 
+    def apply_run(self, start: int, values: Sequence[bytes]) -> int:
+        """Store a run of blocks proven by the node over them (batched
+        transfer, see csrc/cm.h cm_core_apply_run).  Returns blocks added."""
+        self._check_open()
+        n = len(values)
+        if self._secret_key is not None:
+            raise InvalidArgumentError("a writer does not take runs")
+        if (n < 2 or n > 256 or n & (n - 1) or start % n or start >= 1 << 61
+                or start + n > self.length):
+            raise InvalidArgumentError("a run is 2..256 blocks (a power of two) at a multiple "
+                                       "of its size, inside the log")
+        if self.contiguous <= start:
+            raise BlockNotAvailableError("the run's first block is not held yet")
+        if self.contiguous >= start + n:
+            return 0
+        for v in values:
+            if len(v) > self._max_block:
+                raise TooLargeError("block of %d bytes" % len(v))
+        base = 2 * start
+        tree: List[Node] = [(0, 0, b"")] * (2 * n - 1)
+        for i, v in enumerate(values):
+            tree[2 * i] = hash_leaf(start + i, v)
+        width = 1
+        while width * 2 <= n:   # parents, level by level (relative to base)
+            for r in range(2 * width - 1, 2 * n - 1, 4 * width):
+                tree[r] = hash_parent(tree[r - width], tree[r + width], base + r)
+            width *= 2
+        root = self._get_node_or_none(base + n - 1)
+        if root is None:
+            raise BlockNotAvailableError("the node over the run is not held yet")
+        if root != tree[n - 1]:
+            raise InvalidProofError("the run's values do not match node %d" % (base + n - 1))
+        held = self.contiguous - start
+        data = b"".join(values[held:])
+        self._commit(0, self.fork, self.length, start + n, self.byte_length, self._tree_hash,
+                     signature=self._sig or b"", nodes=tree, data_offset=self._contig_bytes,
+                     data=data)
+        self._contig_bytes += len(data)
+        self._maybe_checkpoint()
+        return n - held
+
     def _sanitize(self) -> None:
         """Drop sparse-region node slots that no durable record may own: cut
         ``tree`` at the contiguous region, then write back the roots of

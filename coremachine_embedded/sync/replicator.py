@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .. import errors
 from ..core import Core, CoreChange
 from ..encoding import Reader
-from . import wire
+from . import batch, wire
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -42,6 +42,9 @@ MAX_SESSIONS = 4096           # replay windows kept per endpoint
 MAX_PEERS_PER_CORE = 256
 MAX_QUEUE_BYTES = 4 << 20     # queued outgoing bytes per peer
 MAX_REASSEMBLY = 16           # messages being reassembled per peer
+REQUEST_RATE = 4000.0        # requests (a run counts as one) served per second per peer...
+REQUEST_BURST = 1024         # ...after a burst of this many; beyond: dropped_flood
+RUN_ENVELOPES = 4            # a batched run's values fill about this many envelopes
 KEEPALIVE = 2.0               # seconds between SYNCs to a source while pulling live
 PEER_TIMEOUT = 60.0           # a live puller that was silent this long gets no announcements
 
@@ -95,6 +98,8 @@ class _Peer:
         self.out_bytes = 0
         self.fragments: "OrderedDict[Tuple[int, int], Dict[int, bytes]]" = OrderedDict()
         self.fragment_bytes = 0
+        self.tokens = float(REQUEST_BURST)
+        self.tokens_at = time.monotonic()
         self.srtt = 0.2
         self.rttvar = 0.1
         self.hello_sent = 0.0
@@ -112,7 +117,7 @@ class _Peer:
 
 
 class _Req:
-    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "lost")
+    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "lost", "run")
 
     def __init__(self, rid: int, index: Optional[int], upgrade: Optional[Tuple[int, int]],
                  nodes: List[int]) -> None:
@@ -124,6 +129,11 @@ class _Req:
         self.nodes = nodes       # tree nodes this request's proof will bring
         self.deadline = 0.0
         self.lost = False        # known lost (a later request was answered): retry at once
+        self.run: Optional[batch.Run] = None   # a batched run starting at index
+
+    @property
+    def size(self) -> int:
+        return 1 if self.run is None else self.run.count
 
 
 class _Entry:
@@ -138,7 +148,8 @@ class _Entry:
         self.pulling = False
         self.live = False
         self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
-        self.inflight: Dict[int, _Req] = {}                # by block index
+        self.inflight: Dict[int, _Req] = {}                # by (first) block index
+        self.flight = 0                                    # blocks those requests cover
         self.upgrade: Optional[_Req] = None
         self.ahead: Dict[int, bytes] = {}                  # proofs waiting for earlier blocks
         self.promised: Dict[int, int] = {}                 # node -> in-flight proofs bringing it
@@ -156,8 +167,9 @@ class Endpoint:
     :param window: block requests in flight per pulled core.
     """
 
-    def __init__(self, window: int = 128) -> None:
+    def __init__(self, window: int = 256, max_run: int = 64) -> None:
         self.window = window
+        self.max_run = max(1, min(max_run, wire.MAX_RUN))
         self.counters = Counters()
         self.session = os.urandom(8)
         self._counter = 0
@@ -355,6 +367,10 @@ class Endpoint:
             self._on_no_data(entry, peer, msg)
         elif kind == wire.FRAGMENT:
             self._on_fragment(entry, peer, msg)
+        elif kind == wire.RUN:
+            self._serve_run(entry, peer, msg)
+        elif kind == wire.VALUES:
+            self._on_values(entry, peer, msg)
 
     # --- serving ---------------------------------------------------------------------
 
@@ -369,10 +385,20 @@ class Endpoint:
             has_manifest=core.manifest is not None).encode())
         self._queue(entry, peer, wire.RANGE, wire.Range(0, core.contiguous_length).encode())
 
+    def _admit(self, peer: _Peer) -> bool:
+        """A token bucket per peer: one flooding peer cannot take the server."""
+        now = time.monotonic()
+        peer.tokens = min(REQUEST_BURST, peer.tokens + (now - peer.tokens_at) * REQUEST_RATE)
+        peer.tokens_at = now
+        if peer.out_bytes > MAX_QUEUE_BYTES or peer.tokens < 1:
+            self.counters.inc("dropped_flood")
+            return False
+        peer.tokens -= 1
+        return True
+
     def _serve_request(self, entry: _Entry, peer: _Peer, req: wire.Request) -> None:
         core = entry.core
-        if peer.out_bytes > MAX_QUEUE_BYTES:
-            self.counters.inc("dropped_flood")
+        if not self._admit(peer):
             return
         if req.hash is not None or req.seek is not None or (
                 req.fork != core.fork and req.upgrade is None):
@@ -392,6 +418,39 @@ class Endpoint:
             return
         self.counters.inc("requests_served")
         self._queue(entry, peer, wire.DATA, proof)
+
+    def _serve_run(self, entry: _Entry, peer: _Peer, run: wire.Run) -> None:
+        """A run: the DATA of its first block, then the values of the others,
+        packed into as few envelopes as they fit."""
+        core = entry.core
+        if not self._admit(peer):
+            return
+        if run.fork != core.fork or run.start + run.size > core.contiguous_length:
+            self.counters.inc("requests_refused")
+            self._queue(entry, peer, wire.NO_DATA, wire.NoData(run.id, 1).encode())
+            self._send_sync(entry, peer, force=True)
+            return
+        try:
+            proof = core.proof(block=run.start, nodes=run.nodes, request=run.id)
+        except (errors.OutOfRangeError, errors.BlockNotAvailableError,
+                errors.InvalidArgumentError):
+            self.counters.inc("requests_refused")
+            self._queue(entry, peer, wire.NO_DATA, wire.NoData(run.id, 2).encode())
+            return
+        self.counters.inc("requests_served")
+        self._queue(entry, peer, wire.DATA, proof)
+        budget = self._budget(peer.link) - 32
+        first, size = run.start + 1, 0
+        values: List[bytes] = []
+        for i in range(run.start + 1, run.start + run.size):
+            value = core.get(i)
+            if values and size + len(value) + 4 > budget:
+                self._queue(entry, peer, wire.VALUES, wire.Values(run.id, first, values).encode())
+                first, values, size = i, [], 0
+            values.append(value)
+            size += len(value) + 4
+        if values:
+            self._queue(entry, peer, wire.VALUES, wire.Values(run.id, first, values).encode())
 
     def _announce(self, entry: _Entry) -> None:
         entry.announce_pending = False
@@ -429,12 +488,27 @@ class Endpoint:
         # back off after a timeout (the peer may be gone or swamped), not after a loss
         req.deadline = req.sent + peer.rto() * (1 if req.lost else 2 ** min(req.tries - 1, 4))
         req.lost = False
+        if req.run is not None:
+            self._queue(entry, peer, wire.RUN, wire.Run(
+                rid, entry.core.fork, req.run.start, req.run.count, len(req.nodes) // 2).encode())
+            return
         if req.index is None:
             block = None
         else:  # with an upgrade the prover picks the path; alone, ask for our levels
             block = (req.index, 0 if req.upgrade else len(req.nodes) // 2)
         self._queue(entry, peer, wire.REQUEST, wire.Request(
             rid, entry.core.fork, block=block, upgrade=req.upgrade, manifest=manifest).encode())
+
+    def _run_size(self, entry: _Entry, peer: _Peer, start: int) -> int:
+        """The largest aligned run at ``start`` whose values fill a few envelopes."""
+        core = entry.core
+        average = max(1, core.byte_length // max(1, core.length))
+        limit = max(1, min(self.max_run, RUN_ENVELOPES * self._budget(peer.link) // average))
+        size = 1
+        while (size * 2 <= limit and start % (size * 2) == 0
+               and start + size * 2 <= core.length):
+            size *= 2
+        return size
 
     def _plan_nodes(self, entry: _Entry, index: int) -> List[int]:
         """Levels above leaf 2*index that neither the store nor an in-flight
@@ -482,12 +556,17 @@ class Endpoint:
             return
         if entry.next < core.contiguous_length:
             entry.next = core.contiguous_length
-        while len(entry.inflight) < self.window and entry.next < core.length:
+        while entry.flight < self.window and entry.next < core.length:
             i = entry.next
-            entry.next += 1
             if i in entry.inflight or i in entry.ahead:
+                entry.next += entry.inflight[i].size if i in entry.inflight else 1
                 continue
             req = _Req(0, i, None, self._plan_nodes(entry, i))
+            size = self._run_size(entry, peer, i) if self.max_run > 1 else 1
+            if size > 1:
+                req.run = batch.Run(i, size)
+            entry.next += size
+            entry.flight += size
             self._promise(entry, req.nodes, +1)
             entry.inflight[i] = req
             self._request(entry, peer, req)
@@ -553,18 +632,76 @@ class Endpoint:
                 req.lost = True
 
     def _apply(self, entry: _Entry, body: bytes, upgrade: bool = False) -> None:
-        """Apply a proof, then every waiting proof it unblocks, in order."""
+        """Apply a proof, then every waiting proof or run it unblocks, in order."""
+        self._apply_one(entry, body, upgrade)
+        self._advance(entry)
+
+    def _advance(self, entry: _Entry) -> None:
         core = entry.core
         while True:
-            before = core.contiguous_length
-            self._apply_one(entry, body, upgrade)
-            upgrade = False
-            if core.contiguous_length == before:
+            c = core.contiguous_length
+            nxt = entry.ahead.pop(c, None)
+            if nxt is not None:
+                self._apply_one(entry, nxt, False)
+            else:
+                req = self._run_at(entry, c)
+                if req is None or req.run is None or c == req.index or not req.run.complete:
+                    return
+                self._apply_run(entry, req)
+            if core.contiguous_length == c:
                 return
-            nxt = entry.ahead.pop(core.contiguous_length, None)
-            if nxt is None:
-                return
-            body = nxt
+
+    def _run_at(self, entry: _Entry, index: int) -> Optional[_Req]:
+        """The in-flight run covering block ``index`` (runs are aligned)."""
+        size = 1
+        while size <= wire.MAX_RUN:
+            req = entry.inflight.get(index - index % size)
+            if req is not None and req.run is not None and req.run.count == size:
+                return req
+            size *= 2
+        return None
+
+    def _apply_run(self, entry: _Entry, req: _Req) -> None:
+        """The run's first block is stored and its values are here: the core
+        rebuilds the run's tree from them and stores them all if its root is
+        the node it holds over the run (batch.py)."""
+        core = entry.core
+        run = req.run
+        assert run is not None
+        try:
+            added = core.apply_run(run.start, run.blocks(core.get(run.start)))
+        except (errors.InvalidProofError, errors.BlockNotAvailableError) as e:
+            self.counters.inc("dropped_invalid_proof")
+            log.debug("run at %d rejected: %s", run.start, e)
+            req.run = batch.Run(run.start, run.count)  # a wrong value: fetch the run again
+            req.deadline = 0.0
+            return
+        self.counters.inc("blocks", added)
+        if core.contiguous_length >= run.start + run.count:
+            self._finish(entry, req)
+        if entry.progress is not None:
+            peer = self._source_peer(entry)
+            entry.progress(core.contiguous_length, max(0, peer.length if peer else 0))
+
+    def _finish(self, entry: _Entry, req: _Req) -> None:
+        if entry.inflight.get(req.index) is req:  # type: ignore[arg-type]
+            del entry.inflight[req.index]  # type: ignore[arg-type]
+            entry.flight -= req.size
+            self._promise(entry, req.nodes, -1)
+            req.nodes = []
+
+    def _on_values(self, entry: _Entry, peer: _Peer, msg: wire.Values) -> None:
+        # Values are checked only when the whole run is there: take them only
+        # from the peer the run was asked of, so nobody else can spoil a run.
+        req = self._run_at(entry, msg.first) if peer is self._source_peer(entry) else None
+        if req is None or req.run is None:
+            self.counters.inc("duplicates" if msg.first < entry.core.contiguous_length
+                              else "dropped_unsolicited")
+            return
+        req.run.add(msg.first, msg.values)
+        if msg.request == req.id:
+            self._lost_before(entry, req.sent)
+        self._advance(entry)
 
     def _apply_one(self, entry: _Entry, body: bytes, upgrade: bool) -> None:
         core = entry.core
@@ -593,7 +730,7 @@ class Endpoint:
         if upgrade or result.upgraded:
             entry.upgrade = None
             if result.reorg or (core.fork, core.length) != before:
-                self._reset_pull(entry)
+                self._reset_pull(entry, result.reorg or core.fork != before[0])
         if result.block_stored:
             self._stored(entry, result.block_index)
 
@@ -601,24 +738,34 @@ class Endpoint:
         if index is None:
             return
         entry.ahead.pop(index, None)  # whatever waited for this block was not it
-        req = entry.inflight.pop(index, None)
+        req = entry.inflight.get(index)
         if req is not None:
-            self._promise(entry, req.nodes, -1)
+            if req.run is None:
+                self._finish(entry, req)
+            else:  # a run's first block: its proof's nodes are real now
+                self._promise(entry, req.nodes, -1)
+                req.nodes = []
         self.counters.inc("blocks")
         if entry.progress is not None:
             peer = self._source_peer(entry)
             entry.progress(entry.core.contiguous_length, max(0, peer.length if peer else 0))
 
-    def _reset_pull(self, entry: _Entry) -> None:
-        """The signed tree changed (upgrade or reorg): node plans start over."""
-        for req in entry.inflight.values():
-            if req.index is not None and req.index >= entry.core.contiguous_length:
+    def _reset_pull(self, entry: _Entry, reorg: bool) -> None:
+        """The signed tree changed (upgrade or reorg): node plans start over;
+        after a reorg nothing received for the old history is kept."""
+        core = entry.core
+        for index, req in list(entry.inflight.items()):
+            if reorg and (req.run is not None or index >= core.contiguous_length):
+                del entry.inflight[index]
+                entry.flight -= req.size
+            elif index >= core.contiguous_length:
                 req.deadline = 0.0
         entry.promised.clear()
         for req in entry.inflight.values():
             req.nodes = []
-        entry.ahead = {i: b for i, b in entry.ahead.items() if i >= entry.core.contiguous_length}
-        entry.next = min(entry.next, entry.core.contiguous_length)
+        entry.ahead = {} if reorg else {i: b for i, b in entry.ahead.items()
+                                        if i >= core.contiguous_length}
+        entry.next = min(entry.next, core.contiguous_length)
 
     def _on_no_data(self, entry: _Entry, peer: _Peer, msg: wire.NoData) -> None:
         self.counters.inc("no_data")
@@ -741,7 +888,8 @@ class Endpoint:
             self._request(entry, peer, up, manifest=entry.core.manifest is None)
         for req in list(entry.inflight.values()):
             if now > req.deadline:
-                if req.index in entry.ahead and req.index > entry.core.contiguous_length:
+                answered = req.index in entry.ahead and req.index > entry.core.contiguous_length
+                if answered and (req.run is None or req.run.complete):
                     req.deadline = now + peer.rto()  # answered: it waits for an earlier block
                     continue
                 self.counters.inc("retries")

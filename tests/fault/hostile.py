@@ -396,6 +396,8 @@ class HeldPull:
         self.relay = await Relay(self.net.addr).start()
         self.relay.hold = self._holds
         self.core = self.net.replica()
+        # one block per request (no batched runs): the tests hold and forge single proofs
+        endpoint.setdefault("max_run", 1)
         self.ep, self.link = await self.net.endpoint(**endpoint)
         self.task = asyncio.ensure_future(self.ep.pull(self.core, self.link,
                                                        self.relay.address))
@@ -415,7 +417,7 @@ class HeldPull:
             else:
                 self.relay.to_client(env)
         n = self.net.writer.length
-        assert await wait_until(lambda: self.core.length == n and len(self.entry.inflight) >= 10
+        assert await wait_until(lambda: self.core.length == n and self.entry.flight >= 10
                                 and bool(self.relay.held), 10)
 
     async def finish(self, timeout: float = 20.0) -> None:

@@ -9,8 +9,10 @@ honest pull still completes with a replica identical to the writer, and that
 no replica ever holds a block the writer did not sign.  The tools are in
 tests/fault/hostile.py.
 
-The tests marked xfail(strict=True) pin down weaknesses these tests found
-(each reason says which); they start passing when the replicator is fixed.
+Several tests pin down weaknesses these tests found in the replicator (all
+fixed since): a flooding session is rate-limited, stale-cookie senders get no
+state, forged upgrades and proofs waiting ahead cannot cancel or stall
+requests, fragment memory is bounded per peer.
 """
 from __future__ import annotations
 
@@ -628,8 +630,6 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
     run(main, timeout=50)
 
 
-@pytest.mark.xfail(strict=True, reason="no per-peer request limit: a flooding session is "
-                   "served as fast as the server can build proofs (dropped_flood stays 0)")
 def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=200).start()
@@ -934,4 +934,69 @@ def test_forged_proof_waiting_ahead_does_not_block_the_pull(tmp_path: Any) -> No
         att.close()
         hp.close()
         await net.close()
+    run(main)
+
+
+
+def test_forged_run_values_store_nothing(tmp_path: Any) -> None:
+    """Batched runs: a man in the middle who knows the key alters the values
+    of runs in flight (re-sealing them).  The replica stores none of them (the
+    run's tree does not match the node it holds), counts each, fetches the
+    run again, and ends equal to the writer once the tampering stops."""
+    from tests.fault.udp_proxy import UDPProxy
+
+    async def main() -> None:
+        net = await Net(str(tmp_path), 256, 60).start()
+        key, dk = net.writer.key, net.writer.discovery_key
+        wkey = wire.wire_key(key)
+        altered = [0]
+
+        def rewrite(direction: str, seq: int, data: bytes) -> bytes:
+            if direction != "down" or altered[0] >= 6:
+                return data
+            plain = wire.unseal(wkey, data)
+            if plain is None:
+                return data
+            p = wire.decode_payload(plain)
+            messages = []
+            for kind, body in p.messages:
+                if kind == wire.VALUES:
+                    v = wire.Values.decode(body)
+                    values = list(v.values)
+                    values[-1] = values[-1][:-1] + bytes([values[-1][-1] ^ 1])
+                    body = wire.Values(v.request, v.first, values).encode()
+                    altered[0] += 1
+                messages.append((kind, body))
+            return wire.seal(wkey, dk, wire.encode_payload(p.session, p.counter, p.echo,
+                                                           messages))
+        proxy = UDPProxy(net.addr)
+        proxy.rewrite = rewrite
+        await proxy.start()
+        core = net.replica()
+        ep, link = await net.endpoint(max_run=16)
+        await asyncio.wait_for(ep.pull(core, link, proxy.address), 30)
+        await proxy.close()
+        assert altered[0] == 6
+        assert ep.counters.get("dropped_invalid_proof", 0) >= 1
+        net.check_replica(core)
+    run(main)
+
+
+def test_run_values_from_another_session_are_not_taken(tmp_path: Any) -> None:
+    """VALUES are accepted only from the peer the run was asked of: another
+    key holder cannot keep poisoning a replica's runs."""
+    async def main() -> None:
+        net = await Net(str(tmp_path), 128, 60).start()
+        hp = await HeldPull(net).start("blocks", max_run=16)
+        assert any(r.run is not None for r in hp.entry.inflight.values())
+        s = net.session(Attacker())
+        target = hp.link.address
+        await s.handshake(target)
+        before = hp.ep.counters.get("dropped_unsolicited", 0)
+        for first in range(1, 128, 8):
+            s.send(target, [(wire.VALUES, wire.Values(1, first, [b"forged"] * 7).encode())])
+        assert await wait_until(
+            lambda: hp.ep.counters.get("dropped_unsolicited", 0) - before >= 16, 10)
+        await hp.finish(30)
+        net.check_replica(hp.core)
     run(main)

@@ -115,6 +115,8 @@ class _Direction:
         if keep is not None and not keep(self.name, seq, data):
             self.count("filtered")
             return
+        if self.proxy.rewrite is not None:  # an attacker in the middle that knows the key
+            data = self.proxy.rewrite(self.name, seq, data)
         imp, rng = self.imp, self.rng
         if imp.loss and rng.random() < imp.loss:
             self.count("dropped")
@@ -203,6 +205,8 @@ class UDPProxy:
                  **impairment: Any) -> None:
         self.upstream = upstream
         self.filter = filter
+        #: ``rewrite(direction, seq, data) -> data``: alter datagrams in flight
+        self.rewrite: Optional[Callable[[str, int, bytes], bytes]] = None
         self.host = host
         self.port = port
         self.counters: Dict[str, int] = dict.fromkeys(_KEYS, 0)
