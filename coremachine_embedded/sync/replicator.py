@@ -165,10 +165,16 @@ class Endpoint:
     """Serves and pulls cores over one or more links.
 
     :param window: block requests in flight per pulled core.
+    :param max_run: blocks per batched run a puller asks for (1 turns runs off).
+    :param request_rate: requests per second served to one peer (a run counts as
+        one), after a burst of ``REQUEST_BURST``; beyond that they are dropped
+        and counted as ``dropped_flood``.
     """
 
-    def __init__(self, window: int = 256, max_run: int = 64) -> None:
+    def __init__(self, window: int = 256, max_run: int = 64,
+                 request_rate: float = REQUEST_RATE) -> None:
         self.window = window
+        self.request_rate = request_rate
         self.max_run = max(1, min(max_run, wire.MAX_RUN))
         self.counters = Counters()
         self.session = os.urandom(8)
@@ -388,7 +394,7 @@ class Endpoint:
     def _admit(self, peer: _Peer) -> bool:
         """A token bucket per peer: one flooding peer cannot take the server."""
         now = time.monotonic()
-        peer.tokens = min(REQUEST_BURST, peer.tokens + (now - peer.tokens_at) * REQUEST_RATE)
+        peer.tokens = min(REQUEST_BURST, peer.tokens + (now - peer.tokens_at) * self.request_rate)
         peer.tokens_at = now
         if peer.out_bytes > MAX_QUEUE_BYTES or peer.tokens < 1:
             self.counters.inc("dropped_flood")

@@ -294,14 +294,15 @@ def blocks(n: int, size: int = 150) -> List[bytes]:
 class Net:
     """A writer served by one endpoint on a UDP socket, and honest replicas."""
 
-    def __init__(self, base: str, n_blocks: int = 64, block_size: int = 150) -> None:
+    def __init__(self, base: str, n_blocks: int = 64, block_size: int = 150,
+                 **server_options: Any) -> None:
         self.base = base
         self.writer = Core(os.path.join(base, "writer"), key_pair=KeyPair.generate(),
                            durability="none")
         data = blocks(n_blocks, block_size)
         for i in range(0, n_blocks, 16):          # several signed states
             self.writer.append(data[i:i + 16])
-        self.server = Endpoint()
+        self.server = Endpoint(**server_options)
         self.server_link = UDPLink(LOCAL, 0)
         self.endpoints: List[Endpoint] = [self.server]
         self.cores: List[Core] = [self.writer]
