@@ -131,7 +131,7 @@ def test_kill_the_puller_mid_transfer_and_resume(tmp_path: Any) -> None:
             if not wait_for_bytes(pull, rdir, int(point * total)):
                 finish(pull)   # it got there first: it must have succeeded
                 break
-            time.sleep(rng.uniform(0, 0.05))
+            time.sleep(rng.uniform(0, 0.005))   # a batched run of 64 blocks takes ~1 ms here
             kill9(pull)
             have = replica_state(rdir)
             assert have >= held[-1], "the replica went backwards: %s -> %d" % (held, have)
@@ -140,8 +140,8 @@ def test_kill_the_puller_mid_transfer_and_resume(tmp_path: Any) -> None:
         assert "length %d, fork 0, verified" % N in out
     finally:
         stop(server)
-    assert len(held) >= 3, "the puller was not killed mid-transfer: %s" % held
-    assert held[-1] < N
+    # at least three kills found the replica short of the writer
+    assert sum(1 for have in held[1:] if have < N) >= 3, "too few kills mid-transfer: %s" % held
     check_final(wdir, rdir, final)
 
 
