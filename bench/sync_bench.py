@@ -128,7 +128,7 @@ def lossy_rate(base: str, key: bytes, digest: str, entries: int, port: int) -> A
         try:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(None, pull, os.path.join(base, "lossy"), key,
-                                              "udp://127.0.0.1:%d" % proxy.port)
+                                              "udp://127.0.0.1:%d" % proxy.address[1])
         finally:
             await proxy.close()
     r = asyncio.run(main())
