@@ -104,10 +104,14 @@ def run(report: Report, quick: bool) -> None:
                 entries), lossless, "blocks/s", "JS hypercore in-process replication",
                 entries / js["seconds"] if js else None, ">= 10x",
                 bool(js) and lossless >= 10 * entries / js["seconds"])
-            lossy = lossy_rate(base, key, digest, entries, server.port)
-            if lossy is not None:
-                report.add(section, "  the same through 20% loss", lossy, "blocks/s",
-                           "lossless", lossless, ">= 0.5x", lossy >= 0.5 * lossless)
+            # Loss is judged through the same relay process with and without
+            # loss, so the relay's own cost is not counted against the protocol.
+            relayed = proxied_rate(base, key, digest, entries, server.port, 0.0)
+            lossy = proxied_rate(base, key, digest, entries, server.port, 0.20)
+            if relayed is not None and lossy is not None:
+                report.add(section, "  through a UDP relay, no loss", relayed, "blocks/s")
+                report.add(section, "  through the relay, 20% loss", lossy, "blocks/s",
+                           "the relay without loss", relayed, ">= 0.5x", lossy >= 0.5 * relayed)
         finally:
             server.stop()
         serial_goodput(report, section, base, quick)
@@ -115,25 +119,31 @@ def run(report: Report, quick: bool) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def lossy_rate(base: str, key: bytes, digest: str, entries: int, port: int) -> Any:
+def proxied_rate(base: str, key: bytes, digest: str, entries: int, port: int,
+                 loss: float) -> Any:
+    """Catch-up rate through tests/fault/udp_proxy.py dropping ``loss`` of the
+    datagrams each way (median of 3 pulls)."""
     try:
         from tests.fault.udp_proxy import UDPProxy
     except ImportError as e:
-        print("  (lossy run not measured: %s)" % e)
+        print("  (relayed runs not measured: %s)" % e)
         return None
 
-    async def main() -> Dict[str, Any]:
-        proxy = UDPProxy(("127.0.0.1", port), loss=0.20, seed=7)
+    async def one(k: int) -> Dict[str, Any]:
+        proxy = UDPProxy(("127.0.0.1", port), loss=loss, seed=7 + k)
         await proxy.start()
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, pull, os.path.join(base, "lossy"), key,
-                                              "udp://127.0.0.1:%d" % proxy.address[1])
+            store = os.path.join(base, "relayed-%g-%d" % (loss, k))
+            return await asyncio.get_running_loop().run_in_executor(
+                None, pull, store, key, "udp://127.0.0.1:%d" % proxy.address[1])
         finally:
             await proxy.close()
-    r = asyncio.run(main())
-    assert r["verified"] and r["tree_hash"] == digest
-    return entries / r["seconds"]
+    rates = []
+    for k in range(3):
+        r = asyncio.run(one(k))
+        assert r["verified"] and r["tree_hash"] == digest
+        rates.append(entries / r["seconds"])
+    return statistics.median(rates)
 
 
 def serial_goodput(report: Report, section: str, base: str, quick: bool) -> None:

@@ -31,11 +31,11 @@ async def pull(store: str, key: str, url: str) -> None:
     ep = Endpoint()
     link, addr = open_link(url, listen=False)
     await ep.attach(link)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await ep.pull(core, link, addr)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     same = core.verify() == core.length
-    print(json.dumps({"seconds": seconds, "blocks": core.contiguous_length,
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "blocks": core.contiguous_length,
                       "bytes": core.byte_length, "verified": same,
                       "tree_hash": core.tree_hash().hex(), "counters": dict(ep.counters),
                       "link": dict(link.counters)}), flush=True)

@@ -40,6 +40,15 @@ class Run:
             if self.start < i < self.start + self.count:
                 self.values[i] = v
 
+    def wanted(self, need_first: bool) -> bytes:
+        """The bitmap a retry asks with (wire.Run.wanted): the values not here
+        and, if ``need_first``, the first block's proof."""
+        bits = bytearray((self.count + 7) // 8)
+        for k in range(self.count):
+            if (need_first if k == 0 else self.start + k not in self.values):
+                bits[k >> 3] |= 1 << (k & 7)
+        return bytes(bits)
+
     def blocks(self, first_value: bytes) -> List[bytes]:
         """The run's values in order, given the first block's (verified) value."""
         return [first_value] + [self.values[self.start + k] for k in range(1, self.count)]

@@ -45,6 +45,10 @@ MAX_REASSEMBLY = 16           # messages being reassembled per peer
 REQUEST_RATE = 4000.0        # requests (a run counts as one) served per second per peer...
 REQUEST_BURST = 1024         # ...after a burst of this many; beyond: dropped_flood
 RUN_ENVELOPES = 4            # a batched run's values fill about this many envelopes
+WAITING = 8                   # blocks received and waiting for earlier ones: x window
+MIN_RTO, MAX_RTO = 0.01, 3.0  # retry timeout bounds (seconds), adaptive in between
+TICK_BUSY, TICK_IDLE = 0.005, 0.05  # timer period with requests in flight / without
+HELLO_MAX = 1.0               # seconds between HELLOs to a silent source, at most
 KEEPALIVE = 2.0               # seconds between SYNCs to a source while pulling live
 PEER_TIMEOUT = 60.0           # a live puller that was silent this long gets no announcements
 
@@ -100,24 +104,31 @@ class _Peer:
         self.fragment_bytes = 0
         self.tokens = float(REQUEST_BURST)
         self.tokens_at = time.monotonic()
-        self.srtt = 0.2
+        self.srtt = 0.2              # a guess until the first sample
         self.rttvar = 0.1
+        self.rtt_sampled = False
         self.hello_sent = 0.0
+        self.hellos = 0              # HELLOs sent since it last answered one
 
     @property
     def ready(self) -> bool:
         return self.echo != bytes(8)
 
     def rto(self) -> float:
-        return min(3.0, max(0.05, self.srtt + 4 * self.rttvar))
+        return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
 
     def sample_rtt(self, rtt: float) -> None:
+        if not self.rtt_sampled:  # the first sample replaces the guess (RFC 6298)
+            self.rtt_sampled = True
+            self.srtt, self.rttvar = rtt, rtt / 2
+            return
         self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
         self.srtt = 0.875 * self.srtt + 0.125 * rtt
 
 
 class _Req:
-    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "lost", "run")
+    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "lost", "run",
+                 "missing")
 
     def __init__(self, rid: int, index: Optional[int], upgrade: Optional[Tuple[int, int]],
                  nodes: List[int]) -> None:
@@ -130,6 +141,7 @@ class _Req:
         self.deadline = 0.0
         self.lost = False        # known lost (a later request was answered): retry at once
         self.run: Optional[batch.Run] = None   # a batched run starting at index
+        self.missing = self.size  # blocks of the answer not here yet (0: it waits for an earlier block)
 
     @property
     def size(self) -> int:
@@ -149,7 +161,8 @@ class _Entry:
         self.live = False
         self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
         self.inflight: Dict[int, _Req] = {}                # by (first) block index
-        self.flight = 0                                    # blocks those requests cover
+        self.held = 0                                      # blocks those requests cover
+        self.flight = 0                                    # ...and are not here yet
         self.upgrade: Optional[_Req] = None
         self.ahead: Dict[int, bytes] = {}                  # proofs waiting for earlier blocks
         self.promised: Dict[int, int] = {}                 # node -> in-flight proofs bringing it
@@ -164,14 +177,15 @@ class _Entry:
 class Endpoint:
     """Serves and pulls cores over one or more links.
 
-    :param window: block requests in flight per pulled core.
+    :param window: blocks requested and not received yet, per pulled core
+        (received ones waiting for an earlier block may hold ``WAITING`` times more).
     :param max_run: blocks per batched run a puller asks for (1 turns runs off).
     :param request_rate: requests per second served to one peer (a run counts as
         one), after a burst of ``REQUEST_BURST``; beyond that they are dropped
         and counted as ``dropped_flood``.
     """
 
-    def __init__(self, window: int = 256, max_run: int = 64,
+    def __init__(self, window: int = 512, max_run: int = 64,
                  request_rate: float = REQUEST_RATE) -> None:
         self.window = window
         self.request_rate = request_rate
@@ -350,6 +364,9 @@ class Endpoint:
     def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
         if kind == wire.HELLO:
+            if peer.hellos == 1:  # the answer to our only HELLO: a first RTT (Karn)
+                peer.sample_rtt(time.monotonic() - peer.hello_sent)
+            peer.hellos = 0
             peer.echo = msg.cookie
             peer.live = bool(msg.flags & wire.HELLO_PULL)
             peer.serves = bool(msg.flags & wire.HELLO_SERVE)
@@ -426,8 +443,9 @@ class Endpoint:
         self._queue(entry, peer, wire.DATA, proof)
 
     def _serve_run(self, entry: _Entry, peer: _Peer, run: wire.Run) -> None:
-        """A run: the DATA of its first block, then the values of the others,
-        packed into as few envelopes as they fit."""
+        """A run: the DATA of its first block, then the values of the others
+        (on a retry only what ``run.wanted`` names), packed into as few
+        envelopes as they fit."""
         core = entry.core
         if not self._admit(peer):
             return
@@ -436,27 +454,29 @@ class Endpoint:
             self._queue(entry, peer, wire.NO_DATA, wire.NoData(run.id, 1).encode())
             self._send_sync(entry, peer, force=True)
             return
-        try:
-            proof = core.proof(block=run.start, nodes=run.nodes, request=run.id)
-        except (errors.OutOfRangeError, errors.BlockNotAvailableError,
-                errors.InvalidArgumentError):
-            self.counters.inc("requests_refused")
-            self._queue(entry, peer, wire.NO_DATA, wire.NoData(run.id, 2).encode())
-            return
+        if run.wants(0):
+            try:
+                proof = core.proof(block=run.start, nodes=run.nodes, request=run.id)
+            except (errors.OutOfRangeError, errors.BlockNotAvailableError,
+                    errors.InvalidArgumentError):
+                self.counters.inc("requests_refused")
+                self._queue(entry, peer, wire.NO_DATA, wire.NoData(run.id, 2).encode())
+                return
+            self._queue(entry, peer, wire.DATA, proof)
         self.counters.inc("requests_served")
-        self._queue(entry, peer, wire.DATA, proof)
         budget = self._budget(peer.link) - 32
         first, size = run.start + 1, 0
         values: List[bytes] = []
-        for i in range(run.start + 1, run.start + run.size):
-            value = core.get(i)
-            if values and size + len(value) + 4 > budget:
+        for i in range(run.start + 1, run.start + run.size + 1):
+            value = core.get(i) if i < run.start + run.size and run.wants(i - run.start) else None
+            if values and (value is None or size + len(value) + 4 > budget):
                 self._queue(entry, peer, wire.VALUES, wire.Values(run.id, first, values).encode())
-                first, values, size = i, [], 0
-            values.append(value)
-            size += len(value) + 4
-        if values:
-            self._queue(entry, peer, wire.VALUES, wire.Values(run.id, first, values).encode())
+                values, size = [], 0
+            if value is not None:
+                if not values:
+                    first = i
+                values.append(value)
+                size += len(value) + 4
 
     def _announce(self, entry: _Entry) -> None:
         entry.announce_pending = False
@@ -481,6 +501,7 @@ class Endpoint:
             if peer is None:
                 peer = entry.peers[key] = _Peer(link, addr, b"")
         peer.hello_sent = time.monotonic()
+        peer.hellos += 1
         session = peer.session or bytes(8)
         self._queue(entry, peer, wire.HELLO,
                     wire.Hello(flags, self._cookie(session, entry.dk, self._secrets[0])).encode())
@@ -495,8 +516,12 @@ class Endpoint:
         req.deadline = req.sent + peer.rto() * (1 if req.lost else 2 ** min(req.tries - 1, 4))
         req.lost = False
         if req.run is not None:
+            run, core = req.run, entry.core
+            # a retry asks only for what is missing
+            need_first = core.contiguous_length <= run.start and run.start not in entry.ahead
+            wanted = run.wanted(need_first) if req.tries > 1 else None
             self._queue(entry, peer, wire.RUN, wire.Run(
-                rid, entry.core.fork, req.run.start, req.run.count, len(req.nodes) // 2).encode())
+                rid, core.fork, run.start, run.count, len(req.nodes) // 2, wanted).encode())
             return
         if req.index is None:
             block = None
@@ -562,7 +587,8 @@ class Endpoint:
             return
         if entry.next < core.contiguous_length:
             entry.next = core.contiguous_length
-        while entry.flight < self.window and entry.next < core.length:
+        while (entry.flight < self.window and entry.held < WAITING * self.window
+               and entry.next < core.length):
             i = entry.next
             if i in entry.inflight or i in entry.ahead:
                 entry.next += entry.inflight[i].size if i in entry.inflight else 1
@@ -571,8 +597,10 @@ class Endpoint:
             size = self._run_size(entry, peer, i) if self.max_run > 1 else 1
             if size > 1:
                 req.run = batch.Run(i, size)
+                req.missing = size
             entry.next += size
             entry.flight += size
+            entry.held += size
             self._promise(entry, req.nodes, +1)
             entry.inflight[i] = req
             self._request(entry, peer, req)
@@ -623,6 +651,7 @@ class Endpoint:
                 self.counters.inc("duplicates" if index in entry.ahead else "dropped_unsolicited")
                 return
             entry.ahead[index] = body
+            self._mark(entry, req)
             if rid == req.id:
                 self._lost_before(entry, req.sent)
             return
@@ -632,10 +661,34 @@ class Endpoint:
         """The answer to a request sent at ``sent`` came: the unanswered ones
         sent before it were lost (or their answers were) - retry them now
         rather than after a timeout."""
-        for req in entry.inflight.values():
-            if req.sent < sent and not req.lost and req.index not in entry.ahead:
-                req.deadline = 0.0
+        peer = self._source_peer(entry)
+        if peer is None:
+            return
+        for req in [r for r in entry.inflight.values() if r.sent < sent and not r.lost]:
+            if req.missing:
                 req.lost = True
+                self._retry(entry, peer, req)
+
+    def _mark(self, entry: _Entry, req: _Req) -> None:
+        """Recount ``req.missing``, the blocks of its answer not here yet (a
+        proof waiting at the contiguous length waits for nothing: missing);
+        ``entry.flight``, their sum, is what the window bounds."""
+        index, contiguous = req.index, entry.core.contiguous_length
+        assert index is not None
+        here = index > contiguous and index in entry.ahead or (
+            req.run is not None and index < contiguous)
+        missing = 0 if here else 1
+        if req.run is not None:
+            missing += req.run.count - 1 - len(req.run.values)
+        entry.flight += missing - req.missing
+        req.missing = missing
+
+    def _retry(self, entry: _Entry, peer: _Peer, req: _Req) -> None:
+        self.counters.inc("retries")
+        if not req.nodes:
+            req.nodes = self._plan_nodes(entry, req.index)  # type: ignore[arg-type]
+            self._promise(entry, req.nodes, +1)
+        self._request(entry, peer, req)
 
     def _apply(self, entry: _Entry, body: bytes, upgrade: bool = False) -> None:
         """Apply a proof, then every waiting proof or run it unblocks, in order."""
@@ -681,6 +734,7 @@ class Endpoint:
             log.debug("run at %d rejected: %s", run.start, e)
             req.run = batch.Run(run.start, run.count)  # a wrong value: fetch the run again
             req.deadline = 0.0
+            self._mark(entry, req)
             return
         self.counters.inc("blocks", added)
         if core.contiguous_length >= run.start + run.count:
@@ -692,9 +746,14 @@ class Endpoint:
     def _finish(self, entry: _Entry, req: _Req) -> None:
         if entry.inflight.get(req.index) is req:  # type: ignore[arg-type]
             del entry.inflight[req.index]  # type: ignore[arg-type]
-            entry.flight -= req.size
+            self._drop(entry, req)
             self._promise(entry, req.nodes, -1)
             req.nodes = []
+
+    def _drop(self, entry: _Entry, req: _Req) -> None:
+        """Account for ``req`` leaving ``entry.inflight``."""
+        entry.held -= req.size
+        entry.flight -= req.missing
 
     def _on_values(self, entry: _Entry, peer: _Peer, msg: wire.Values) -> None:
         # Values are checked only when the whole run is there: take them only
@@ -705,6 +764,7 @@ class Endpoint:
                               else "dropped_unsolicited")
             return
         req.run.add(msg.first, msg.values)
+        self._mark(entry, req)
         if msg.request == req.id:
             self._lost_before(entry, req.sent)
         self._advance(entry)
@@ -719,6 +779,9 @@ class Endpoint:
             index = _peek_data(body)[0]
             if index is not None and not upgrade:
                 entry.ahead[index] = body
+                req = entry.inflight.get(index)
+                if req is not None:
+                    self._mark(entry, req)
             return
         except (errors.InvalidProofError, errors.DecodeError, errors.TooLargeError) as e:
             self.counters.inc("dropped_invalid_proof")
@@ -732,6 +795,7 @@ class Endpoint:
                 req = entry.inflight.get(index) if index is not None else None
                 if req is not None:
                     req.deadline = 0.0  # ask again
+                    self._mark(entry, req)
             return
         if upgrade or result.upgraded:
             entry.upgrade = None
@@ -751,6 +815,7 @@ class Endpoint:
             else:  # a run's first block: its proof's nodes are real now
                 self._promise(entry, req.nodes, -1)
                 req.nodes = []
+                self._mark(entry, req)
         self.counters.inc("blocks")
         if entry.progress is not None:
             peer = self._source_peer(entry)
@@ -763,7 +828,7 @@ class Endpoint:
         for index, req in list(entry.inflight.items()):
             if reorg and (req.run is not None or index >= core.contiguous_length):
                 del entry.inflight[index]
-                entry.flight -= req.size
+                self._drop(entry, req)
             elif index >= core.contiguous_length:
                 req.deadline = 0.0
         entry.promised.clear()
@@ -772,6 +837,8 @@ class Endpoint:
         entry.ahead = {} if reorg else {i: b for i, b in entry.ahead.items()
                                         if i >= core.contiguous_length}
         entry.next = min(entry.next, core.contiguous_length)
+        for req in entry.inflight.values():
+            self._mark(entry, req)
 
     def _on_no_data(self, entry: _Entry, peer: _Peer, msg: wire.NoData) -> None:
         self.counters.inc("no_data")
@@ -863,7 +930,10 @@ class Endpoint:
 
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(0.02)
+            # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
+            busy = any(e.inflight or e.upgrade or (e.pulling and not e.caught_up.is_set())
+                       for e in self._entries.values())
+            await asyncio.sleep(TICK_BUSY if busy else TICK_IDLE)
             now = time.monotonic()
             if now - self._secret_time > COOKIE_EPOCH:
                 self._secrets = [os.urandom(32), self._secrets[0]]
@@ -882,7 +952,7 @@ class Endpoint:
         peer = self._source_peer(entry)
         if peer is None or not peer.ready or peer.length < 0:
             # no answer to our HELLO yet, or the SYNC answering it was lost
-            if peer is None or now - peer.hello_sent > 0.5:
+            if peer is None or now - peer.hello_sent > min(HELLO_MAX, 0.05 * 2 ** peer.hellos):
                 self._hello(entry, link, addr, peer)
             return
         if entry.live and now - entry.last_keepalive > KEEPALIVE:
@@ -894,15 +964,11 @@ class Endpoint:
             self._request(entry, peer, up, manifest=entry.core.manifest is None)
         for req in list(entry.inflight.values()):
             if now > req.deadline:
-                answered = req.index in entry.ahead and req.index > entry.core.contiguous_length
-                if answered and (req.run is None or req.run.complete):
-                    req.deadline = now + peer.rto()  # answered: it waits for an earlier block
-                    continue
-                self.counters.inc("retries")
-                if not req.nodes:
-                    req.nodes = self._plan_nodes(entry, req.index)  # type: ignore[arg-type]
-                    self._promise(entry, req.nodes, +1)
-                self._request(entry, peer, req)
+                if not req.missing:
+                    req.deadline = now + peer.rto()  # it waits for an earlier block
+                else:
+                    self.counters.inc("timeouts")
+                    self._retry(entry, peer, req)
         self._pump(entry)
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, Callable, Dict, Optional, Tuple
 
 DEFAULT_MTU = 1200
 MAX_BUFFERED = 4 << 20   # bytes queued in the socket transport before datagrams are dropped
+SOCKET_BUFFER = 1 << 20  # asked of the kernel for each direction (capped by net.core.[rw]mem_max)
 
 
 class UDPLink:
@@ -45,6 +47,13 @@ class UDPLink:
         transport, _ = await loop.create_datagram_endpoint(
             Protocol, local_addr=(self.host, self.port))
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a window of answers arriving at once must not overflow it
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                except OSError:
+                    pass  # the kernel's default is still a working buffer
 
     def send(self, envelope: bytes, addr: Any) -> None:
         t = self._transport

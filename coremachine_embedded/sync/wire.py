@@ -16,7 +16,7 @@ Message bodies reuse Hypercore's encodings (sync 0, request 1, data 3, noData 4,
 range 8) plus four of ours: HELLO 16 (``uint flags | fixed8 cookie``), FRAGMENT
 17 (``uint id | uint part | uint parts | raw chunk``) for messages larger than one
 envelope, and for batched transfer (see batch.py) RUN 18 (``uint id | uint fork
-| uint start | uint size | uint nodes``) answered by the DATA of the first
+| uint start | uint size | uint nodes [| buffer wanted]``) answered by the DATA of the first
 block and VALUES 19 (``uint request | uint first | array(buffer)``) with the
 values of the others.  All decoding treats input as hostile.
 """
@@ -256,25 +256,38 @@ class Fragment(NamedTuple):
 
 class Run(NamedTuple):
     """Blocks ``[start, start+size)`` (``size`` a power of two, ``start`` a
-    multiple of it); ``nodes`` are the levels the first block's proof needs."""
+    multiple of it); ``nodes`` are the levels the first block's proof needs.
+    ``wanted``, on a retry, is a bitmap (bit k of byte k//8 = block start+k)
+    of what is still missing: bit 0 the first block's DATA, the others its
+    VALUES; without it the whole run is sent."""
 
     id: int
     fork: int
     start: int
     size: int
     nodes: int
+    wanted: Optional[bytes] = None
 
     def encode(self) -> bytes:
-        return b"".join(encode_uint(x) for x in self)
+        head = b"".join(encode_uint(x) for x in self[:5])
+        return head if self.wanted is None else head + encode_buffer(self.wanted)
 
     @classmethod
     def decode(cls, body: bytes) -> "Run":
         r = Reader(body)
-        run = cls(r.uint(), r.uint(), r.uint(), r.uint(), r.uint())
+        fields = (r.uint(), r.uint(), r.uint(), r.uint(), r.uint())
+        wanted = r.buffer() if r.pos < len(body) else None
+        run = cls(*fields, wanted=wanted)
         if run.size == 0 or run.size > MAX_RUN or run.size & (run.size - 1) or \
                 run.start % run.size or run.start >= 1 << 60:
             raise DecodeError("run of %d blocks at %d" % (run.size, run.start))
+        if wanted is not None and len(wanted) != (run.size + 7) // 8:
+            raise DecodeError("a wanted bitmap of %d bytes for %d blocks" % (len(wanted), run.size))
         return run
+
+    def wants(self, k: int) -> bool:
+        """Whether block ``start + k`` is asked for."""
+        return self.wanted is None or bool(self.wanted[k >> 3] >> (k & 7) & 1)
 
 
 class Values(NamedTuple):

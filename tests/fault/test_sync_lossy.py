@@ -296,3 +296,35 @@ def test_noisy_serial_line(tmp_path: Any, noisy_line: Any,  # noqa: F811
     reader.close()
     wmachine.close()
     wcore.close()
+
+
+def test_a_retried_run_is_answered_with_only_what_is_missing(tmp_path: Any) -> None:
+    """A server asked again for a run with a bitmap sends exactly the values
+    named, and the first block's proof only when bit 0 is set: after a loss only
+    the lost part travels again."""
+    from coremachine_embedded.sync import wire
+    from tests.fault.hostile import Attacker, Net, run
+
+    async def main() -> None:
+        net = await Net(str(tmp_path), n_blocks=64).start()
+        att = Attacker()
+        s = net.session(att)
+        await s.handshake(net.addr)
+        await s.collect(0.1)
+        bits = bytearray(4)
+        for k in (3, 4, 5, 20, 31):
+            bits[k >> 3] |= 1 << (k & 7)
+        s.send_message(net.addr, wire.RUN, wire.Run(5, 0, 32, 32, 6, bytes(bits)).encode())
+        got = await s.collect(0.2)
+        values = {m.first + k: v for kind, m in got if kind == wire.VALUES
+                  for k, v in enumerate(m.values)}
+        assert values == {i: net.writer.get(i) for i in (35, 36, 37, 52, 63)}
+        assert not any(kind == wire.DATA for kind, _ in got)
+
+        bits[0] |= 1                                # now the first block's proof too
+        s.send_message(net.addr, wire.RUN, wire.Run(6, 0, 32, 32, 6, bytes(bits)).encode())
+        got = await s.collect(0.2)
+        assert [kind for kind, _ in got].count(wire.DATA) == 1
+        att.close()
+        await net.close()
+    run(main)

@@ -83,3 +83,26 @@ def test_run_preconditions(tmp_path) -> None:
         assert r.apply_run(0, values[:8]) == 7
         assert r.apply_run(0, values[:8]) == 0             # nothing new
         assert batch.is_aligned(8, 8) and not batch.is_aligned(4, 8) and not batch.is_aligned(0, 6)
+
+
+def test_a_retry_names_what_is_missing() -> None:
+    """The RUN a retry sends carries a bitmap of the blocks still missing; the
+    encoding round-trips, and a bitmap of the wrong size is a DecodeError."""
+    from coremachine_embedded.errors import DecodeError
+    from coremachine_embedded.sync import wire
+
+    run = batch.Run(64, 16)
+    run.add(65, [b"v%d" % i for i in range(65, 72)])       # blocks 65..71 are here
+    run.add(75, [b"v75"])
+    bits = run.wanted(need_first=False)
+    wanted = [k for k in range(16) if bits[k >> 3] >> (k & 7) & 1]
+    assert wanted == [8, 9, 10, 12, 13, 14, 15]
+    assert run.wanted(need_first=True)[0] & 1
+
+    msg = wire.Run(7, 0, 64, 16, 3, bits)
+    back = wire.Run.decode(msg.encode())
+    assert back == msg and [k for k in range(16) if back.wants(k)] == wanted
+    whole = wire.Run.decode(wire.Run(7, 0, 64, 16, 3).encode())
+    assert whole.wanted is None and all(whole.wants(k) for k in range(16))
+    with pytest.raises(DecodeError):
+        wire.Run.decode(wire.Run(7, 0, 64, 16, 3, bits + b"\0").encode())
