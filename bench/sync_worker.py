@@ -1,5 +1,6 @@
 """A process of the sync benchmark: ``serve STORE PORTFILE`` or
-``pull STORE KEYHEX URL`` (prints a JSON line with the time to catch up)."""
+``pull KEYHEX URL STORE...`` (one pull into each store in turn; a JSON line
+with the time to catch up for each)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,6 +8,7 @@ import json
 import os
 import sys
 import time
+from typing import List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,8 +45,15 @@ async def pull(store: str, key: str, url: str) -> None:
     core.close()
 
 
+async def pull_each(stores: List[str], key: str, url: str) -> None:
+    """One pull into each store, one after the other in this process (as the
+    JS side replicates three replicas in one process)."""
+    for store in stores:
+        await pull(store, key, url)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
         asyncio.run(serve(sys.argv[2], sys.argv[3], sys.argv[4]))
-    else:
-        asyncio.run(pull(sys.argv[2], sys.argv[3], sys.argv[4]))
+    else:  # pull KEYHEX URL STORE...
+        asyncio.run(pull_each(sys.argv[4:], sys.argv[2], sys.argv[3]))

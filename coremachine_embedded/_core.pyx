@@ -34,6 +34,7 @@ cdef extern from "cm.h":
     int CM_ERR_NOT_FOUND
     int CM_ERR_LOCKED
     int CM_ERR_TOO_LARGE
+    int CM_ERR_RANGE
     int CM_MAX_ROOTS
     int CM_MAX_MANIFEST
     int CM_MAX_SIGNATURE
@@ -152,6 +153,8 @@ cdef extern from "cm.h":
     int cm_core_checkpoint(cm_core *core) nogil
     int cm_core_block_size(cm_core *core, uint64_t index, uint64_t *size) nogil
     int cm_core_get(cm_core *core, uint64_t index, uint8_t *buf, size_t cap, size_t *len) nogil
+    int cm_core_get_range(cm_core *core, uint64_t start, uint64_t end, uint8_t *buf, size_t cap,
+                          uint64_t *sizes, uint64_t *total) nogil
     int cm_core_get_node(cm_core *core, uint64_t index, cm_node *out) nogil
     int cm_core_has_node(cm_core *core, uint64_t index) nogil
 
@@ -769,6 +772,38 @@ cdef class Log:
             rc = cm_core_get(c, i, p, size, &got)
         self._check(rc, "block %d" % index)
         return out
+
+    def get_range(self, start, end):
+        cdef cm_core *c = self._c()
+        cdef uint64_t s = self._index(start), e = self._index(end), total = 0, k
+        cdef uint64_t *sizes = NULL
+        cdef bytes data
+        cdef uint8_t *p
+        cdef Py_ssize_t at = 0
+        if e < s:
+            raise from_code(CM_ERR_RANGE, "blocks %d to %d: the end is before the start"
+                            % (start, end))
+        sizes = <uint64_t *>PyMem_Malloc((e - s + 1) * sizeof(uint64_t))
+        if sizes == NULL:
+            raise MemoryError()
+        try:
+            with nogil:  # first the size of the whole range, then the range
+                rc = cm_core_get_range(c, s, e, NULL, 0, sizes, &total)
+            if rc == CM_ERR_TOO_LARGE:
+                data = PyBytes_FromStringAndSize(NULL, total)
+                p = <uint8_t *>PyBytes_AS_STRING(data)
+                with nogil:
+                    rc = cm_core_get_range(c, s, e, p, total, sizes, &total)
+            self._check(rc, "blocks %d to %d" % (start, end))
+            if total == 0:
+                return [b""] * <Py_ssize_t>(e - s)
+            out = []
+            for k in range(e - s):
+                out.append(data[at:at + <Py_ssize_t>sizes[k]])
+                at += <Py_ssize_t>sizes[k]
+            return out
+        finally:
+            PyMem_Free(sizes)
 
     def get_node(self, index):
         cdef cm_core *c = self._c()

@@ -280,6 +280,22 @@ class Core:
         with self._lock:
             return self._log.get(index)  # type: ignore[no-any-return]
 
+    def get_range(self, start: int, end: int) -> List[bytes]:
+        """Blocks ``start`` to ``end - 1``, each verified as :meth:`get` does,
+        in far fewer reads: aligned runs inside the range are read and checked
+        as whole subtrees (what a server answering batched pulls does).
+
+        :raises OutOfRangeError: ``end`` before ``start`` or past the log.
+        :raises BlockNotAvailableError: a replica that does not hold them all.
+        :raises CorruptionError: the store is damaged (``filename`` says where).
+        """
+        for value in (start, end):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ArgumentTypeError("start and end must be ints, not %s"
+                                        % type(value).__name__)
+        with self._lock:
+            return self._log.get_range(start, end)  # type: ignore[no-any-return]
+
     def __len__(self) -> int:
         return self.length
 

@@ -82,6 +82,29 @@ class Reader:
     def buffer(self) -> bytes:
         return self.fixed(self.uint())
 
+    def buffers(self, count: int) -> List[bytes]:
+        """``count`` buffers in a row: :meth:`buffer` inlined for the one-byte
+        lengths a run's values have (the sync hot path)."""
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        out = []
+        for _ in range(count):
+            if pos >= end:
+                raise DecodeError("message ends inside an integer")
+            n = buf[pos]
+            if n > 0xFC:
+                self.pos = pos
+                n = self.uint()
+                pos = self.pos
+            else:
+                pos += 1
+            stop = pos + n
+            if stop > end:
+                raise DecodeError("message ends inside a %d-byte field" % n)
+            out.append(bytes(buf[pos:stop]))
+            pos = stop
+        self.pos = pos
+        return out
+
     def nodes(self) -> List[Node]:
         count = self.uint()
         if count > MAX_PROOF_NODES:

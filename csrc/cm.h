@@ -424,6 +424,12 @@ int cm_core_checkpoint(cm_core *core);
 /* Reading: verified against the tree and the signed roots. */
 int cm_core_block_size(cm_core *core, uint64_t index, uint64_t *size);
 int cm_core_get(cm_core *core, uint64_t index, uint8_t *buf, size_t cap, size_t *len);
+/* Blocks [start, end) back to back into buf, sizes[i] = size of block start+i;
+ * *total = their bytes.  Aligned runs inside the range are read with one
+ * tree read and one data read each and verified as a subtree.  If cap <
+ * *total: CM_ERR_TOO_LARGE and nothing else is written (call again). */
+int cm_core_get_range(cm_core *core, uint64_t start, uint64_t end, uint8_t *buf, size_t cap,
+                      uint64_t *sizes, uint64_t *total);
 int cm_core_get_node(cm_core *core, uint64_t index, cm_node *out);
 int cm_core_has_node(cm_core *core, uint64_t index);
 

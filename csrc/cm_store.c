@@ -1584,6 +1584,90 @@ int cm_core_get(cm_core *c, uint64_t index, uint8_t *buf, size_t cap, size_t *le
     return read_block(c, index, buf, cap, len);
 }
 
+#define RANGE_RUN 64u   /* blocks verified as one subtree in cm_core_get_range */
+
+/* Aligned run [pos, pos+n) (n a power of two, 2..RANGE_RUN) into buf (at the
+ * run's first byte): its 2n-1 tree slots in one read, each parent re-hashed
+ * from its children, the top checked against the verified walk, then the
+ * data in one read with every leaf re-hashed. */
+static int read_run(cm_core *c, uint64_t pos, uint64_t n, uint8_t *buf, uint64_t *sizes) {
+    uint8_t slab[(2 * RANGE_RUN - 1) * NODE_SLOT];
+    cm_node t[2 * RANGE_RUN - 1], top, chk;
+    uint64_t base = 2 * pos, count = 2 * n - 1, i, off, at;
+    size_t got;
+    int rc;
+    if ((rc = walk_held(c, base + n - 1, &top, &off)) != CM_OK) return rc;
+    if ((rc = io_read(c, CM_FILE_TREE, slab, (size_t)(count * NODE_SLOT), base * NODE_SLOT,
+                      &got)) != CM_OK)
+        return rc;
+    if (got != count * NODE_SLOT) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+    for (i = 0; i < count; i++) {
+        const uint8_t *slot = slab + i * NODE_SLOT;
+        if (cm__is_zero(slot, NODE_SLOT)) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+        t[i].index = base + i;
+        t[i].size = cm__get_u64(slot);
+        memcpy(t[i].hash, slot + 8, 32);
+    }
+    for (i = 1; i < count; i += 2) {  /* parents sit at the odd relative indexes */
+        const cm_node *l = &t[cm_ft_left_child(base + i) - base];
+        const cm_node *r = &t[cm_ft_right_child(base + i) - base];
+        if (l->size + r->size < l->size || l->size + r->size != t[i].size)
+            return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+        cm_hash_parent(l, r, &chk);
+        if (memcmp(chk.hash, t[i].hash, 32) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+    }
+    if (!cm__node_eq(&t[n - 1], &top)) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+    if (top.size > 0) {
+        if ((rc = io_read(c, CM_FILE_DATA, buf, (size_t)top.size, off, &got)) != CM_OK) return rc;
+        if (got != top.size) return fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
+    }
+    for (i = 0, at = 0; i < n; i++) {
+        cm_hash_leaf(pos + i, buf + at, (size_t)t[2 * i].size, &chk);
+        if (memcmp(chk.hash, t[2 * i].hash, 32) != 0) return fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
+        sizes[i] = t[2 * i].size;
+        at += t[2 * i].size;
+    }
+    return CM_OK;
+}
+
+int cm_core_get_range(cm_core *c, uint64_t start, uint64_t end, uint8_t *buf, size_t cap,
+                      uint64_t *sizes, uint64_t *total) {
+    cm_node first, last;
+    uint64_t off0, offl, pos, n, at;
+    int rc;
+    c->err_file = CM_FILE_NONE;
+    *total = 0;
+    if (start > end || end > c->length) return fail(c, CM_ERR_RANGE, CM_FILE_NONE);
+    if (start == end) return CM_OK;
+    if (end > c->contiguous) return fail(c, CM_ERR_UNAVAILABLE, CM_FILE_NONE);
+    if ((rc = walk_held(c, 2 * start, &first, &off0)) != CM_OK) return rc;
+    if ((rc = walk_held(c, 2 * (end - 1), &last, &offl)) != CM_OK) return rc;
+    if (offl < off0 || offl + last.size < offl) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+    *total = offl + last.size - off0;
+    if (*total > (uint64_t)cap) return fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
+    for (pos = start, at = 0; pos < end; pos += n) {
+        for (n = RANGE_RUN; n > 1 && (pos % n != 0 || pos + n > end); n /= 2) {
+        }
+        if (n == 1) {
+            cm_node leaf;
+            uint64_t off;
+            if ((rc = walk_held(c, 2 * pos, &leaf, &off)) != CM_OK) return rc;
+            if (off != off0 + at) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            if ((rc = read_leaf(c, &leaf, off, buf + at)) != CM_OK) return rc;
+            sizes[pos - start] = leaf.size;
+            at += leaf.size;
+            continue;
+        }
+        if ((rc = read_run(c, pos, n, buf + at, sizes + (pos - start))) != CM_OK) return rc;
+        {
+            uint64_t k;
+            for (k = 0; k < n; k++) at += sizes[pos - start + k];
+        }
+    }
+    if (at != *total) return fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+    return CM_OK;
+}
+
 int cm_core_get_node(cm_core *c, uint64_t index, cm_node *out) {
     c->err_file = CM_FILE_NONE;
     if (c->length == 0 || index >= 2 * CM_MAX_LENGTH ||

@@ -790,6 +790,20 @@ class Log:
             raise self._damaged("block %d does not match its tree node" % index, "data")
         return data
 
+    def get_range(self, start: int, end: int) -> List[bytes]:
+        self._check_open()
+        for name, value in (("start", start), ("end", end)):
+            if not isinstance(value, int):
+                raise ArgumentTypeError("%s must be an int" % name)
+        if start < 0 or end < start:
+            raise OutOfRangeError("blocks %d to %d: the end is before the start" % (start, end))
+        if end > self.length:
+            raise OutOfRangeError("blocks %d to %d are outside a log of %d blocks"
+                                  % (start, end, self.length))
+        if end > self.contiguous:
+            raise BlockNotAvailableError("blocks %d to %d are not all held yet" % (start, end))
+        return [self.get(i) for i in range(start, end)]
+
     # --- proofs ------------------------------------------------------------------
 
     def proof(self, request: int = 0, block: Optional[int] = None, nodes: int = 0,

@@ -18,6 +18,7 @@ links; the protocol is in docs/protocol.md.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
@@ -50,7 +51,13 @@ def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:
         mtu = int(query.get("mtu", ["1200"])[0])
         if listen:
             return UDPLink(host, port, mtu=mtu), None
-        return UDPLink("0.0.0.0", 0, mtu=mtu), (host, port)
+        # Resolve once: answers come from an address, and the peer is known by it.
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        except OSError as e:
+            raise InvalidArgumentError("cannot resolve %s: %s" % (host, e)) from None
+        local = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        return UDPLink(local, 0, mtu=mtu), tuple(sockaddr[:2])
     if scheme == "serial":
         from .serial import SerialLink
         return SerialLink.from_url(url), None

@@ -64,11 +64,13 @@ class _Window:
     """Anti-replay window of one remote session: the highest counter seen and a
     bitmap of the 64 below it."""
 
-    __slots__ = ("high", "mask")
+    __slots__ = ("high", "mask", "cookies", "epoch")
 
     def __init__(self) -> None:
         self.high = -1
         self.mask = 0
+        self.cookies: Tuple[bytes, ...] = ()  # the cookies it may echo...
+        self.epoch = -1                       # ...under the secrets of this epoch
 
     def accept(self, counter: int) -> bool:
         if counter > self.high:
@@ -109,6 +111,7 @@ class _Peer:
         self.rtt_sampled = False
         self.hello_sent = 0.0
         self.hellos = 0              # HELLOs sent since it last answered one
+        self.last_answer = 0.0       # when it last sent us a DATA or VALUES
 
     @property
     def ready(self) -> bool:
@@ -171,6 +174,7 @@ class _Entry:
         self.progress: Optional[Callable[[int, int], None]] = None
         self.unsubscribe: Optional[Callable[[], None]] = None
         self.announce_pending = False
+        self.lost_scan = 0.0                               # _lost_before looked up to here
         self.last_keepalive = 0.0
 
 
@@ -185,7 +189,7 @@ class Endpoint:
         and counted as ``dropped_flood``.
     """
 
-    def __init__(self, window: int = 512, max_run: int = 64,
+    def __init__(self, window: int = 256, max_run: int = 64,
                  request_rate: float = REQUEST_RATE) -> None:
         self.window = window
         self.request_rate = request_rate
@@ -194,6 +198,7 @@ class Endpoint:
         self.session = os.urandom(8)
         self._counter = 0
         self._secrets = [os.urandom(32), os.urandom(32)]
+        self._epoch = 0                  # bumped when the secrets rotate
         self._secret_time = time.monotonic()
         self._entries: Dict[bytes, _Entry] = {}
         self._windows: "OrderedDict[Tuple[bytes, bytes], _Window]" = OrderedDict()
@@ -308,7 +313,10 @@ class Endpoint:
         if not window.accept(payload.counter):
             c.inc("dropped_replay")
             return
-        fresh = self._cookie_ok(payload.session, dk, payload.echo)
+        if window.epoch != self._epoch:  # computed once per secret rotation
+            window.cookies = tuple(self._cookie(payload.session, dk, s) for s in self._secrets)
+            window.epoch = self._epoch
+        fresh = payload.echo in window.cookies
         if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
             # No state for a sender that does not know our cookie (so that many
             # addresses cannot push honest peers out): tell it the cookie, forget it.
@@ -358,9 +366,6 @@ class Endpoint:
     def _cookie(self, session: bytes, dk: bytes, secret: bytes) -> bytes:
         return hashlib.blake2b(session + dk, digest_size=8, key=secret).digest()
 
-    def _cookie_ok(self, session: bytes, dk: bytes, echo: bytes) -> bool:
-        return any(echo == self._cookie(session, dk, s) for s in self._secrets)
-
     def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
         if kind == wire.HELLO:
@@ -385,6 +390,7 @@ class Endpoint:
         elif kind == wire.REQUEST:
             self._serve_request(entry, peer, msg)
         elif kind == wire.DATA:
+            peer.last_answer = time.monotonic()
             self._on_data(entry, peer, body)
         elif kind == wire.NO_DATA:
             self._on_no_data(entry, peer, msg)
@@ -393,6 +399,7 @@ class Endpoint:
         elif kind == wire.RUN:
             self._serve_run(entry, peer, msg)
         elif kind == wire.VALUES:
+            peer.last_answer = time.monotonic()
             self._on_values(entry, peer, msg)
 
     # --- serving ---------------------------------------------------------------------
@@ -465,10 +472,12 @@ class Endpoint:
             self._queue(entry, peer, wire.DATA, proof)
         self.counters.inc("requests_served")
         budget = self._budget(peer.link) - 32
+        blocks = core.get_range(run.start, run.start + run.size)  # one verified subtree read
         first, size = run.start + 1, 0
         values: List[bytes] = []
         for i in range(run.start + 1, run.start + run.size + 1):
-            value = core.get(i) if i < run.start + run.size and run.wants(i - run.start) else None
+            k = i - run.start
+            value = blocks[k] if k < run.size and run.wants(k) else None
             if values and (value is None or size + len(value) + 4 > budget):
                 self._queue(entry, peer, wire.VALUES, wire.Values(run.id, first, values).encode())
                 values, size = [], 0
@@ -662,8 +671,9 @@ class Endpoint:
         sent before it were lost (or their answers were) - retry them now
         rather than after a timeout."""
         peer = self._source_peer(entry)
-        if peer is None:
-            return
+        if peer is None or sent <= entry.lost_scan:
+            return  # whatever was sent before that was looked at (and retried) already
+        entry.lost_scan = sent
         for req in [r for r in entry.inflight.values() if r.sent < sent and not r.lost]:
             if req.missing:
                 req.lost = True
@@ -884,7 +894,9 @@ class Endpoint:
         peer.out.append((kind, body))
         peer.out_bytes += len(body)
         key = (id(peer.link), peer.addr, entry.dk)
-        if key not in self._flush_scheduled:
+        if peer.out_bytes >= budget:  # full envelopes go now: answers stream out
+            self._flush(entry, peer, key, full_only=True)
+        if peer.out and key not in self._flush_scheduled:
             self._flush_scheduled.add(key)
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._flush, entry, peer, key)
@@ -902,8 +914,12 @@ class Endpoint:
             self._queue(entry, peer, wire.FRAGMENT,
                         wire.Fragment(fid, i, count, inner[i * chunk:(i + 1) * chunk]).encode())
 
-    def _flush(self, entry: _Entry, peer: _Peer, key: Tuple[int, Any, bytes]) -> None:
-        self._flush_scheduled.discard(key)
+    def _flush(self, entry: _Entry, peer: _Peer, key: Tuple[int, Any, bytes],
+               full_only: bool = False) -> None:
+        """Send what is queued for ``peer``, packed into envelopes; with
+        ``full_only`` the last, unfilled envelope's messages stay queued."""
+        if not full_only:
+            self._flush_scheduled.discard(key)
         budget = self._budget(peer.link)
         batch: List[Tuple[int, bytes]] = []
         size = 0
@@ -915,7 +931,9 @@ class Endpoint:
                 batch, size = [], 0
             batch.append((kind, body))
             size += n
-        if batch:
+        if full_only:
+            peer.out, peer.out_bytes = batch, sum(len(body) for _, body in batch)
+        elif batch:
             self._send(entry, peer, batch)
 
     def _send(self, entry: _Entry, peer: _Peer, messages: List[Tuple[int, bytes]]) -> None:
@@ -937,6 +955,7 @@ class Endpoint:
             now = time.monotonic()
             if now - self._secret_time > COOKIE_EPOCH:
                 self._secrets = [os.urandom(32), self._secrets[0]]
+                self._epoch += 1
                 self._secret_time = now
             for entry in list(self._entries.values()):
                 try:
@@ -962,8 +981,11 @@ class Endpoint:
         if up is not None and now > up.deadline:
             self.counters.inc("retries")
             self._request(entry, peer, up, manifest=entry.core.manifest is None)
+        # While answers keep coming, a later answer finds the losses (_lost_before);
+        # timeouts are for a quiet link, so a backlog is not taken for losses.
+        quiet = now - peer.last_answer > peer.rto()
         for req in list(entry.inflight.values()):
-            if now > req.deadline:
+            if now > req.deadline and (quiet or now > req.deadline + MAX_RTO):
                 if not req.missing:
                     req.deadline = now + peer.rto()  # it waits for an earlier block
                 else:

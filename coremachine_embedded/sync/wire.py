@@ -307,7 +307,7 @@ class Values(NamedTuple):
         request, first, count = r.uint(), r.uint(), r.uint()
         if count > MAX_RUN or first >= 1 << 60:
             raise DecodeError("%d values at %d" % (count, first))
-        return cls(request, first, [r.buffer() for _ in range(count)])
+        return cls(request, first, r.buffers(count))
 
 
 def decode_message(kind: int, body: bytes) -> Any:
