@@ -2112,6 +2112,72 @@ static void test_power_cuts_replica(int runs) {
 }
 
 /* Hostile bytes: decoding and verification never read out of bounds. */
+/* cm_core_get_range == cm_core_get block by block, for aligned and ragged
+ * ranges; a flipped tree or data byte inside a run is caught and named. */
+static void check_range(cm_core *c, uint64_t s, uint64_t e) {
+    static uint8_t one[21000];
+    uint64_t sizes[256], total = 0, at = 0, i;
+    uint8_t *buf;
+    size_t len;
+    CHECK_RC(cm_core_get_range(c, s, e, NULL, 0, sizes, &total), total ? CM_ERR_TOO_LARGE : CM_OK);
+    buf = (uint8_t *)xmalloc((size_t)total + 1);
+    CHECK_RC(cm_core_get_range(c, s, e, buf, (size_t)total, sizes, &total), CM_OK);
+    for (i = 0; i < e - s; i++) {
+        CHECK_RC(cm_core_get(c, s + i, one, sizeof(one), &len), CM_OK);
+        CHECK(len == sizes[i] && memcmp(buf + at, one, len) == 0, "range %llu..%llu block %llu",
+              (unsigned long long)s, (unsigned long long)e, (unsigned long long)(s + i));
+        at += len;
+    }
+    CHECK(at == total, "range %llu..%llu: %llu bytes, sizes say %llu", (unsigned long long)s,
+          (unsigned long long)e, (unsigned long long)total, (unsigned long long)at);
+    free(buf);
+}
+
+static void test_get_range(void) {
+    char *d = store_path("range");
+    cm_io *io = NULL;
+    cm_core *w;
+    uint64_t sizes[256], total, off = 0, k;
+    static const uint64_t spans[][2] = {{0, 130}, {0, 1}, {64, 128}, {3, 77}, {127, 130},
+                                        {96, 97}, {0, 64}, {1, 129}, {130, 130}};
+    uint8_t *buf;
+    g_ctx = "get_range";
+    make_writer(d, &io, 12, 0, &w);
+    append_ids(w, 1, 1);
+    append_ids(w, 2, 99);
+    append_ids(w, 101, 30);
+    CHECK_RC(cm_core_close(w), CM_OK);
+    REQUIRE_OK(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL));
+    for (k = 0; k < VT_N(spans); k++) check_range(w, spans[k][0], spans[k][1]);
+    CHECK_RC(cm_core_get_range(w, 5, 4, NULL, 0, sizes, &total), CM_ERR_RANGE);
+    CHECK_RC(cm_core_get_range(w, 0, 131, NULL, 0, sizes, &total), CM_ERR_RANGE);
+    CHECK_RC(cm_core_get_range(w, 0, 100, NULL, 0, sizes, &total), CM_ERR_TOO_LARGE);
+    buf = (uint8_t *)xmalloc((size_t)total + 1);
+    CHECK_RC(cm_core_get_range(w, 0, 100, buf, (size_t)total, sizes, &total), CM_OK);
+    for (k = 0; k < 100; k++) off += sizes[k];  /* block 100 starts here */
+    CHECK_RC(cm_core_close(w), CM_OK);
+    /* a parent inside the run [64, 128) (node 2*64+1 = 129): tree named */
+    flip_byte(d, "tree", 40 * 129 + 20);
+    REQUIRE_OK(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL));
+    CHECK_RC(cm_core_get_range(w, 64, 128, buf, (size_t)total, sizes, &total), CM_ERR_CORRUPT);
+    CHECK(cm_core_err_file(w) == CM_FILE_TREE, "tree corruption names %d", cm_core_err_file(w));
+    CHECK_RC(cm_core_close(w), CM_OK);
+    flip_byte(d, "tree", 40 * 129 + 20);
+    /* a byte of block 100 (in the run [96, 128)): data named */
+    flip_byte(d, "data", (long)off);
+    REQUIRE_OK(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL));
+    CHECK_RC(cm_core_get_range(w, 96, 128, NULL, 0, sizes, &total), CM_ERR_TOO_LARGE);
+    free(buf);
+    buf = (uint8_t *)xmalloc((size_t)total + 1);
+    CHECK_RC(cm_core_get_range(w, 96, 128, buf, (size_t)total, sizes, &total), CM_ERR_CORRUPT);
+    CHECK(cm_core_err_file(w) == CM_FILE_DATA, "data corruption names %d", cm_core_err_file(w));
+    check_range(w, 0, 96);
+    CHECK_RC(cm_core_close(w), CM_OK);
+    cm_io_posix_free(io);
+    free(buf);
+    free(d);
+}
+
 static void test_hostile(void) {
     uint64_t s = 99;
     int i;
@@ -2267,6 +2333,7 @@ int main(int argc, char **argv) {
     test_replica(1);
     test_reorg();
     test_files();
+    test_get_range();
     test_hostile();
     test_limits();
     printf("store tests done, %ld checks so far\n", g_checks);

@@ -42,10 +42,23 @@ def make_store(path: str, clean: bool) -> None:
 
 
 def read_back(path: str):
+    """Every block by get() and by get_range() (which checks whole subtrees
+    instead of paths): the same blocks or a CorruptionError, never other bytes."""
     with cm.Core(path) as core:
+        recovery = core.recovery  # what opening the damaged store found
+        try:
+            ranged = core.get_range(0, core.length)
+        except cm.CorruptionError as e:
+            ranged = e
+    with cm.Core(path) as core:  # reopened: nothing verified is cached from get_range
+        if isinstance(ranged, list):
+            assert ranged == BLOCKS[:len(ranged)], "get_range returned damaged bytes"
         blocks = [core.get(i) for i in range(core.length)]
         core.verify()
-        return blocks, core.recovery
+        if isinstance(ranged, cm.CorruptionError):
+            raise ranged
+        assert ranged == blocks
+        return blocks, recovery
 
 
 @pytest.mark.parametrize("clean", [False, True], ids=["after-crash", "after-close"])

@@ -85,8 +85,14 @@ def test_same_states_and_files(tmp_path_factory, ops, compat, seed, durability, 
         length = logs[0].length
         for i in range(length):
             assert logs[0].get(i) == logs[1].get(i)
+        rng = random.Random(length)
+        for _ in range(6):  # ranges, aligned or not, and out-of-range ones
+            start = rng.randrange(length + 2)
+            end = start + rng.randrange(-1, length + 2)
+            span = dict(start=start, end=end)
+            assert outcome(logs[0].get_range, span) == outcome(logs[1].get_range, span)
+        assert logs[1].get_range(0, length) == [logs[1].get(i) for i in range(length)]
         if length:
-            rng = random.Random(length)
             for _ in range(5):
                 start = rng.randrange(length)
                 block = rng.randrange(length)

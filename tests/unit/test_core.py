@@ -207,3 +207,28 @@ def test_error_codes_are_distinct_and_subclass_builtins() -> None:
         assert issubclass(cls, cm.CoreMachineError)
         assert any(issubclass(cls, b) for b in (ValueError, OSError, IndexError, LookupError,
                                                  PermissionError, TypeError))
+
+
+def test_get_range(tmp_path, kp: cm.KeyPair) -> None:
+    """get_range returns what get returns for any range (aligned runs and the
+    odd blocks around them), with get's errors for ranges it cannot serve."""
+    blocks = [b"%d" % i * (i % 5) for i in range(300)]  # empty blocks too
+    with cm.Core(str(tmp_path / "w"), key_pair=kp) as core:
+        core.append(blocks[:1])
+        core.append(blocks[1:])
+        for start, end in ((0, 300), (0, 0), (299, 300), (5, 6), (3, 200), (64, 128),
+                           (1, 299), (128, 300)):
+            assert core.get_range(start, end) == blocks[start:end], (start, end)
+        with pytest.raises(cm.OutOfRangeError):
+            core.get_range(10, 9)
+        with pytest.raises(cm.OutOfRangeError):
+            core.get_range(0, 301)
+        with pytest.raises(cm.ArgumentTypeError):
+            core.get_range(0, "3")  # type: ignore[arg-type]
+        with cm.Core(str(tmp_path / "r"), key=core.key) as replica:
+            replica.apply_proof(core.proof(upgrade=(0, core.length), manifest=True))
+            for i in range(10):
+                replica.apply_proof(core.proof(block=i, nodes=replica.missing_nodes(i)))
+            assert replica.get_range(2, 10) == blocks[2:10]
+            with pytest.raises(cm.BlockNotAvailableError):
+                replica.get_range(5, 11)
