@@ -19,6 +19,7 @@ import coremachine_embedded as cm
 from coremachine_embedded import Coremachine
 
 WORKER = os.path.join(ROOT, "bench", "sync_worker.py")
+COUNTED = ("retries", "timeouts", "duplicates", "dropped_invalid_proof", "blocks")
 
 
 def build_log(path: str, entries: int, payload: int = 0) -> cm.Core:
@@ -62,7 +63,7 @@ class Server:
 def pull(stores: List[str], key: bytes, url: str) -> List[Dict[str, Any]]:
     """Pulls into each of ``stores`` in turn, in one process; their reports."""
     out = subprocess.run([sys.executable, WORKER, "pull", key.hex(), url] + stores, check=True,
-                         capture_output=True, text=True, timeout=600).stdout
+                         stdout=subprocess.PIPE, text=True, timeout=600).stdout
     return [json.loads(line) for line in out.strip().splitlines()]
 
 
@@ -167,6 +168,8 @@ def serial_goodput(report: Report, section: str, base: str, quick: bool) -> None
             server.stop()
             modem.close()
         assert r["verified"]
+        print("    (%s: %.1f s, %s)" % (label, r["seconds"], ", ".join(
+            "%s %d" % kv for kv in sorted(r["counters"].items()) if kv[0] in COUNTED)))
         goodput = size / r["seconds"]
         used = r["link"]["bytes_rx"] / r["seconds"]
         report.add(section, "serial 115200 goodput, %s" % label, goodput / line_rate * 100, "%",

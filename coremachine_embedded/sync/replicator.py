@@ -981,11 +981,14 @@ class Endpoint:
         if up is not None and now > up.deadline:
             self.counters.inc("retries")
             self._request(entry, peer, up, manifest=entry.core.manifest is None)
-        # While answers keep coming, a later answer finds the losses (_lost_before);
-        # timeouts are for a quiet link, so a backlog is not taken for losses.
-        quiet = now - peer.last_answer > peer.rto()
+        # While answers keep coming, a later answer finds the losses (_lost_before):
+        # a backlog of answers, however long, ends, and then the link is quiet.
+        # Timeouts are for a quiet link, so a backlog is not taken for losses.
+        # (on a slow serial line the gap between two full frames is not quiet)
+        gap = 2.0 * getattr(peer.link, "frame_seconds", 0.0)
+        quiet = now - peer.last_answer > max(peer.rto(), gap)
         for req in list(entry.inflight.values()):
-            if now > req.deadline and (quiet or now > req.deadline + MAX_RTO):
+            if now > req.deadline and quiet:
                 if not req.missing:
                     req.deadline = now + peer.rto()  # it waits for an earlier block
                 else:

@@ -44,7 +44,7 @@ from .framing import FrameDecoder, encode_frame
 log = logging.getLogger(__name__)
 
 DEFAULT_BAUD = 115200
-DEFAULT_MTU = 1024
+DEFAULT_MTU = 4096
 TX_QUEUE_LIMIT = 256 * 1024     # encoded bytes queued before send() drops
 RECONNECT_INTERVAL = 0.5
 BITS_PER_BYTE = 10              # 8N1: start + 8 data + stop
@@ -235,6 +235,11 @@ class SerialLink:
     @property
     def connected(self) -> bool:
         return self._fd is not None
+
+    @property
+    def frame_seconds(self) -> float:
+        """Line time of one full frame (10 bits a byte, COBS and CRC included)."""
+        return (self.mtu + self.mtu // 254 + 6) * 10 / self.baud
 
     @property
     def queued_bytes(self) -> int:

@@ -102,7 +102,7 @@ def test_from_url() -> None:
     assert (link.path, link.baud, link.half_duplex, link.mtu) == ("/dev/ttyUSB0", 57600, True, 512)
     assert link.guard_time == pytest.approx(0.005)
     link = SerialLink.from_url("serial:///dev/pts/5")
-    assert (link.path, link.baud, link.half_duplex, link.mtu) == ("/dev/pts/5", 115200, False, 1024)
+    assert (link.path, link.baud, link.half_duplex, link.mtu) == ("/dev/pts/5", 115200, False, 4096)
     assert link.guard_time == pytest.approx(4 * 10 / 115200 + 0.002)
     with pytest.raises(ValueError):
         SerialLink.from_url("udp://1.2.3.4:5")
@@ -118,7 +118,7 @@ def test_send_never_blocks_and_bounds_its_queue() -> None:
     assert time.monotonic() - t < 1.0
     assert link.queued_bytes <= 256 * 1024
     assert link.counters["tx_dropped"] == 1000 - link.queued_bytes // len(encode_frame(b"x" * 1000))
-    link.send(b"y" * 1025)
+    link.send(b"y" * (link.mtu + 1))
     link.send(b"")
     assert link.counters["tx_oversize"] == 2
 
