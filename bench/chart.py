@@ -17,7 +17,7 @@ def write(rows: List[Dict[str, Any]], title: str, path: str = OUT) -> str:
     better than the alternative (faster, or smaller where lower is better);
     1x is parity."""
     bars = [dict(r, ratio=r["advantage"]) for r in rows if r.get("advantage")]
-    width, left, right, bar, gap, top = 900, 430, 60, 18, 8, 50
+    width, left, right, bar, gap, top = 1150, 620, 60, 18, 8, 50
     height = top + len(bars) * (bar + gap) + 40
     lo, hi = math.log10(0.1), math.log10(max([1000.0] + [r["ratio"] * 2 for r in bars]))
     span = width - left - right
@@ -27,7 +27,7 @@ def write(rows: List[Dict[str, Any]], title: str, path: str = OUT) -> str:
 
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" '
            'font-family="sans-serif" font-size="12">' % (width, height),
-           '<rect width="100%%" height="100%%" fill="white"/>',
+           '<rect width="100%" height="100%" fill="white"/>',
            '<text x="10" y="22" font-size="15" font-weight="bold">%s</text>' % escape(title)]
     for ratio in (0.1, 1, 10, 100, 1000):
         if math.log10(ratio) <= hi:
@@ -41,7 +41,7 @@ def write(rows: List[Dict[str, Any]], title: str, path: str = OUT) -> str:
                                    ", lower is better" if r.get("lower_is_better") else "")
         colour = "#2e7d32" if r["ratio"] >= 1 else "#c62828"
         out.append('<text x="%d" y="%d" text-anchor="end">%s</text>' % (
-            left - 8, y + bar - 5, escape(label[:70])))
+            left - 8, y + bar - 5, escape(label if len(label) <= 100 else label[:99] + "\u2026")))
         out.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>' % (
             min(x(1), x(r["ratio"])), y, abs(x(r["ratio"]) - x(1)), bar, colour))
         out.append('<text x="%.1f" y="%d" fill="#111">%.2fx</text>' % (
