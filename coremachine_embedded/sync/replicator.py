@@ -44,6 +44,7 @@ MAX_QUEUE_BYTES = 4 << 20     # queued outgoing bytes per peer
 MAX_REASSEMBLY = 16           # messages being reassembled per peer
 REQUEST_RATE = 4000.0        # requests (a run counts as one) served per second per peer...
 REQUEST_BURST = 1024         # ...after a burst of this many; beyond: dropped_flood
+SERVED_IDS = 256             # request ids remembered per peer, so a duplicate is answered once
 RUN_ENVELOPES = 4            # a batched run's values fill about this many envelopes
 WAITING = 8                   # blocks received and waiting for earlier ones: x window
 MIN_RTO, MAX_RTO = 0.01, 3.0  # retry timeout bounds (seconds), adaptive in between
@@ -112,6 +113,7 @@ class _Peer:
         self.hello_sent = 0.0
         self.hellos = 0              # HELLOs sent since it last answered one
         self.last_answer = 0.0       # when it last sent us a DATA or VALUES
+        self.served: "OrderedDict[int, None]" = OrderedDict()  # its last request ids we answered
 
     @property
     def ready(self) -> bool:
@@ -415,8 +417,16 @@ class Endpoint:
             has_manifest=core.manifest is not None).encode())
         self._queue(entry, peer, wire.RANGE, wire.Range(0, core.contiguous_length).encode())
 
-    def _admit(self, peer: _Peer) -> bool:
-        """A token bucket per peer: one flooding peer cannot take the server."""
+    def _admit(self, peer: _Peer, request: int) -> bool:
+        """A token bucket per peer: one flooding peer cannot take the server.
+        A request id answered already (a retry sent twice, a duplicated
+        datagram) is not answered again."""
+        if request in peer.served:
+            self.counters.inc("duplicates")
+            return False
+        peer.served[request] = None
+        if len(peer.served) > SERVED_IDS:
+            peer.served.popitem(last=False)
         now = time.monotonic()
         peer.tokens = min(REQUEST_BURST, peer.tokens + (now - peer.tokens_at) * self.request_rate)
         peer.tokens_at = now
@@ -428,7 +438,7 @@ class Endpoint:
 
     def _serve_request(self, entry: _Entry, peer: _Peer, req: wire.Request) -> None:
         core = entry.core
-        if not self._admit(peer):
+        if not self._admit(peer, req.id):
             return
         if req.hash is not None or req.seek is not None or (
                 req.fork != core.fork and req.upgrade is None):
@@ -454,7 +464,7 @@ class Endpoint:
         (on a retry only what ``run.wanted`` names), packed into as few
         envelopes as they fit."""
         core = entry.core
-        if not self._admit(peer):
+        if not self._admit(peer, run.id):
             return
         if run.fork != core.fork or run.start + run.size > core.contiguous_length:
             self.counters.inc("requests_refused")
@@ -529,8 +539,12 @@ class Endpoint:
             # a retry asks only for what is missing
             need_first = core.contiguous_length <= run.start and run.start not in entry.ahead
             wanted = run.wanted(need_first) if req.tries > 1 else None
-            self._queue(entry, peer, wire.RUN, wire.Run(
-                rid, core.fork, run.start, run.count, len(req.nodes) // 2, wanted).encode())
+            body = wire.Run(rid, core.fork, run.start, run.count, len(req.nodes) // 2,
+                            wanted).encode()
+            self._queue(entry, peer, wire.RUN, body)
+            if req.tries > 1:  # a retry goes in two envelopes: one loss does not cost another round
+                self._flush(entry, peer, (id(peer.link), peer.addr, entry.dk))
+                self._queue(entry, peer, wire.RUN, body)
             return
         if req.index is None:
             block = None

@@ -328,3 +328,31 @@ def test_a_retried_run_is_answered_with_only_what_is_missing(tmp_path: Any) -> N
         att.close()
         await net.close()
     run(main)
+
+
+def test_a_request_sent_twice_is_answered_once(tmp_path: Any) -> None:
+    """Retries go out in two envelopes (so one loss does not cost another
+    round trip); the server answers a request id once and counts the copy."""
+    from coremachine_embedded.sync import wire
+    from tests.fault.hostile import Attacker, Net, run
+
+    async def main() -> None:
+        net = await Net(str(tmp_path), n_blocks=64).start()
+        att = Attacker()
+        s = net.session(att)
+        await s.handshake(net.addr)
+        await s.collect(0.1)
+        before = dict(net.server.counters)
+        body = wire.Run(9, 0, 0, 16, 4).encode()
+        s.send_message(net.addr, wire.RUN, body)
+        s.send_message(net.addr, wire.RUN, body)      # the same id, another envelope
+        got = await s.collect(0.2)
+        assert [kind for kind, _ in got].count(wire.DATA) == 1
+        values = [v for kind, m in got if kind == wire.VALUES for v in m.values]
+        assert values == [net.writer.get(i) for i in range(1, 16)]
+        c = net.server.counters
+        assert c.get("duplicates", 0) - before.get("duplicates", 0) == 1
+        assert c["requests_served"] - before.get("requests_served", 0) == 1
+        att.close()
+        await net.close()
+    run(main)
