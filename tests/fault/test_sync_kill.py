@@ -22,7 +22,7 @@ from coremachine_embedded import Core, Coremachine
 from tests.fault.test_sync_replication import COUNTER, assert_same_log, build_writer_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-N = 10_000
+N = 20_000
 TIMEOUT = 180.0
 
 
