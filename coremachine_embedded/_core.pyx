@@ -777,33 +777,36 @@ cdef class Log:
         cdef cm_core *c = self._c()
         cdef uint64_t s = self._index(start), e = self._index(end), total = 0, k
         cdef uint64_t *sizes = NULL
-        cdef bytes data
-        cdef uint8_t *p
+        cdef uint8_t *buf = NULL
+        cdef size_t cap = 65536      # most runs fit: one call; else a second, at the size needed
         cdef Py_ssize_t at = 0
         if e < s:
             raise from_code(CM_ERR_RANGE, "blocks %d to %d: the end is before the start"
                             % (start, end))
         sizes = <uint64_t *>PyMem_Malloc((e - s + 1) * sizeof(uint64_t))
-        if sizes == NULL:
-            raise MemoryError()
+        buf = <uint8_t *>PyMem_Malloc(cap)
         try:
-            with nogil:  # first the size of the whole range, then the range
-                rc = cm_core_get_range(c, s, e, NULL, 0, sizes, &total)
-            if rc == CM_ERR_TOO_LARGE:
-                data = PyBytes_FromStringAndSize(NULL, total)
-                p = <uint8_t *>PyBytes_AS_STRING(data)
+            if sizes == NULL or buf == NULL:
+                raise MemoryError()
+            with nogil:
+                rc = cm_core_get_range(c, s, e, buf, cap, sizes, &total)
+            if rc == CM_ERR_TOO_LARGE and total > cap:
+                PyMem_Free(buf)
+                cap = <size_t>total
+                buf = <uint8_t *>PyMem_Malloc(cap)
+                if buf == NULL:
+                    raise MemoryError()
                 with nogil:
-                    rc = cm_core_get_range(c, s, e, p, total, sizes, &total)
+                    rc = cm_core_get_range(c, s, e, buf, cap, sizes, &total)
             self._check(rc, "blocks %d to %d" % (start, end))
-            if total == 0:
-                return [b""] * <Py_ssize_t>(e - s)
             out = []
             for k in range(e - s):
-                out.append(data[at:at + <Py_ssize_t>sizes[k]])
+                out.append(PyBytes_FromStringAndSize(<char *>buf + at, <Py_ssize_t>sizes[k]))
                 at += <Py_ssize_t>sizes[k]
             return out
         finally:
             PyMem_Free(sizes)
+            PyMem_Free(buf)
 
     def get_node(self, index):
         cdef cm_core *c = self._c()

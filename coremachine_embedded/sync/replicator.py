@@ -1,6 +1,7 @@
 """The replicator: what to request, what to serve, how to verify and store -
-independent of the carrier (UDP datagrams, serial frames, anything with a
-``send(envelope, addr)`` and an ``on_receive(envelope, addr)``).
+independent of the carrier (UDP datagrams, serial frames, anything with
+``await start(on_receive)``, ``send(envelope, addr)``, ``mtu`` and
+``frame_seconds``, the line time of a full envelope).
 
 DEV NOTES.  An :class:`Endpoint` holds cores (by discovery key) and links.
 Every envelope is authenticated with the core's wire key; inside, a peer is
@@ -132,11 +133,10 @@ class _Peer:
 
 
 class _Req:
-    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "lost", "run",
-                 "missing")
+    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "run", "missing")
 
     def __init__(self, rid: int, index: Optional[int], upgrade: Optional[Tuple[int, int]],
-                 nodes: List[int]) -> None:
+                 nodes: List[int], run: Optional[batch.Run] = None) -> None:
         self.id = rid
         self.index = index
         self.upgrade = upgrade
@@ -144,8 +144,7 @@ class _Req:
         self.tries = 0
         self.nodes = nodes       # tree nodes this request's proof will bring
         self.deadline = 0.0
-        self.lost = False        # known lost (a later request was answered): retry at once
-        self.run: Optional[batch.Run] = None   # a batched run starting at index
+        self.run = run           # a batched run starting at index
         self.missing = self.size  # blocks of the answer not here yet (0: it waits for an earlier block)
 
     @property
@@ -525,15 +524,15 @@ class Endpoint:
         self._queue(entry, peer, wire.HELLO,
                     wire.Hello(flags, self._cookie(session, entry.dk, self._secrets[0])).encode())
 
-    def _request(self, entry: _Entry, peer: _Peer, req: _Req, manifest: bool = False) -> None:
+    def _request(self, entry: _Entry, peer: _Peer, req: _Req, manifest: bool = False,
+                 lost: bool = False) -> None:
         rid = self._next_id
         self._next_id += 1
         req.id = rid
         req.tries += 1
         req.sent = time.monotonic()
         # back off after a timeout (the peer may be gone or swamped), not after a loss
-        req.deadline = req.sent + peer.rto() * (1 if req.lost else 2 ** min(req.tries - 1, 4))
-        req.lost = False
+        req.deadline = req.sent + peer.rto() * (1 if lost else 2 ** min(req.tries - 1, 4))
         if req.run is not None:
             run, core = req.run, entry.core
             # a retry asks only for what is missing
@@ -616,11 +615,9 @@ class Endpoint:
             if i in entry.inflight or i in entry.ahead:
                 entry.next += entry.inflight[i].size if i in entry.inflight else 1
                 continue
-            req = _Req(0, i, None, self._plan_nodes(entry, i))
             size = self._run_size(entry, peer, i) if self.max_run > 1 else 1
-            if size > 1:
-                req.run = batch.Run(i, size)
-                req.missing = size
+            req = _Req(0, i, None, self._plan_nodes(entry, i),
+                       batch.Run(i, size) if size > 1 else None)
             entry.next += size
             entry.flight += size
             entry.held += size
@@ -688,10 +685,8 @@ class Endpoint:
         if peer is None or sent <= entry.lost_scan:
             return  # whatever was sent before that was looked at (and retried) already
         entry.lost_scan = sent
-        for req in [r for r in entry.inflight.values() if r.sent < sent and not r.lost]:
-            if req.missing:
-                req.lost = True
-                self._retry(entry, peer, req)
+        for req in [r for r in entry.inflight.values() if r.sent < sent and r.missing]:
+            self._retry(entry, peer, req, lost=True)
 
     def _mark(self, entry: _Entry, req: _Req) -> None:
         """Recount ``req.missing``, the blocks of its answer not here yet (a
@@ -707,12 +702,12 @@ class Endpoint:
         entry.flight += missing - req.missing
         req.missing = missing
 
-    def _retry(self, entry: _Entry, peer: _Peer, req: _Req) -> None:
+    def _retry(self, entry: _Entry, peer: _Peer, req: _Req, lost: bool = False) -> None:
         self.counters.inc("retries")
         if not req.nodes:
             req.nodes = self._plan_nodes(entry, req.index)  # type: ignore[arg-type]
             self._promise(entry, req.nodes, +1)
-        self._request(entry, peer, req)
+        self._request(entry, peer, req, lost=lost)
 
     def _apply(self, entry: _Entry, body: bytes, upgrade: bool = False) -> None:
         """Apply a proof, then every waiting proof or run it unblocks, in order."""
@@ -999,7 +994,7 @@ class Endpoint:
         # a backlog of answers, however long, ends, and then the link is quiet.
         # Timeouts are for a quiet link, so a backlog is not taken for losses.
         # (on a slow serial line the gap between two full frames is not quiet)
-        gap = 2.0 * getattr(peer.link, "frame_seconds", 0.0)
+        gap = 2.0 * peer.link.frame_seconds
         quiet = now - peer.last_answer > max(peer.rto(), gap)
         for req in list(entry.inflight.values()):
             if now > req.deadline and quiet:

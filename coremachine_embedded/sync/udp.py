@@ -19,6 +19,9 @@ class UDPLink:
     is readable, so a burst of answers is handled before the timers that
     would take it for a loss, with one event-loop turn per burst."""
 
+    #: line time of a full datagram: none worth waiting for (a serial link's is not)
+    frame_seconds = 0.0
+
     def __init__(self, host: str = "0.0.0.0", port: int = 0, mtu: int = DEFAULT_MTU) -> None:
         if not 256 <= mtu <= 65000:
             raise ValueError("mtu must be between 256 and 65000")

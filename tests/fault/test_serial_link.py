@@ -8,12 +8,13 @@ import os
 import pathlib
 import random
 import time
-from typing import Any, Awaitable, Callable, List, Tuple, TypeVar
+from typing import Any, Awaitable, List, TypeVar
 
 import pytest
 
 from coremachine_embedded.sync.framing import encode_frame
 from coremachine_embedded.sync.serial import SerialLink, TokenBucket
+from tests.fault.hostile import settle, wait_until
 from tests.fault.serial_line import NoisyLine, PtyPair, noisy_line, pty_pair  # noqa: F401
 
 T = TypeVar("T")
@@ -25,28 +26,6 @@ def run(coro: Awaitable[T]) -> T:
 
 async def _bounded(coro: Awaitable[T]) -> T:
     return await asyncio.wait_for(coro, 45)
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
-
-
-async def settle(counter: Callable[[], int], quiet: float = 0.3, timeout: float = 20) -> None:
-    """Wait until ``counter()`` stopped changing for ``quiet`` seconds."""
-    deadline = time.monotonic() + timeout
-    last, since = counter(), time.monotonic()
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-        now = counter()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
 
 
 class Endpoint:
@@ -225,7 +204,7 @@ def test_noisy_line_delivers_only_what_was_sent(noisy_line: Callable[..., NoisyL
                 a.link.send(x)
                 b.link.send(y)
             await settle(lambda: len(a.got) + len(b.got) + a.link.counters["bytes_rx"]
-                         + b.link.counters["bytes_rx"])
+                         + b.link.counters["bytes_rx"], timeout=20)
             line.check()
             c = line.counters
             for rx, sent, d in ((b, a_out, "a>b."), (a, b_out, "b>a.")):
@@ -286,7 +265,7 @@ def test_half_duplex_request_response(noisy_line: Callable[..., NoisyLine]) -> N
             for i, p in enumerate(pushes):
                 client.link.send(b"req x%d" % i)
                 server_link.send(p)
-            await settle(lambda: len(client.got) + len(served), quiet=0.5)
+            await settle(lambda: len(client.got) + len(served), quiet=0.5, timeout=20)
             line.check()
             got_pushes = [g for g in client.got if g.startswith(b"push")]
             assert all(g in pushes for g in got_pushes)

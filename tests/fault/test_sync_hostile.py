@@ -23,8 +23,6 @@ import resource
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
-import pytest
-
 from coremachine_embedded import Core, KeyPair
 from coremachine_embedded.encoding import DataMessage, encode_uint
 from coremachine_embedded.sync import replicator, wire
@@ -582,10 +580,7 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
     dropped_flood."""
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=200).start()
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(net.addr)
-        await s.collect(0.1)
+        att, s = await net.greeted_session()
         c = net.server.counters
         hp = await HeldPull(net).start("all", window=4)
         mem0, struct0 = _memory(), _structures(net.server)
@@ -639,10 +634,7 @@ def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
 
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=200, request_rate=rate).start()
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(net.addr)
-        await s.collect(0.1)
+        att, s = await net.greeted_session()
         c = net.server.counters
         before = dict(c)
         t0 = time.monotonic()
@@ -747,10 +739,7 @@ def test_many_addresses_do_not_starve_an_honest_puller(tmp_path: Any) -> None:
 def test_fragments_never_completing_stay_bounded(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(net.addr)
-        await s.collect(0.1)
+        att, s = await net.greeted_session()
         c = net.server.counters
         rx = lambda: c.get("rx_envelopes", 0)  # noqa: E731
         mem0 = _memory()
@@ -796,10 +785,7 @@ def test_fragments_never_completing_stay_bounded(tmp_path: Any) -> None:
 def test_fragment_memory_per_peer_is_bounded_by_one_message(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(net.addr)
-        await s.collect(0.1)
+        att, s = await net.greeted_session()
         c = net.server.counters
         chunk = os.urandom(net.server_link.mtu - wire.OVERHEAD - 60)
         per_set = wire.MAX_MESSAGE // len(chunk) // (replicator.MAX_REASSEMBLY - 1) + 1

@@ -303,14 +303,11 @@ def test_a_retried_run_is_answered_with_only_what_is_missing(tmp_path: Any) -> N
     named, and the first block's proof only when bit 0 is set: after a loss only
     the lost part travels again."""
     from coremachine_embedded.sync import wire
-    from tests.fault.hostile import Attacker, Net, run
+    from tests.fault.hostile import Net, run
 
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=64).start()
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(net.addr)
-        await s.collect(0.1)
+        att, s = await net.greeted_session()
         bits = bytearray(4)
         for k in (3, 4, 5, 20, 31):
             bits[k >> 3] |= 1 << (k & 7)
@@ -334,14 +331,11 @@ def test_a_request_sent_twice_is_answered_once(tmp_path: Any) -> None:
     """Retries go out in two envelopes (so one loss does not cost another
     round trip); the server answers a request id once and counts the copy."""
     from coremachine_embedded.sync import wire
-    from tests.fault.hostile import Attacker, Net, run
+    from tests.fault.hostile import Net, run
 
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=64).start()
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(net.addr)
-        await s.collect(0.1)
+        att, s = await net.greeted_session()
         before = dict(net.server.counters)
         body = wire.Run(9, 0, 0, 16, 4).encode()
         s.send_message(net.addr, wire.RUN, body)
