@@ -57,6 +57,13 @@ def read_files(d) -> dict:
     return out
 
 
+def assert_same_replica_files(base) -> None:
+    """The replica stores the two backends wrote under ``base`` are byte-identical."""
+    files = [read_files(str(base / ("r-" + b.NAME))) for b in BACKENDS]
+    for name in files[0]:
+        assert files[0][name] == files[1][name], "%s differs" % name
+
+
 @settings(max_examples=50)
 @given(ops=ops, compat=st.booleans(), seed=st.binary(min_size=32, max_size=32),
        durability=st.sampled_from(["sync", "batch", "none"]),
@@ -143,9 +150,7 @@ def test_replicas_write_the_same_files(tmp_path_factory, blocks, compat, seed):
         writer.close()
         for r in replicas:
             r.close()
-    files = [read_files(str(base / ("r-" + b.NAME))) for b in BACKENDS]
-    for name in files[0]:
-        assert files[0][name] == files[1][name], "%s differs" % name
+    assert_same_replica_files(base)
 
 
 @settings(max_examples=25)
@@ -176,6 +181,4 @@ def test_runs_write_the_same_files(tmp_path_factory, blocks, size, seed):
         writer.close()
         for r in replicas:
             r.close()
-    files = [read_files(str(base / ("r-" + b.NAME))) for b in BACKENDS]
-    for name in files[0]:
-        assert files[0][name] == files[1][name], "%s differs" % name
+    assert_same_replica_files(base)
