@@ -99,7 +99,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         await ep.attach(link)
         try:
             task = ep.pull(core, link, addr, live=args.live, progress=progress)
-            await asyncio.wait_for(task, args.timeout)
+            pulled = await asyncio.wait_for(task, args.timeout)
         except asyncio.TimeoutError:
             progress.done()
             print("coremachine: error: timed out after %gs pulling from %s (have %d of %d)"
@@ -111,8 +111,10 @@ def _cmd_pull(args: argparse.Namespace) -> int:
             core.flush()
             _print_counters(ep.counters)
         progress.done()
-        print("pulled %s: length %d, fork %d, verified" % (core.key.hex(), core.length,
-                                                            core.fork))
+        # Exit 0 only from signed state: the length the peer's signature proved.
+        print("pulled %s: signed length %d, fork %d, verified; the peer at %s proved signed "
+              "length %d" % (core.key.hex(), pulled.length, pulled.fork, args.url,
+                             pulled.proved))
         return EXIT_OK
     try:
         return asyncio.run(main())

@@ -11,8 +11,8 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _backend
-from .encoding import Node
-from .errors import ArgumentTypeError, InvalidArgumentError, need_bytes
+from .encoding import DataMessage, Node
+from .errors import ArgumentTypeError, InvalidArgumentError, InvalidProofError, need_bytes
 
 BytesLike = Union[bytes, bytearray, memoryview]
 _impl = _backend.impl
@@ -320,6 +320,23 @@ class Core:
         with self._lock:
             return self._log.proof(request, block, nodes, upgrade,  # type: ignore[no-any-return]
                                    manifest)
+
+    def check_upgrade(self, message: BytesLike) -> Tuple[int, int, bytes]:
+        """Verify an upgrade proof from length 0 against this core's key and
+        manifest, storing nothing: how a peer proves the signed state it has
+        when this replica may hold as much already.  Returns the ``(fork,
+        length, tree hash)`` its signature signs.
+
+        :raises InvalidProofError, InvalidSignatureError, DecodeError: it does
+            not prove a signed state of this core.
+        """
+        message = need_bytes("message", message)
+        with self._lock:
+            key, manifest = self._log.key, self._log.manifest
+        check = _impl.check_proof(key, manifest, [], message)
+        if not check.upgraded:
+            raise InvalidProofError("the proof carries no signed state")
+        return DataMessage.peek(message).fork, check.length, check.tree_hash
 
     def missing_nodes(self, index: int) -> int:
         """How many tree levels above block ``index`` this replica lacks."""

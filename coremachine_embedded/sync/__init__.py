@@ -25,10 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 from ..core import Core
 from ..errors import InvalidArgumentError
 from .counters import Counters
-from .endpoint import Endpoint
+from .endpoint import Endpoint, Pulled
 from .udp import UDPLink
 
-__all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",
+__all__ = ["Endpoint", "Pulled", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",
            "pull_blocking"]
 
 

@@ -17,13 +17,17 @@ every answer to :meth:`Download.on_data`, :meth:`Download.on_values` or
     done = download.caught_up(peer_fork, peer_length)
 
 The order: the signed tree of the peer's length first (an upgrade proof, whose
-signature the core checks), then blocks in a window, each request asking for
+signature the core checks; when the replica may hold that much already, an
+upgrade from 0 that proves what the peer holds: :attr:`Download.proved`), then
+blocks in a window, each request asking for
 just the tree levels that neither the store nor an earlier in-flight proof
 provides (:meth:`Core.missing_nodes`), or aligned batched runs (batch.py) when
 ``max_run`` > 1.  Proofs that arrive before the block they build on wait in
 :attr:`Download.ahead`; a reorg drops everything planned for the old history.
 Nothing is stored that the core did not verify (:meth:`Core.apply_proof`,
-:meth:`Core.apply_run`).  Request ids are unique per download.
+:meth:`Core.apply_run`), and a download is caught up only with a signed
+length the peer proved: what a peer claims in SYNC steers what to ask for,
+never when to stop.  Request ids are unique per download.
 """
 from __future__ import annotations
 
@@ -43,7 +47,8 @@ WAITING = 8   # blocks received and waiting for an earlier one, at most: this x 
 
 class Ask:
     """A request in flight: an upgrade (maybe with the first new block), one
-    block, or a batched run starting at ``index``.
+    block, or a batched run starting at ``index``; a ``confirm`` upgrade asks
+    for the proof of the peer's signed state from 0 (checked, not stored).
 
     ``nodes`` are the tree nodes its answer will bring (per level, the node on
     the path and its sibling); ``missing`` the blocks of its answer not here
@@ -52,10 +57,11 @@ class Ask:
     """
 
     __slots__ = ("id", "index", "upgrade", "nodes", "run", "missing", "tries", "sent",
-                 "deadline")
+                 "deadline", "confirm")
 
     def __init__(self, index: Optional[int], upgrade: Optional[Tuple[int, int]],
-                 nodes: List[int], run: Optional[batch.Run] = None) -> None:
+                 nodes: List[int], run: Optional[batch.Run] = None,
+                 confirm: bool = False) -> None:
         self.id = 0
         self.index = index
         self.upgrade = upgrade
@@ -65,6 +71,7 @@ class Ask:
         self.tries = 0
         self.sent = 0.0
         self.deadline = 0.0
+        self.confirm = confirm
 
     @property
     def size(self) -> int:
@@ -99,6 +106,10 @@ class Download:
         self.held = 0                               # blocks those asks cover
         self.flight = 0                             # ...and are not here yet
         self.upgrade: Optional[Ask] = None
+        # (fork, length) the peer proved with the writer's signature in this pull
+        self.proved: Optional[Tuple[int, int]] = None
+        self.claimed = (0, 0)                       # (fork, length) the peer last claimed
+        self.refused: Optional[Tuple[int, int]] = None   # ...when it refused our upgrade
         self.ahead: Dict[int, bytes] = {}           # proofs waiting for earlier blocks
         self.promised: Dict[int, int] = {}          # node -> in-flight proofs bringing it
         self.next = core.contiguous_length
@@ -108,8 +119,10 @@ class Download:
     # --- asking ------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Plan from what the store holds (a pull starts or starts again)."""
+        """Plan from what the store holds (a pull starts or starts again); the
+        peer has to prove its signed length again."""
         self.next = self.core.contiguous_length
+        self.proved = None
 
     @property
     def busy(self) -> bool:
@@ -118,24 +131,34 @@ class Download:
 
     def plan(self, fork: int, length: int, window: int, run_bytes: int = 0) -> List[Ask]:
         """New asks to send now to a peer at ``fork`` and signed ``length``:
-        the upgrade to its length while we are behind, then blocks, keeping at
+        the upgrade to its length while we are behind (or the proof of its
+        signed state, which we may hold already), then blocks, keeping at
         most ``window`` blocks asked and not here.  A run's values should
         fill about ``run_bytes``."""
         core = self.core
+        claimed = self.claimed = (fork, length)
+        if self.proved is not None and self.proved > claimed:
+            fork, length = self.proved  # its signature beats its SYNC
         behind = fork > core.fork or (fork == core.fork and length > core.length)
-        if behind and self.upgrade is None:
-            start = core.length if fork == core.fork else 0
-            ask = Ask(None, (start, length - start), [])
-            # Live following: ask for the first new block with the upgrade.
-            if start == core.length == core.contiguous_length and not self.inflight:
-                ask.index = start
-            self.upgrade = ask
-            return [ask]
-        if behind or self.upgrade is not None:
-            return []
+        asks = []
+        if self.upgrade is None and claimed != self.refused:
+            if behind:
+                start = core.length if fork == core.fork else 0
+                up = Ask(None, (start, length - start), [])
+                # Live following: ask for the first new block with the upgrade.
+                if start == core.length == core.contiguous_length and not self.inflight:
+                    up.index = start
+                asks.append(up)
+            elif self.proved is None:
+                # Its signed state, whatever it claims: an upgrade from 0 (to its
+                # length with the additional nodes), only checked if we hold some.
+                asks.append(Ask(None, (0, 1), [], confirm=core.length > 0))
+            if asks:
+                self.upgrade = asks[0]
+        if behind or (self.upgrade is not None and not self.upgrade.confirm):
+            return asks
         if self.next < core.contiguous_length:
             self.next = core.contiguous_length
-        asks = []
         while (self.flight < window and self.held < WAITING * window
                and self.next < core.length):
             i = self.next
@@ -191,7 +214,11 @@ class Download:
             ask.deadline = 0.0
 
     def caught_up(self, fork: int, length: int) -> bool:
-        """The core holds everything of a peer at ``fork`` and ``length``."""
+        """The core holds everything of a peer at ``fork`` and ``length``, and
+        at least the signed length the peer proved."""
+        if self.proved is None:
+            return False
+        fork, length = max((fork, length), self.proved)
         core = self.core
         return (core.fork == fork and core.length >= length
                 and core.contiguous_length >= core.length and self.upgrade is None)
@@ -251,7 +278,10 @@ class Download:
             if up is None:  # a late answer to a retried upgrade: we have it already
                 self.counters.inc("duplicates")
                 return NOTHING
-            self._apply(body, upgrade=True)
+            if up.confirm:
+                self._confirm(body)
+            else:
+                self._apply(body, upgrade=True)
             return Answered(up if head.request == up.id else None)
         index = head.block_index
         if index is None:
@@ -293,6 +323,7 @@ class Download:
         self.counters.inc("no_data")
         if self.upgrade is not None and self.upgrade.id == request:
             self.upgrade = None
+            self.refused = self.claimed  # ask again when it claims something else
         return [ask for ask in self.inflight.values() if ask.id == request]
 
     def unanswered(self) -> List[Ask]:
@@ -300,6 +331,25 @@ class Download:
         return [ask for ask in self.inflight.values() if ask.missing]
 
     # --- applying ----------------------------------------------------------------------
+
+    def _confirm(self, body: bytes) -> None:
+        """The proof of the peer's signed state, from 0: checked, not stored."""
+        core = self.core
+        try:
+            fork, length, digest = core.check_upgrade(body)
+        except (errors.InvalidProofError, errors.DecodeError, errors.TooLargeError) as e:
+            self.counters.inc("dropped_invalid_proof")
+            log.debug("proof of the peer's state rejected: %s", e)
+            if self.upgrade is not None and DataMessage.peek(body).request == self.upgrade.id:
+                self.upgrade = None  # the answer to our request: ask again
+            return
+        self.upgrade = None
+        if (fork, length) == (core.fork, core.length) and digest != core.tree_hash():
+            # a second signed tree at our fork and length: the writer forked its history
+            self.counters.inc("dropped_invalid_proof")
+            log.warning("the peer proves another tree at fork %d, length %d", fork, length)
+            return
+        self.proved = (fork, length)
 
     def _apply(self, body: bytes, upgrade: bool = False) -> None:
         """Apply a proof, then every waiting proof or run it unblocks, in order."""
@@ -383,6 +433,8 @@ class Download:
             return
         if upgrade or result.upgraded:
             self.upgrade = None
+            if result.upgraded:
+                self.proved = (core.fork, core.length)
             if result.reorg or (core.fork, core.length) != before:
                 self._reset(result.reorg or core.fork != before[0])
         if result.block_stored:

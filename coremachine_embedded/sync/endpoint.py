@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import errors
 from ..core import Core
@@ -41,6 +41,17 @@ log = logging.getLogger("coremachine_embedded.sync")
 MAX_PEERS_PER_CORE = 256
 PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
 NO_COOKIE = bytes(sessions.COOKIE_BYTES)
+
+
+class Pulled(NamedTuple):
+    """How a pull ended: the replica holds signed ``length`` at ``fork``; the
+    peer at ``peer`` proved, with the writer's signature, signed length
+    ``proved`` at that fork (at most ``length``)."""
+
+    peer: Any
+    fork: int
+    length: int
+    proved: int
 
 
 class _Peer:
@@ -153,10 +164,11 @@ class Endpoint:
         return entry
 
     async def pull(self, core: Core, link: Any, addr: Any = None, *, live: bool = False,
-                   progress: Optional[Callable[[int, int], None]] = None) -> None:
+                   progress: Optional[Callable[[int, int], None]] = None) -> Pulled:
         """Pull ``core`` from the peer at ``addr`` on ``link`` until this replica
-        holds the peer's signed length; with ``live``, keep following until
-        cancelled.  The core keeps serving what it holds."""
+        holds the signed length the peer proved (with the writer's signature:
+        what it claims unsigned never ends a pull); with ``live``, keep
+        following until cancelled.  The core keeps serving what it holds."""
         entry = self._entry(core)
         entry.pulling = True
         entry.live = live
@@ -178,6 +190,9 @@ class Endpoint:
         finally:
             if not live:
                 entry.pulling = False
+        proved = entry.download.proved
+        assert proved is not None  # caught_up is set only then
+        return Pulled(addr, core.fork, core.length, proved[1])
 
     async def close(self) -> None:
         if self._timer is not None:
