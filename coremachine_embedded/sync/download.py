@@ -43,6 +43,7 @@ from .counters import Counters
 log = logging.getLogger("coremachine_embedded.sync")
 
 WAITING = 8   # blocks received and waiting for an earlier one, at most: this x the window
+CANDIDATES = 2   # different proofs of one block kept waiting (one may be a forgery)
 
 
 class Ask:
@@ -110,7 +111,7 @@ class Download:
         self.proved: Optional[Tuple[int, int]] = None
         self.claimed = (0, 0)                       # (fork, length) the peer last claimed
         self.refused: Optional[Tuple[int, int]] = None   # ...when it refused our upgrade
-        self.ahead: Dict[int, bytes] = {}           # proofs waiting for earlier blocks
+        self.ahead: Dict[int, List[bytes]] = {}     # proofs waiting for earlier blocks
         self.promised: Dict[int, int] = {}          # node -> in-flight proofs bringing it
         self.next = core.contiguous_length
         self.on_progress: Optional[Callable[[int], None]] = None  # (contiguous length)
@@ -294,11 +295,11 @@ class Download:
             self.counters.inc("duplicates")
             return answered
         if index > contiguous:
-            if ask is None or index in self.ahead:
-                self.counters.inc("duplicates" if index in self.ahead else "dropped_unsolicited")
+            if ask is None:
+                self.counters.inc("dropped_unsolicited")
                 return answered
-            self.ahead[index] = body
-            self._mark(ask)
+            if self._wait(index, body, answered.ask is not None):
+                self._mark(ask)
             return Answered(answered.ask, early=True)
         self._apply(body)
         return answered
@@ -360,9 +361,12 @@ class Download:
         core = self.core
         while True:
             c = core.contiguous_length
-            nxt = self.ahead.pop(c, None)
-            if nxt is not None:
-                self._apply_one(nxt, False)
+            waiting = self.ahead.pop(c, None)
+            if waiting is not None:
+                for body in waiting:  # the first that verifies is stored
+                    self._apply_one(body, False)
+                    if core.contiguous_length != c:
+                        break
             else:
                 ask = self._run_at(c)
                 if ask is None or ask.run is None or c == ask.index or not ask.run.complete:
@@ -370,6 +374,28 @@ class Download:
                 self._apply_run(ask)
             if core.contiguous_length == c:
                 return
+
+    def _wait(self, index: int, body: bytes, answers_ask: bool) -> bool:
+        """Keep a proof of block ``index`` until the blocks before it are here.
+        A different proof of a block already waiting waits too (up to
+        :data:`CANDIDATES`; the answer to the ask in flight displaces another),
+        so a forged proof never pushes out the real one.  False if not kept."""
+        waiting = self.ahead.setdefault(index, [])
+        if body in waiting:
+            self.counters.inc("duplicates")
+            return False
+        if len(waiting) >= CANDIDATES:
+            if not answers_ask:
+                self.counters.inc("dropped_unsolicited")
+                return False
+            waiting.pop()
+        waiting.insert(0 if answers_ask else len(waiting), body)
+        return True
+
+    def held_bytes(self) -> int:
+        """Bytes of proofs and run values received and waiting here."""
+        return (sum(len(b) for bodies in self.ahead.values() for b in bodies)
+                + sum(ask.run.bytes for ask in self.inflight.values() if ask.run is not None))
 
     def _run_at(self, index: int) -> Optional[Ask]:
         """The in-flight run covering block ``index`` (runs are aligned)."""
@@ -410,8 +436,7 @@ class Download:
         except errors.BlockNotAvailableError:
             self.counters.inc("proofs_waiting")  # its nodes come with an earlier proof
             index = DataMessage.peek(body).block_index
-            if index is not None and not upgrade:
-                self.ahead[index] = body
+            if index is not None and not upgrade and self._wait(index, body, False):
                 ask = self.inflight.get(index)
                 if ask is not None:
                     self._mark(ask)

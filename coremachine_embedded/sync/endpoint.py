@@ -6,15 +6,19 @@ the line time of a full envelope).
 DEV NOTES.  An :class:`Endpoint` holds cores (by discovery key) and links,
 and ties together one module per concern:
 
-- ``sessions.py``: who may talk to us - cookies (address validation) and
-  replay windows;
+- ``sessions.py``: who may make us keep state - cookies bound to the source
+  address (address validation) and replay windows;
 - ``outbox.py``: envelope packing and fragmentation;
 - ``serving.py``: the answers to requests and runs, announcements, rate limits;
 - ``download.py``: what to request next for a pulled core, and applying answers;
 - ``flow.py``: round-trip estimates and retry timing.
 
-Every envelope is authenticated with the core's wire key; inside, a peer is
-known by its random session id.  Serving: SYNC answers SYNC (fork, signed
+Every envelope is authenticated with the core's wire key.  An envelope that
+does not echo the cookie we sent to its source address gets a stateless
+answer (our HELLO, no bigger than 3x what it sent) and creates nothing; a peer
+is a validated address (link and source address) with the random session id
+of its envelopes, and answers are taken only from the peer a request went
+to.  Serving: SYNC answers SYNC (fork, signed
 length), REQUEST answers DATA or NO_DATA, RUN answers DATA and VALUES; appends
 are announced to peers that pull live.  Pulling: HELLO until the source
 answers, then whatever the core's :class:`Download` plans, retried as
@@ -41,6 +45,11 @@ log = logging.getLogger("coremachine_embedded.sync")
 MAX_PEERS_PER_CORE = 256
 PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
 NO_COOKIE = bytes(sessions.COOKIE_BYTES)
+
+
+def _origin(link: Any, addr: Any) -> bytes:
+    """Where an envelope came from, as address validation binds cookies to it."""
+    return ("%d %r" % (id(link), addr)).encode()
 
 
 class Pulled(NamedTuple):
@@ -98,6 +107,16 @@ class _Entry:
         self.caught_up = asyncio.Event()
         self.unsubscribe: Optional[Callable[[], None]] = None
         self.last_keepalive = 0.0
+        self._announced: Tuple[Any, List[Message]] = (None, [])
+
+    def announcement(self) -> List[Message]:
+        """Our state for a peer we keep nothing of (the same until it changes)."""
+        core = self.core
+        state = (core.fork, core.length, core.contiguous_length, core.manifest is not None,
+                 self.pulling)
+        if self._announced[0] != state:
+            self._announced = (state, serving.announcement(core, 0, self.pulling))
+        return self._announced[1]
 
     def source_peer(self) -> Optional[_Peer]:
         if self.source is None:
@@ -232,51 +251,93 @@ class Endpoint:
         if payload.session == self.session:
             c.inc("dropped_own")  # our own envelope, looped back
             return
-        verdict = self.sessions.check(dk, payload.session, payload.counter, payload.echo)
-        if verdict == sessions.REPLAY:
+        origin = _origin(link, addr)
+        if not self.sessions.valid(dk, origin, payload.echo):
+            self._stateless_answer(entry, link, addr, origin, payload, len(data))
+            return
+        if not self.sessions.fresh(dk, payload.session, payload.counter):
             c.inc("dropped_replay")
             return
-        fresh = verdict == sessions.FRESH
-        if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
-            # No state for a sender that does not know our cookie (so that many
-            # addresses cannot push honest peers out): tell it the cookie, forget it.
-            c.inc("dropped_stale_cookie")
-            peer = entry.peers.get((id(link), addr))
-            if peer is None or peer.session != payload.session:
-                peer = _Peer(link, addr, payload.session)
-            if time.monotonic() - peer.hello_sent > flow.HELLO_AGAIN:
-                self._hello(entry, link, addr, peer)
-            return
-        peer = self._peer(entry, link, addr, payload.session)
+        peer, first = self._peer(entry, link, addr, payload.session)
+        greeted = False
         for kind, body in payload.messages:
-            if kind != wire.HELLO and not fresh:
-                continue
+            greeted = greeted or kind == wire.HELLO
             try:
                 self._handle(entry, peer, kind, body)
             except errors.CoreMachineError as e:
                 c.inc("dropped_malformed")
                 log.debug("bad %d message from %r: %s", kind, addr, e)
-        if not fresh:
-            # It greeted us without our current cookie: answer at once (the
-            # exchange ends when both echo right).
+        if not peer.ready or (first and greeted):
+            # we lack its cookie (we forgot it), or it told us its cookie
+            # before it knew that we keep its state: greet it
             self._hello(entry, link, addr, peer)
+        elif peer.outbox.messages and not peer.outbox.scheduled:
+            self._flush(entry, peer)  # answers held while its cookie was unknown
         self._pump(entry)
 
-    def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
+    def _stateless_answer(self, entry: _Entry, link: Any, addr: Any, origin: bytes,
+                          payload: wire.Payload, received: int) -> None:
+        """An authentic envelope without our cookie for its source address
+        (a first contact, a restart, a spoofed address): nothing is kept.  A
+        HELLO is answered with ours, echoing its cookie, and our state (SYNC,
+        RANGE); anything else with our HELLO alone, echoing the cookie of the
+        peer we know there if any (our secret rotated: it learns the new
+        cookie), else nothing (it greets us again).  Never more than
+        AMPLIFICATION x its size, nor more than ANSWER_RATE a second."""
+        their = None
+        for kind, body in payload.messages:
+            if kind == wire.HELLO:
+                try:
+                    their = wire.Hello.decode(body).cookie
+                except errors.DecodeError:
+                    self.counters.inc("dropped_malformed")
+                    return
+        self.counters.inc("dropped_stale_cookie" if their is None else "hellos")
+        if not self.sessions.may_answer():
+            self.counters.inc("unanswered")
+            return
+        messages = [self._hello_message(entry, origin)]
+        if their is None:
+            known = entry.peers.get((id(link), addr))
+            echo = known.echo if known is not None else NO_COOKIE
+        else:
+            echo = their
+            messages += entry.announcement()
+        envelope = self._seal(entry, echo, messages)
+        if len(envelope) <= sessions.AMPLIFICATION * received:
+            self._count_sent(link.send, envelope, addr)
+
+    def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> Tuple[_Peer, bool]:
+        """The peer at a validated address, and whether this session is new there."""
         key = (id(link), addr)
-        peer = entry.peers.get(key)
-        if peer is None or peer.session != session:
-            if peer is not None and entry.source_peer() is peer:
-                entry.download.restart()  # the source restarted: ask it all again
-            peer = entry.peers[key] = _Peer(link, addr, session)
-            while len(entry.peers) > MAX_PEERS_PER_CORE:
-                entry.peers.popitem(last=False)
+        old = entry.peers.get(key)
+        first = old is None or old.session != session
+        if old is None or first:
+            peer = _Peer(link, addr, session)
+            if old is not None and entry.source_peer() is old:
+                if old.session:
+                    entry.download.restart()  # the source restarted: ask it all again
+                else:  # the source we greet answered: its first round trip
+                    peer.hello_sent, peer.hellos = old.hello_sent, old.hellos
+            entry.peers[key] = peer
+            for other in list(entry.peers):
+                if len(entry.peers) <= MAX_PEERS_PER_CORE:
+                    break
+                if entry.source is None or other != (id(entry.source[0]), entry.source[1]):
+                    del entry.peers[other]   # least recently seen first
+        else:
+            peer = old
         entry.peers.move_to_end(key)
         peer.last_seen = time.monotonic()
-        return peer
+        return peer, first
 
     def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
+        source = peer is entry.source_peer()
+        if kind in (wire.DATA, wire.VALUES, wire.NO_DATA) and not source:
+            # answers only from the peer the requests went to (address and session)
+            self.counters.inc("dropped_unsolicited")
+            return
         if kind == wire.HELLO:
             if peer.hellos == 1:  # the answer to our only HELLO: a first RTT (Karn)
                 peer.rtt.sample(time.monotonic() - peer.hello_sent)
@@ -349,17 +410,25 @@ class Endpoint:
 
     # --- pulling ---------------------------------------------------------------------
 
-    def _hello(self, entry: _Entry, link: Any, addr: Any, peer: Optional[_Peer] = None) -> None:
+    def _hello_message(self, entry: _Entry, origin: bytes) -> Message:
         flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
+        return wire.HELLO, wire.Hello(flags, self.sessions.cookie(entry.dk, origin)).encode()
+
+    def _hello(self, entry: _Entry, link: Any, addr: Any, peer: Optional[_Peer] = None) -> None:
+        """Greet the peer at ``addr``: our cookie for its address, queued with
+        what goes to it, or alone if we do not know its cookie."""
         if peer is None:
             key = (id(link), addr)
             peer = entry.peers.get(key)
-            if peer is None:
+            if peer is None:  # a source we pull from: state we choose to keep
                 peer = entry.peers[key] = _Peer(link, addr, b"")
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
-        cookie = self.sessions.cookie(peer.session or bytes(sessions.SESSION_BYTES), entry.dk)
-        self._queue(entry, peer, wire.HELLO, wire.Hello(flags, cookie).encode())
+        kind, body = self._hello_message(entry, _origin(link, addr))
+        if peer.ready:
+            self._queue(entry, peer, kind, body)
+        else:
+            self._count_sent(link.send, self._seal(entry, NO_COOKIE, [(kind, body)]), addr)
 
     def _pump(self, entry: _Entry) -> None:
         """Send whatever requests pulling ``entry`` needs now."""
@@ -408,12 +477,6 @@ class Endpoint:
             self._lost_before(entry, ask.sent)
 
     def _on_values(self, entry: _Entry, peer: _Peer, msg: wire.Values) -> None:
-        # Values are checked only when the whole run is there: take them only
-        # from the peer the run was asked of, so nobody else can spoil a run.
-        if peer is not entry.source_peer():
-            self.counters.inc("duplicates" if msg.first < entry.core.contiguous_length
-                              else "dropped_unsolicited")
-            return
         answered = entry.download.on_values(msg)
         if answered.ask is not None:
             self._lost_before(entry, answered.ask.sent)
@@ -448,27 +511,46 @@ class Endpoint:
 
     def _flush(self, entry: _Entry, peer: _Peer, full_only: bool = False) -> None:
         """Send what is queued for ``peer``, packed into envelopes; with
-        ``full_only`` the last, unfilled envelope's messages stay queued."""
+        ``full_only`` the last, unfilled envelope's messages stay queued.
+        Nothing goes while we do not know its cookie."""
+        if not peer.ready:
+            return
         for messages in peer.outbox.pack(budget(peer.link.mtu), full_only):
             self._send(entry, peer, messages)
 
     def _send(self, entry: _Entry, peer: _Peer, messages: List[Message]) -> None:
+        self._count_sent(peer.link.send, self._seal(entry, peer.echo, messages), peer.addr)
+
+    def _seal(self, entry: _Entry, echo: bytes, messages: List[Message]) -> bytes:
         self._counter += 1
-        payload = wire.encode_payload(self.session, self._counter, peer.echo, messages)
-        envelope = wire.seal(entry.wire_key, entry.dk, payload)
+        payload = wire.encode_payload(self.session, self._counter, echo, messages)
+        return wire.seal(entry.wire_key, entry.dk, payload)
+
+    def _count_sent(self, send: Callable[[bytes, Any], None], envelope: bytes,
+                    addr: Any) -> None:
         self.counters.inc("tx_envelopes")
         self.counters.inc("tx_bytes", len(envelope))
-        peer.link.send(envelope, peer.addr)
+        send(envelope, addr)
 
     # --- timers ----------------------------------------------------------------------
 
     async def _tick(self) -> None:
+        stalls = 0
         while True:
             # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
             busy = any(e.download.busy or (e.pulling and not e.caught_up.is_set())
                        for e in self._entries.values())
-            await asyncio.sleep(flow.TICK_BUSY if busy else flow.TICK_IDLE)
+            period = flow.TICK_BUSY if busy else flow.TICK_IDLE
+            before = time.monotonic()
+            await asyncio.sleep(period)
             now = time.monotonic()
+            if now - before > period + flow.STALL and stalls < flow.MAX_STALLS:
+                # This process did not run for a while (a busy machine): what
+                # arrived meanwhile waits in socket buffers, unread.  Read it
+                # before taking anything for lost.
+                stalls += 1
+                continue
+            stalls = 0
             self.sessions.rotate(now)
             for entry in list(self._entries.values()):
                 try:

@@ -6,16 +6,24 @@ tests/fault/hostile.py.
 
 - A pull ends only with signed state: a forged unsigned SYNC ("length 0")
   from a man in the middle cannot end it, in the API or the CLI.
+- Address validation: requests "from" a spoofed address get at most 3x their
+  size back there; HELLOs without a cookie create nothing.
+- Answers only from the peer asked: a DATA spray barely slows a pull.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import sys
-from typing import Any, Callable, List, Tuple
+import time
+from typing import Any, List, Tuple
 
+import pytest
+
+from coremachine_embedded.encoding import DataMessage
 from coremachine_embedded.sync import Pulled, wire
-from tests.fault.hostile import Net, run
+from tests.fault.hostile import (Attacker, Net, Spoofer, Victim, resealing, run, settle,
+                                 start_hello_flood, stop_flood, wait_until)
 from tests.fault.udp_proxy import UDPProxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,21 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 Message = Tuple[int, bytes]
 
 
-def resealing(net: Net, change: Callable[[List[Message]], List[Message]]
-              ) -> Callable[[str, int, bytes], bytes]:
-    """A man in the middle with the key: each server->client envelope is
-    opened, its messages changed by ``change`` and sealed again under the
-    server's session, counter and cookie (so it passes every check)."""
-    wkey, dk = wire.wire_key(net.writer.key), net.writer.discovery_key
-
-    def rewrite(direction: str, seq: int, data: bytes) -> bytes:
-        plain = wire.unseal(wkey, data) if direction == "down" else None
-        if plain is None:
-            return data
-        p = wire.decode_payload(plain)
-        return wire.seal(wkey, dk, wire.encode_payload(p.session, p.counter, p.echo,
-                                                       change(p.messages)))
-    return rewrite
+def hello() -> Message:
+    return wire.HELLO, wire.Hello(wire.HELLO_PULL, os.urandom(8)).encode()
 
 
 def claim_nothing(messages: List[Message]) -> List[Message]:
@@ -117,3 +112,143 @@ def test_the_pull_command_exits_0_only_from_signed_state(tmp_path: Any) -> None:
         await proxy.close()
         await net.close()
     run(main)
+
+
+# --- address validation: no amplification, no state before it --------------------------
+
+def test_a_key_holder_cannot_amplify_through_the_server_to_a_spoofed_address(
+        tmp_path: Any) -> None:
+    """A key holder validated at its own address sends requests "from" a
+    victim's address (a raw socket): the victim gets at most 3x the bytes
+    spoofed, because cookies are bound to the address they were sent to.
+    The same requests from the attacker's own address are answered in full
+    (what the victim would have got: the attack is real)."""
+    why = Spoofer.available()
+    if why:
+        pytest.skip(why)
+
+    async def main() -> None:
+        net = await Net(str(tmp_path), n_blocks=512, block_size=1000).start()
+        victim = await Victim().start()
+        att, s = await net.greeted_session()
+        spoof = Spoofer()
+        c = net.server.counters
+
+        def run_message(i: int, start: int) -> Message:
+            return wire.RUN, wire.Run(i, 0, start, 256, 9).encode()
+        attacks = [
+            [s.envelope([run_message(1, 0)])],                                # one RUN
+            [s.envelope([run_message(10 + i, 256 * (i % 2)) for i in range(80)])],  # 80 in one
+            [s.envelope([(wire.REQUEST, wire.Request(200 + i, 0, block=(i, 9)).encode())
+                         for i in range(60)])],                               # requests
+            [s.envelope([hello()]) for _ in range(20)],                       # greetings
+            s.fragments(wire.REQUEST, wire.encode_messages([run_message(300 + i, 0)
+                                                            for i in range(400)])),
+        ]
+        sent = 0
+        for envelopes in attacks:
+            for env in envelopes:
+                spoof.send(env, victim.address, net.addr)
+                sent += len(env)
+        await settle(lambda: (victim.bytes, c.get("rx_envelopes", 0)), quiet=0.5)
+        assert c.get("requests_served", 0) == 0 and not c.get("dropped_flood")
+        assert victim.bytes <= 3 * sent, "%d bytes spoofed, %d bytes to the victim (%.0fx)" % (
+            sent, victim.bytes, victim.bytes / sent)
+        # the same first attack from the attacker's own address: a big answer
+        env = s.envelope([run_message(2, 0)])
+        att.send(env, net.addr)
+        answer = sum(len(d) for d in await att.drain(0.3))
+        assert answer > 50 * len(env), answer
+        spoof.close()
+        victim.close()
+        att.close()
+        await net.close()
+    run(main)
+
+
+async def timed_pull(net: Net, timeout: float = 90.0) -> float:
+    """Seconds for a fresh replica to pull the whole log (checked after)."""
+    core = net.replica()
+    ep, link = await net.endpoint()
+    t0 = time.perf_counter()
+    await asyncio.wait_for(ep.pull(core, link, net.addr), timeout)
+    seconds = time.perf_counter() - t0
+    net.check_replica(core)
+    return seconds
+
+
+def test_a_hello_flood_from_400_addresses_keeps_nothing_and_barely_slows_a_pull(
+        tmp_path: Any) -> None:
+    """HELLOs without a cookie from 400 source ports (1,000 a second) create
+    no peer and no replay window: each gets a stateless answer (at most 500
+    a second).  An honest 20,000-block pull under the flood takes at most 2x
+    its time alone (the fastest of three of each, alternated, so both see the
+    same machine load: the flood's cost is receiving and authenticating)."""
+    async def main() -> None:
+        net = await Net(str(tmp_path), n_blocks=20000, block_size=80).start()
+        entry = net.server._entries[net.writer.discovery_key]
+        c = net.server.counters
+        alone: List[float] = []
+        flooded: List[float] = []
+        for _ in range(3):
+            alone.append(await timed_pull(net))
+            before = c.get("hellos", 0)
+            flood = start_hello_flood(net, addresses=400, rate=1000)
+            try:
+                assert await wait_until(lambda: c.get("hellos", 0) - before > 400, 10)
+                flooded.append(await timed_pull(net))
+                answered = c.get("hellos", 0) - before
+            finally:
+                stop_flood(flood)
+            pulls = len(alone) + len(flooded)
+            assert answered > 500, answered
+            # the honest pullers are all the server keeps
+            assert len(entry.peers) <= pulls and len(net.server.sessions.windows) <= pulls
+        assert min(flooded) <= 2 * min(alone), (alone, flooded)
+        await net.close()
+    run(main, timeout=600)
+
+
+def test_a_data_spray_for_blocks_in_flight_barely_slows_a_pull(tmp_path: Any) -> None:
+    """A key holder (validated at its own address) sprays forged DATA for the
+    blocks an honest replica has in flight: answers are taken only from the
+    peer the requests went to, so a 20,000-block pull takes at most 2x its
+    time alone, and nothing forged is stored."""
+    async def main() -> None:
+        net = await Net(str(tmp_path), n_blocks=20000, block_size=80).start()
+        alone: List[float] = []
+        sprayed: List[float] = []
+        for _ in range(2):
+            alone.append(await timed_pull(net))
+            core = net.replica()
+            ep, link = await net.endpoint()
+            t0 = time.perf_counter()
+            pull = asyncio.ensure_future(ep.pull(core, link, net.addr))
+            att = Attacker()
+            s = net.session(att)
+            await s.handshake(link.address)   # the replica serves what it holds, to anyone
+            stop = asyncio.Event()
+
+            async def spray() -> None:   # 1,000 envelopes of 10 forged proofs a second
+                k = 0
+                while not stop.is_set():
+                    base = core.contiguous_length + 1
+                    for _ in range(2):
+                        s.send(link.address, [(wire.DATA, DataMessage(
+                            0, 0, block=(base + (k + j) % 2048, b"forged %d" % k, [])).encode())
+                            for j in range(10)])
+                        k += 10
+                    await asyncio.sleep(0.002)
+            task = asyncio.ensure_future(spray())
+            try:
+                await asyncio.wait_for(pull, 90)
+            finally:
+                stop.set()
+                await task
+            sprayed.append(time.perf_counter() - t0)
+            net.check_replica(core)
+            assert ep.counters.get("dropped_unsolicited", 0) > 1000, dict(ep.counters)
+            att.close()
+        assert min(sprayed) <= 2 * min(alone), (alone, sprayed)
+        await net.close()
+    run(main, timeout=600)
