@@ -397,6 +397,29 @@ class Download:
         return (sum(len(b) for bodies in self.ahead.values() for b in bodies)
                 + sum(ask.run.bytes for ask in self.inflight.values() if ask.run is not None))
 
+    def shed(self, needed: int) -> int:
+        """Give back at least ``needed`` bytes of what waits here (a memory
+        budget is spent), farthest ahead first: those blocks are asked for
+        again.  Returns the bytes given back."""
+        freed = 0
+        waiting = sorted([(i, "proof") for i in self.ahead] +
+                         [(i, "run") for i, a in self.inflight.items()
+                          if a.run is not None and a.run.values], reverse=True)
+        for index, kind in waiting:
+            if freed >= needed:
+                break
+            ask = self.inflight.get(index)
+            if kind == "proof":
+                freed += sum(len(b) for b in self.ahead.pop(index))
+            elif ask is not None and ask.run is not None:
+                freed += ask.run.bytes
+                ask.run = batch.Run(ask.run.start, ask.run.count)
+            if ask is not None:
+                ask.deadline = 0.0   # ask again
+                self._mark(ask)
+            self.counters.inc("dropped_memory")
+        return freed
+
     def _run_at(self, index: int) -> Optional[Ask]:
         """The in-flight run covering block ``index`` (runs are aligned)."""
         size = 1

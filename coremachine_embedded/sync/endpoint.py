@@ -38,6 +38,7 @@ from ..encoding import Reader
 from . import flow, serving, sessions, wire
 from .counters import Counters
 from .download import Ask, Download
+from .memory import COUNT_PERIOD, PEER_COST, Memory, default_budget, sizes
 from .outbox import Message, Outbox, Reassembly, budget, fragments
 
 log = logging.getLogger("coremachine_embedded.sync")
@@ -66,7 +67,7 @@ class Pulled(NamedTuple):
 class _Peer:
     """A remote endpoint as seen by one core."""
 
-    def __init__(self, link: Any, addr: Any, session: bytes) -> None:
+    def __init__(self, link: Any, addr: Any, session: bytes, memory: Memory) -> None:
         self.link = link
         self.addr = addr
         self.session = session
@@ -79,7 +80,7 @@ class _Peer:
         self.contiguous = 0
         self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
         self.outbox = Outbox()
-        self.reassembly = Reassembly()
+        self.reassembly = Reassembly(memory)
         self.limit = serving.RequestLimit()
         self.rtt = flow.Rtt()
         self.hello_sent = 0.0
@@ -134,15 +135,20 @@ class Endpoint:
     :param request_rate: requests per second served to one peer (a run counts as
         one), after a burst of ``serving.REQUEST_BURST``; beyond that they are
         dropped and counted as ``dropped_flood``.
+    :param memory: bytes this endpoint may hold for others: fragments, proofs
+        waiting, queued answers, peers (memory.py; default: a quarter of the
+        board profile's memory budget).
     """
 
     def __init__(self, window: int = 256, max_run: int = 64,
-                 request_rate: float = serving.REQUEST_RATE) -> None:
+                 request_rate: float = serving.REQUEST_RATE,
+                 memory: Optional[int] = None) -> None:
         self.window = window
         self.request_rate = request_rate
         self.max_run = max(1, min(max_run, wire.MAX_RUN))
         self.counters = Counters()
         self.sessions = sessions.Sessions()
+        self.memory = Memory(memory if memory is not None else default_budget())
         self.session = self.sessions.session
         self._counter = 0
         self._entries: Dict[bytes, _Entry] = {}
@@ -150,6 +156,7 @@ class Endpoint:
         self._frag_id = 1
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
+        self._counted = 0.0   # when what is held was last counted
 
     # --- setup ----------------------------------------------------------------------
 
@@ -313,23 +320,31 @@ class Endpoint:
         old = entry.peers.get(key)
         first = old is None or old.session != session
         if old is None or first:
-            peer = _Peer(link, addr, session)
-            if old is not None and entry.source_peer() is old:
-                if old.session:
+            peer = _Peer(link, addr, session, self.memory)
+            if old is not None:
+                old.reassembly.clear()
+                if entry.source_peer() is old and old.session:
                     entry.download.restart()  # the source restarted: ask it all again
-                else:  # the source we greet answered: its first round trip
+                elif entry.source_peer() is old:  # the source we greet answered: a first RTT
                     peer.hello_sent, peer.hellos = old.hello_sent, old.hellos
             entry.peers[key] = peer
-            for other in list(entry.peers):
-                if len(entry.peers) <= MAX_PEERS_PER_CORE:
-                    break
-                if entry.source is None or other != (id(entry.source[0]), entry.source[1]):
-                    del entry.peers[other]   # least recently seen first
+            while len(entry.peers) > MAX_PEERS_PER_CORE and self._forget_peer(entry):
+                pass
         else:
             peer = old
         entry.peers.move_to_end(key)
         peer.last_seen = time.monotonic()
         return peer, first
+
+    def _forget_peer(self, entry: _Entry) -> bool:
+        """Drop the least recently seen peer of ``entry`` (never the source)."""
+        source = entry.source_peer()
+        for key, peer in entry.peers.items():
+            if peer is not source:
+                del entry.peers[key]
+                peer.reassembly.clear()
+                return True
+        return False
 
     def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
@@ -393,7 +408,8 @@ class Endpoint:
             self._queue(entry, peer, kind, body)
 
     def _admit(self, peer: _Peer, request: int) -> bool:
-        return peer.limit.admit(request, self.request_rate, peer.outbox.full, self.counters)
+        return peer.limit.admit(request, self.request_rate,
+                                peer.outbox.full or self.memory.over, self.counters)
 
     def _answer(self, entry: _Entry, peer: _Peer, answer: serving.Answer) -> None:
         for kind, body in answer.messages:
@@ -421,7 +437,7 @@ class Endpoint:
             key = (id(link), addr)
             peer = entry.peers.get(key)
             if peer is None:  # a source we pull from: state we choose to keep
-                peer = entry.peers[key] = _Peer(link, addr, b"")
+                peer = entry.peers[key] = _Peer(link, addr, b"", self.memory)
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
         kind, body = self._hello_message(entry, _origin(link, addr))
@@ -552,12 +568,32 @@ class Endpoint:
                 continue
             stalls = 0
             self.sessions.rotate(now)
+            if now - self._counted > COUNT_PERIOD:
+                self._counted = now
+                self._budget()
             for entry in list(self._entries.values()):
                 try:
                     self._timeouts(entry, now)
                 except errors.CoreMachineError as e:  # a core that failed: report, go on
                     self.counters.inc("errors")
                     log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
+
+    def _budget(self) -> None:
+        """Count what is held for others; over the budget, give back the oldest."""
+        mem = self.memory
+        entries = list(self._entries.values())
+        held = [e.download.held_bytes() for e in entries]
+        mem.others = sizes(len(self.sessions.windows), {
+            (e.dk, k): p for e in entries for k, p in e.peers.items()}) + sum(held)
+        if not mem.over:
+            return
+        mem.reclaim_fragments(self.counters)
+        for entry in entries:   # the least recently seen peers of each core
+            while mem.over and len(entry.peers) > 1 and self._forget_peer(entry):
+                mem.others -= PEER_COST
+        for _, entry in sorted(zip(held, entries), key=lambda x: -x[0]):
+            if mem.over:   # the largest waiting first
+                mem.others -= entry.download.shed(mem.used - mem.limit)
 
     def _timeouts(self, entry: _Entry, now: float) -> None:
         if not entry.pulling or entry.source is None:

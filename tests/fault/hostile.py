@@ -419,7 +419,7 @@ def blocks(n: int, size: int = 150) -> List[bytes]:
 class Net:
     """A writer served by one endpoint on a UDP socket, and honest replicas."""
 
-    def __init__(self, base: str, n_blocks: int = 64, block_size: int = 150,
+    def __init__(self, base: str, n_blocks: int = 64, block_size: int = 150, mtu: int = 1200,
                  **server_options: Any) -> None:
         self.base = base
         self.writer = Core(os.path.join(base, "writer"), key_pair=KeyPair.generate(),
@@ -428,7 +428,8 @@ class Net:
         for i in range(0, n_blocks, 16):          # several signed states
             self.writer.append(data[i:i + 16])
         self.server = Endpoint(**server_options)
-        self.server_link = UDPLink(LOCAL, 0)
+        self.mtu = mtu                            # the honest endpoints' too
+        self.server_link = UDPLink(LOCAL, 0, mtu=mtu)
         self.endpoints: List[Endpoint] = [self.server]
         self.cores: List[Core] = [self.writer]
         self._n = 0
@@ -463,7 +464,7 @@ class Net:
 
     async def endpoint(self, **kw: Any) -> Tuple[Endpoint, UDPLink]:
         ep = Endpoint(**kw)
-        link = UDPLink(LOCAL, 0)
+        link = UDPLink(LOCAL, 0, mtu=self.mtu)
         await ep.attach(link)
         self.endpoints.append(ep)
         return ep, link

@@ -21,9 +21,9 @@ from typing import Any, List, Tuple
 import pytest
 
 from coremachine_embedded.encoding import DataMessage
-from coremachine_embedded.sync import Pulled, wire
-from tests.fault.hostile import (Attacker, Net, Spoofer, Victim, resealing, run, settle,
-                                 start_hello_flood, stop_flood, wait_until)
+from coremachine_embedded.sync import Pulled, memory, wire
+from tests.fault.hostile import (Attacker, Net, Spoofer, Victim, resealing, rss_bytes, run,
+                                 settle, start_hello_flood, stop_flood, wait_until)
 from tests.fault.udp_proxy import UDPProxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -252,3 +252,51 @@ def test_a_data_spray_for_blocks_in_flight_barely_slows_a_pull(tmp_path: Any) ->
         assert min(sprayed) <= 2 * min(alone), (alone, sprayed)
         await net.close()
     run(main, timeout=600)
+
+
+# --- one memory budget ------------------------------------------------------------------
+
+def test_a_fragment_flood_from_32_addresses_stays_within_the_memory_budget(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """32 key holders, each validated at its own address, send fragments of
+    messages that never complete (about 80 MB in all, 8 KB datagrams) while
+    an honest replica pulls.  The server runs with the default budget of a
+    Raspberry Pi Zero 2 W (a quarter of its 64 MB): what it holds stays
+    within it (sampled throughout), its resident size grows by at most the
+    budget (plus 16 MiB for the interpreter's own churn), and the pull
+    completes."""
+    monkeypatch.setenv("COREMACHINE_BOARD", "no-such-board")   # falls back to generic-linux
+    assert memory.default_budget() == (256 << 20) // memory.SYNC_SHARE
+    monkeypatch.setenv("COREMACHINE_BOARD", "rpi-zero-2w")
+    budget = 16 << 20
+
+    async def main() -> None:
+        net = await Net(str(tmp_path), n_blocks=2000, block_size=100, mtu=8192).start()
+        mem = net.server.memory
+        assert mem.limit == budget
+        attackers = [await net.greeted_session() for _ in range(32)]
+        rss0 = rss_bytes()
+        honest = asyncio.ensure_future(net.honest_pull(timeout=120))
+        c = net.server.counters
+        chunk = os.urandom(8192 - wire.OVERHEAD - 25 - 16)
+        peak = sent = 0
+        for round_ in range(300):                 # 32 x 300 x 8 KB: about 80 MB
+            target = c.get("rx_envelopes", 0) + len(attackers)
+            for att, s in attackers:              # 8 sets each, parts 0, 1, ... of 1000
+                fid, part = round_ % 8, round_ // 8
+                s.attacker.send(s.envelope([(wire.FRAGMENT, wire.Fragment(
+                    fid, part, 1000, chunk).encode())]), net.addr)
+                sent += len(chunk)
+            await wait_until(lambda: c.get("rx_envelopes", 0) >= target, 2)
+            peak = max(peak, mem.used)
+            assert mem.fragments <= mem.limit, (round_, mem.fragments)
+        grown = rss_bytes() - rss0
+        await asyncio.wait_for(honest, 120)
+        assert sent > 4 * budget
+        assert peak <= mem.limit + 8192, peak
+        assert c.get("dropped_memory", 0) > 0, dict(c)
+        assert grown <= budget + (16 << 20), "RSS grew %.1f MiB" % (grown / 2**20)
+        for att, _ in attackers:
+            att.close()
+        await net.close()
+    run(main, timeout=300)
