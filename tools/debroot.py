@@ -6,9 +6,9 @@ into a folder: no root, no chroot, no binfmt_misc.  Two uses:
 
 * :func:`python_headers`: the target's Python headers (libpython3.11-dev),
   for cross-compiling the extension;
-* :func:`python_userland`: a Python 3.11 of that architecture, with its
-  libraries, run under qemu-user as ``qemu-arm -L ROOT ROOT/usr/bin/python3.11``
-  (:func:`run_python`).
+* :func:`python_userland`: a Python 3.11 of that architecture with its
+  libraries and pip (as Raspberry Pi OS ships them), run under qemu-user as
+  ``qemu-arm -L ROOT ROOT/usr/bin/python3.11`` (:func:`run_python`).
 
 apt needs the architecture in dpkg's list and its package lists
 (``sh .ci/ensure-deps.sh --cross`` adds both).  Everything lives under
@@ -144,21 +144,10 @@ def python_headers(arch: Arch) -> List[Path]:
 
 
 def python_userland(arch: Arch) -> Path:
-    """A Python of ``arch`` with its standard library compiled, and Debian's
-    pip wheel (``/usr/share/python-wheels``); never libsodium."""
-    root = assemble("python", arch, ["python%s" % PYTHON_VERSION, "python3-pip-whl"])
-    stamp = root / ".stdlib-compiled"
-    with _Locked(CACHE / (root.name + ".lock")):
-        if not stamp.exists():
-            # Debian compiles the standard library when the package is installed;
-            # unpacked .debs have no .pyc, and every start would pay for it.
-            r = run_python(arch, root, ["-m", "compileall", "-q", "-j", "0", "-x", "/test/",
-                                        str(root / "usr" / "lib" / ("python" + PYTHON_VERSION))],
-                           timeout=1200)
-            if r.returncode not in (0, 1):  # 1: a few test files that do not compile, by design
-                raise DebrootError("compileall in %s failed: %s" % (root, r.stderr[-2000:]))
-            stamp.touch()
-    return root
+    """A Python of ``arch`` with Debian's pip (as Raspberry Pi OS has them); never
+    libsodium.  Unpacked .debs come without .pyc files: the guest writes them
+    into the tree on first import (unless PYTHONDONTWRITEBYTECODE is set)."""
+    return assemble("python", arch, ["python%s" % PYTHON_VERSION, "python3-pip"])
 
 
 def interpreter(root: Path) -> Path:

@@ -167,14 +167,13 @@ def test_foreign_wheel_under_qemu(machine: str, wheels: Dict[str, Path], depende
                                   timeout=timeout, cwd=str(tmp_path))
 
     venv = tmp_path / "venv"
-    # The guest cannot start programs of its own architecture (no binfmt_misc
-    # needed): a venv without pip, then Debian's pip run from its wheel.
-    r = debroot.run_python(arch, root, ["-m", "venv", "--without-pip", "--copies", str(venv)],
-                           env=env, timeout=300)
+    # As on Raspberry Pi OS: a venv that sees Debian's pip.  No `ensurepip`: the
+    # guest cannot start programs of its own architecture (no binfmt_misc).
+    r = debroot.run_python(arch, root, ["-m", "venv", "--without-pip", "--system-site-packages",
+                                        "--copies", str(venv)], env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    (pip_wheel,) = (root / "usr" / "share" / "python-wheels").glob("pip-*.whl")
-    r = guest([str(pip_wheel / "pip"), "install", "--no-index", "--find-links",
-               str(dependencies), str(wheels[machine])])
+    r = guest(["-m", "pip", "install", "--no-index", "--find-links", str(dependencies),
+               str(wheels[machine])])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Successfully installed coremachine-embedded" in r.stdout
     (tmp_path / "work").mkdir()
@@ -183,3 +182,12 @@ def test_foreign_wheel_under_qemu(machine: str, wheels: Dict[str, Path], depende
     assert str(summary["python"]).startswith(debroot.PYTHON_VERSION + ".")
     cli = guest(["-m", "coremachine_embedded", "--help"], timeout=300)
     assert cli.returncode == 0 and "serve" in cli.stdout, cli.stderr
+    if machine == "armv7l":
+        # 32-bit Raspberry Pi OS on a Pi 4 or 5 boots a 64-bit kernel: `uname -m`
+        # says aarch64 there, and pip must still take this wheel.
+        tag = wheels[machine].name.split("-", 2)[2][:-len(".whl")]
+        env["_PYTHON_HOST_PLATFORM"] = "linux-aarch64"  # what sysconfig reports there
+        r = guest(["-c", "from pip._vendor.packaging import tags; "
+                         "print('\\n'.join(map(str, tags.sys_tags())))"], timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert tag in r.stdout.split(), (tag, r.stdout[:500])
