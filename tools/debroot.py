@@ -161,8 +161,10 @@ def run_python(arch: Arch, root: Path, args: Sequence[str], *,
     """Runs ``python args`` (default: the userland's interpreter) under qemu-user.
 
     ``-L root`` makes the guest's loader and absolute paths look in ``root``
-    first.  The guest cannot start other programs (that would need
-    binfmt_misc), so everything it does happens in this one process.
+    first; a path missing there falls back to the host's file (so the host's
+    own armhf/arm64 libraries stay reachable by their usual names).  The
+    guest cannot start other programs (that would need binfmt_misc), so
+    everything it does happens in this one process.
     """
     if arch.qemu is None:
         raise DebrootError("%s runs natively" % arch.machine)

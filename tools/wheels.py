@@ -1,9 +1,10 @@
 """``make wheels``: wheels for x86_64, aarch64 and armv7l (64- and 32-bit
 Raspberry Pi OS Bookworm: CPython 3.11, glibc 2.36), built on this machine.
 
-1. ``pip wheel .`` builds the wheel for this machine (setup.py, its own build
-   environment); its pure-Python files, board profiles and metadata are the
-   same for every architecture.
+1. ``pip wheel`` builds the wheel for this machine (setup.py, in pip's own
+   build environment) from a copy of the source tree, so the checkout is left
+   as it was; its pure-Python files, board profiles and metadata are the same
+   for every architecture.
 2. For each other architecture the extension is compiled again with that
    architecture's cross compiler (``arm-linux-gnueabihf-gcc``, ...), from the
    sources, include directories and flags setup.py declares, against Debian
@@ -47,23 +48,32 @@ def _build_env() -> "dict[str, str]":
     return env
 
 
-def native_wheel(work: Path) -> Path:
-    """``pip wheel .``: this machine's wheel, as setup.py builds it."""
+def source_copy(work: Path) -> Path:
+    """The source tree without what builds and tests leave in it."""
+    src = work / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".cache", ".venv", "build", "dist", "node_modules", "*.egg-info", "*.so",
+        "_core.c", "__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache"))
+    return src
+
+
+def native_wheel(src: Path, work: Path) -> Path:
+    """``pip wheel``: this machine's wheel, as setup.py builds it."""
     out = work / "native"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                    "--disable-pip-version-check", "--wheel-dir", str(out), str(REPO)],
+                    "--disable-pip-version-check", "--wheel-dir", str(out), str(src)],
                    check=True, env=_build_env(), timeout=1800)
     (wheel,) = out.glob("*.whl")
     return wheel
 
 
-def extension_spec() -> Any:
+def extension_spec(src: Path) -> Any:
     """setup.py's Extension (sources after Cython, include dirs, flags, libraries)."""
-    import setuptools  # noqa: F401  (first: it provides distutils)
+    import setuptools  # type: ignore[import-untyped]  # noqa: F401  (first: it provides distutils)
     from distutils.core import run_setup
     saved_cwd, saved_impl = os.getcwd(), os.environ.pop("COREMACHINE_IMPL", None)
     try:
-        os.chdir(REPO)
+        os.chdir(src)
         dist = run_setup("setup.py", stop_after="init")
     finally:
         os.chdir(saved_cwd)
@@ -74,16 +84,16 @@ def extension_spec() -> Any:
     return dist.ext_modules[0]
 
 
-def cross_compile(arch: Arch, ext: Any, target: Path) -> None:
+def cross_compile(arch: Arch, ext: Any, src: Path, target: Path) -> None:
     """Compiles ``ext`` for ``arch`` into ``target`` with ``<triplet>-gcc``."""
     cc = arch.triplet + "-gcc"
     if shutil.which(cc) is None:
         raise wheelrepair.RepairError("%s is missing: sh .ci/ensure-deps.sh --wheels" % cc)
-    includes = [str(REPO / d) for d in ext.include_dirs] + \
+    includes = [str(src / d) for d in ext.include_dirs] + \
         [str(d) for d in debroot.python_headers(arch)]
     macros = ["-D%s=%s" % (k, v) if v is not None else "-D" + k for k, v in ext.define_macros]
     cmd = ([cc] + OPT + list(ext.extra_compile_args) + macros + ["-I" + d for d in includes]
-           + [str(REPO / s) for s in ext.sources] + list(ext.extra_link_args)
+           + [str(src / s) for s in ext.sources] + list(ext.extra_link_args)
            + ["-l" + lib for lib in ext.libraries] + ["-o", str(target)])
     subprocess.run(cmd, check=True, timeout=1800)
 
@@ -92,8 +102,8 @@ def _extension_in(tree: Path) -> List[Path]:
     return sorted((tree / PACKAGE).glob("_core.*.so"))
 
 
-def make_wheel(native: Path, arch: Arch, out_dir: Path, work: Path) -> Path:
-    """The repaired wheel for ``arch``, from the native wheel."""
+def make_wheel(native: Path, src: Path, arch: Arch, out_dir: Path, work: Path) -> Path:
+    """The repaired wheel for ``arch``, from the native wheel (and ``src``)."""
     tree = work / arch.machine
     shutil.rmtree(tree, ignore_errors=True)
     with zipfile.ZipFile(native) as zf:
@@ -112,7 +122,7 @@ def make_wheel(native: Path, arch: Arch, out_dir: Path, work: Path) -> Path:
             path.unlink()
         extension = tree / PACKAGE / ("_core.cpython-%s-%s.so"
                                       % (PYTHON_VERSION.replace(".", ""), arch.triplet))
-        cross_compile(arch, extension_spec(), extension)
+        cross_compile(arch, extension_spec(src), src, extension)
         cc, prefix = arch.triplet + "-gcc", arch.triplet + "-"
         tag = "cp{0}-cp{0}".format(PYTHON_VERSION.replace(".", ""))
     subprocess.run([prefix + "strip", "--strip-unneeded", str(extension)], check=True)
@@ -127,10 +137,11 @@ def build(machines: Sequence[str], out_dir: Path) -> List[Path]:
     """Builds the wheels for ``machines`` into ``out_dir``; returns their paths."""
     with tempfile.TemporaryDirectory(prefix="cm-wheels-") as tmp:
         work = Path(tmp)
-        native = native_wheel(work)
+        src = source_copy(work)
+        native = native_wheel(src, work)
         wheels = []
         for machine in machines:
-            wheel = make_wheel(native, ARCHES[machine], out_dir, work)
+            wheel = make_wheel(native, src, ARCHES[machine], out_dir, work)
             print("built %s" % wheel)
             wheels.append(wheel)
         return wheels
