@@ -43,9 +43,9 @@ OPT = ["-O2", "-fwrapv", "-DNDEBUG", "-fPIC", "-shared", "-Wl,-O1"]
 
 
 def _build_env() -> "dict[str, str]":
-    env = dict(os.environ)
-    env.pop("COREMACHINE_IMPL", None)  # =python would build no extension
-    return env
+    # The wheels must carry the extension: a build that cannot make it fails
+    # (setup.py says why) instead of falling back to the pure-Python backend.
+    return dict(os.environ, COREMACHINE_IMPL="c")
 
 
 def source_copy(work: Path) -> Path:
@@ -71,14 +71,15 @@ def extension_spec(src: Path) -> Any:
     """setup.py's Extension (sources after Cython, include dirs, flags, libraries)."""
     import setuptools  # type: ignore[import-untyped]  # noqa: F401  (first: it provides distutils)
     from distutils.core import run_setup
-    saved_cwd, saved_impl = os.getcwd(), os.environ.pop("COREMACHINE_IMPL", None)
+    saved_cwd, saved_env = os.getcwd(), dict(os.environ)
     try:
         os.chdir(src)
+        os.environ.update(_build_env())
         dist = run_setup("setup.py", stop_after="init")
     finally:
         os.chdir(saved_cwd)
-        if saved_impl is not None:
-            os.environ["COREMACHINE_IMPL"] = saved_impl
+        os.environ.clear()
+        os.environ.update(saved_env)
     if not dist.ext_modules:
         raise wheelrepair.RepairError("setup.py declares no extension to cross-compile")
     return dist.ext_modules[0]
