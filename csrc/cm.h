@@ -350,6 +350,8 @@ typedef enum cm_durability {
 #define CM_DEFAULT_CHECKPOINT_BYTES (1u << 20)
 #define CM_DEFAULT_MAX_BLOCK (15u << 20)
 #define CM_MAX_APPEND_BYTES (64u << 20)
+#define CM_MAX_APPEND_BLOCKS (1u << 20)              /* blocks in one cm_core_append */
+#define CM_MAX_LENGTH (UINT64_C(1) << 62)            /* a log's length, at most */
 
 typedef struct cm_open_opts {
     const cm_io *io;                 /* required */
