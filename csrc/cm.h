@@ -42,7 +42,7 @@ typedef enum cm_err {
     CM_ERR_INVALID = -1,       /* bad argument (wrong size, bad option)          */
     CM_ERR_IO = -2,            /* a file operation failed (see cm_core_errno)    */
     CM_ERR_CORRUPT = -3,       /* store content failed a check (see err_file)    */
-    CM_ERR_VERSION = -4,       /* store written by a newer format version        */
+    CM_ERR_VERSION = -4,       /* store in a format version this one cannot read  */
     CM_ERR_NOMEM = -5,         /* allocation failed                              */
     CM_ERR_RANGE = -6,         /* index or length out of range                   */
     CM_ERR_READONLY = -7,      /* write on a core without the secret key         */

@@ -257,8 +257,10 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
     use = (valid[0] && valid[1]) ? (h[1].seq > h[0].seq ? 1 : 0) : (valid[0] ? 0 : 1);
     rec->header_slot = use;
     if (!valid[1 - use] && !cm__is_zero(slots[1 - use], SLOT_SIZE)) rec->header_fallback = 1;
-    if (h[use].format_version > CM_FORMAT_VERSION) return cm__fail(c, CM_ERR_VERSION, CM_FILE_HEADER);
-    if (h[use].format_version != CM_FORMAT_VERSION) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
+    /* Older versions too: a store of a format without a migration to this
+     * one is not read (docs/format.md, "Changing the format"). */
+    if (h[use].format_version != CM_FORMAT_VERSION)
+        return cm__fail(c, CM_ERR_VERSION, CM_FILE_HEADER);
     if ((rc = load_header(c, &h[use], o)) != CM_OK) return rc;
 
     if ((rc = cm__replay(c, rec, &torn)) != CM_OK) return rc;

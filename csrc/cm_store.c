@@ -17,7 +17,7 @@ const char *cm_strerror(int err) {
     case CM_ERR_INVALID: return "invalid argument";
     case CM_ERR_IO: return "a file operation failed";
     case CM_ERR_CORRUPT: return "the store is damaged";
-    case CM_ERR_VERSION: return "the store was written by a newer format version";
+    case CM_ERR_VERSION: return "the store is in a format version this library does not read";
     case CM_ERR_NOMEM: return "out of memory";
     case CM_ERR_RANGE: return "out of range";
     case CM_ERR_READONLY: return "the core was opened without its secret key";

@@ -24,6 +24,7 @@
 /* ---- the on-disk format (docs/format.md); _pure/store.py has the same ---- */
 
 #define SLOT_SIZE 4096u   /* a header slot */
+#define BODY_STABLE 16u   /* magic, format_version, seq: the same in every format version */
 #define BODY_FIXED 136u   /* fixed part of a slot body */
 #define HF_COMPAT 1u      /* header flags */
 #define HF_MANIFEST 2u

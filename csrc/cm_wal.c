@@ -40,13 +40,16 @@ static size_t hdr_encode(const cm_core *c, uint64_t seq, uint64_t gen, uint8_t *
 int cm__hdr_parse(const uint8_t *slot, size_t n, cm__hdr *h) {
     uint32_t body_len;
     const uint8_t *b = slot + 8;
-    if (n < 8 + BODY_FIXED) return 0;
+    if (n < 8 + BODY_STABLE) return 0;
     body_len = cm__get_u32(slot + 4);
-    if (body_len < BODY_FIXED || body_len > SLOT_SIZE - 8 || body_len > n - 8) return 0;
+    if (body_len < BODY_STABLE || body_len > SLOT_SIZE - 8 || body_len > n - 8) return 0;
     if (cm_crc32(0, slot + 4, 4 + (size_t)body_len) != cm__get_u32(slot)) return 0;
     if (memcmp(b, "CMEH", 4) != 0) return 0;
     h->format_version = cm__get_u32(b + 4);
     h->seq = cm__get_u64(b + 8);
+    /* Another format version: valid, refused on open (its layout is unknown). */
+    if (h->format_version != CM_FORMAT_VERSION) return 1;
+    if (body_len < BODY_FIXED) return 0;
     h->flags = cm__get_u32(b + 16);
     memcpy(h->key, b + 24, 32);
     h->fork = cm__get_u64(b + 56);
@@ -59,7 +62,6 @@ int cm__hdr_parse(const uint8_t *slot, size_t n, cm__hdr *h) {
     h->manifest_len = cm__get_u16(b + 130);
     h->sig = b + BODY_FIXED;
     h->manifest = b + BODY_FIXED + h->sig_len;
-    if (h->format_version != CM_FORMAT_VERSION) return 1; /* checked by the caller */
     if ((uint32_t)BODY_FIXED + h->sig_len + h->manifest_len != body_len) return 0;
     return 1;
 }

@@ -13,7 +13,7 @@ from .crypto import (Verifier, aead_open, aead_seal, default_manifest, discovery
                      sign, tree_hash, verify)
 from .flat import full_roots
 from ..proofs import ApplyResult, Check
-from .store import Log
+from .opening import Log
 from .table import Table
 
 NAME = "python"
