@@ -322,7 +322,7 @@ int cm_core_apply_run(cm_core *c, uint64_t start, const cm_buf *values, size_t n
     c->err_file = CM_FILE_NONE;
     *stored = 0;
     if (c->writable) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
-    if (n < 2 || n > 256 || (n & (n - 1)) != 0 || start % n != 0 ||
+    if (n < 2 || n > CM_MAX_RUN || (n & (n - 1)) != 0 || start % n != 0 ||
         start >= CM_MAX_LENGTH || start + n > c->length)
         return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
     if (c->contiguous <= start) return cm__fail(c, CM_ERR_UNAVAILABLE, CM_FILE_NONE);

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from .. import caps
+from ..caps import Durability
 from ..encoding import Manifest, Node
-from ..errors import (CoreMachineError, FormatVersionError, InvalidArgumentError,
+from ..errors import (ArgumentTypeError, CoreMachineError, FormatVersionError, InvalidArgumentError,
                       InvalidProofError, KeyMismatchError, StoreNotFoundError, need_bytes)
 from ..storage import CREATE, PRIVATE, File, FileStorage
 from .blocks import Blocks
@@ -21,8 +22,6 @@ from .store import HF_COMPAT, HF_MANIFEST, NODE_SLOT, SLOT_SIZE
 from .wal import _parse_slot, _Slot
 from .writer import Writer
 
-_DURABILITY = {"sync": 0, "batch": 1, "none": 2}
-
 
 class Log(Writer, Replica, Blocks):
     """A signed log in a store.  Not thread-safe (the Python layer locks)."""
@@ -30,10 +29,10 @@ class Log(Writer, Replica, Blocks):
     def __init__(self, storage: Any, *, create: bool = False,
                  secret_key: Optional[bytes] = None, key: Optional[bytes] = None,
                  manifest: Optional[bytes] = None, compat: bool = False,
-                 durability: str = "sync", checkpoint_bytes: int = 0,
+                 durability: Durability = Durability.SYNC, checkpoint_bytes: int = 0,
                  max_block_size: int = 0) -> None:
-        if durability not in _DURABILITY:
-            raise InvalidArgumentError("durability must be one of %s" % ", ".join(_DURABILITY))
+        if not isinstance(durability, Durability):
+            raise ArgumentTypeError("durability must be a Durability")
         self.durability = durability
         self._checkpoint_bytes = checkpoint_bytes or caps.DEFAULT_CHECKPOINT_BYTES
         self._max_block = max_block_size or caps.DEFAULT_MAX_BLOCK

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence
 
+from .. import caps
 from ..encoding import DataMessage, Manifest, Node
 from ..errors import (BlockNotAvailableError, ForkError, InvalidArgumentError,
                       InvalidProofError, TooLargeError, need_bytes)
@@ -120,10 +121,10 @@ class Replica(Wal, TreeFile):
         n = len(values)
         if self._secret_key is not None:
             raise InvalidArgumentError("a writer does not take runs")
-        if (n < 2 or n > 256 or n & (n - 1) or start % n or start >= 1 << 61
-                or start + n > self.length):
-            raise InvalidArgumentError("a run is 2..256 blocks (a power of two) at a multiple "
-                                       "of its size, inside the log")
+        if (n < 2 or n > caps.MAX_RUN or n & (n - 1) or start % n
+                or start >= caps.MAX_LENGTH or start + n > self.length):
+            raise InvalidArgumentError("a run is 2..%d blocks (a power of two) at a multiple "
+                                       "of its size, inside the log" % caps.MAX_RUN)
         if self.contiguous <= start:
             raise BlockNotAvailableError("the run's first block is not held yet")
         if self.contiguous >= start + n:

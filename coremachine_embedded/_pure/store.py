@@ -18,8 +18,10 @@ backend is the reference model: both write the same files byte for byte.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Dict, List, Optional
 
+from ..caps import Durability
 from ..encoding import Manifest, Node
 from ..errors import ClosedError, CorruptionError, ReadOnlyError, StorageError
 from ..storage import File
@@ -37,6 +39,8 @@ RF_TRUNCATE = 1      # record flags
 RF_SIGNATURE = 2
 RF_MANIFEST = 4
 NODE_SLOT = 40       # a node in `tree`: u64 size, hash
+TREE_NODE = struct.Struct("<Q32s")    # NODE_SLOT bytes; all zero: absent
+ZERO_NODE = bytes(NODE_SLOT)
 NODE_ENTRY = 48      # a node in a record: u64 index, u64 size, hash
 MAX_RECORD = 256 << 20   # payload bytes accepted on replay
 
@@ -45,7 +49,7 @@ class StoreState:
     """What a store holds in memory (csrc/cm_store.h's struct cm_core)."""
 
     # options
-    durability: str
+    durability: Durability
     _checkpoint_bytes: int
     _max_block: int
     # files

@@ -11,8 +11,7 @@ from ..encoding import Node
 from ..errors import ArgumentTypeError, BlockNotAvailableError, OutOfRangeError
 from . import flat
 from .crypto import hash_parent, tree_hash
-from .store import NODE_SLOT, StoreState
-from .wal import _TREE_NODE, _ZERO_NODE
+from .store import NODE_SLOT, TREE_NODE, ZERO_NODE, StoreState
 
 
 def spanning_ancestors(n: int) -> List[int]:
@@ -38,9 +37,9 @@ class TreeFile(StoreState):
 
     def _read_node(self, index: int) -> Optional[Node]:
         raw = self._tree.read(NODE_SLOT, NODE_SLOT * index)
-        if len(raw) < NODE_SLOT or raw == _ZERO_NODE:
+        if len(raw) < NODE_SLOT or raw == ZERO_NODE:
             return None
-        size, digest = _TREE_NODE.unpack(raw)
+        size, digest = TREE_NODE.unpack(raw)
         return (index, size, digest)
 
     def _read_held(self, index: int) -> Node:

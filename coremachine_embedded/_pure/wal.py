@@ -10,19 +10,18 @@ import zlib
 from typing import List, Optional, Sequence
 
 from .. import caps
+from ..caps import Durability
 from ..encoding import Node
 from ..errors import TooLargeError
-from .store import (BODY_STABLE, MAGIC, MAX_RECORD, NODE_ENTRY, NODE_SLOT, RF_MANIFEST, RF_SIGNATURE,
-                    RF_TRUNCATE, SLOT_SIZE, StoreState)
+from .store import (BODY_STABLE, MAGIC, MAX_RECORD, NODE_ENTRY, NODE_SLOT, RF_MANIFEST,
+                    RF_SIGNATURE, RF_TRUNCATE, SLOT_SIZE, TREE_NODE, ZERO_NODE, StoreState)
 
 _HEADER = struct.Struct("<4sIQII32sQQQQ32sQHHI")       # BODY_FIXED bytes
 _STABLE = struct.Struct("<4sIQ")                        # BODY_STABLE bytes
 _RECORD = struct.Struct("<QQQIIQQQQ32sQQQQIIHHI")      # REC_FIXED bytes
 _FRAME = struct.Struct("<II")
-_TREE_NODE = struct.Struct("<Q32s")                     # NODE_SLOT bytes in `tree`
 _WAL_NODE = struct.Struct("<QQ32s")                     # NODE_ENTRY bytes in a record
 _U64 = struct.Struct("<Q")
-_ZERO_NODE = bytes(_TREE_NODE.size)
 _U64_MAX = (1 << 64) - 1
 
 
@@ -229,18 +228,18 @@ class Wal(StoreState):
             self._tree.truncate(NODE_SLOT * tree_truncate)
             self._data.truncate(data_truncate)
             for i in clear:
-                self._tree.write(_ZERO_NODE, NODE_SLOT * i)
+                self._tree.write(ZERO_NODE, NODE_SLOT * i)
         # Write nodes in runs of consecutive indexes: one write per run.
         run_start = -1
         run: List[bytes] = []
         for index, size, digest in sorted(nodes):
             if run and index == run_start + len(run):
-                run.append(_TREE_NODE.pack(size, digest))
+                run.append(TREE_NODE.pack(size, digest))
                 continue
             if run:
                 self._tree.write(b"".join(run), NODE_SLOT * run_start)
             run_start = index
-            run = [_TREE_NODE.pack(size, digest)]
+            run = [TREE_NODE.pack(size, digest)]
         if run:
             self._tree.write(b"".join(run), NODE_SLOT * run_start)
         if data:
@@ -281,7 +280,7 @@ class Wal(StoreState):
             self._wal_offset += len(frame)
             self._seq += 1
             self._prev_crc = crc
-            if self.durability == "sync" or flags & RF_TRUNCATE:
+            if self.durability == Durability.SYNC or flags & RF_TRUNCATE:
                 self._wal.sync()
                 self._durable_count = self._seq
                 self._unsynced = False

@@ -567,7 +567,7 @@ class Endpoint:
         """Levels above leaf 2*index that neither the store nor an in-flight
         proof provides: the nodes this block's proof will bring (per level,
         the node on the path and its sibling)."""
-        levels = entry.core._log.missing_nodes(index)  # what the store lacks (C)
+        levels = entry.core.missing_nodes(index)  # what the store lacks
         promised = entry.promised
         nodes = []
         x = 2 * index
