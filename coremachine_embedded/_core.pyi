@@ -6,8 +6,6 @@ returns the module) and match the compiled module
 """
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from typing_extensions import disjoint_base
-
 from .caps import Durability
 from .encoding import Node
 from .proofs import ApplyResult as ApplyResult, Check as Check
@@ -32,7 +30,6 @@ def check_proof(key: bytes, manifest: Optional[bytes], roots: List[Node],
 def aead_seal(key: bytes, nonce: bytes, ad: bytes, message: bytes) -> bytes: ...
 def aead_open(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> Optional[bytes]: ...
 
-@disjoint_base
 class Log:
     def __init__(self, storage: Any, *, create: bool = False,
                  secret_key: Optional[bytes] = None, key: Optional[bytes] = None,
@@ -83,7 +80,6 @@ class Log:
     def apply_proof(self, message: bytes) -> ApplyResult: ...
     def apply_run(self, start: int, values: Sequence[bytes]) -> int: ...
 
-@disjoint_base
 class Table:
     def __new__(cls, n_states: int, n_events: int) -> "Table": ...
     def set(self, state: int, event: int, candidates: Tuple[Any, ...]) -> None: ...

@@ -52,7 +52,7 @@ def test_the_selected_backend_has_every_name_of_the_contract() -> None:
         assert hasattr(_backend.impl, name), name
 
 
-def test_the_stub_matches_the_compiled_extension() -> None:
+def test_the_stub_matches_the_compiled_extension(tmp_path) -> None:
     pytest.importorskip("mypy", reason="mypy is not installed (sh .ci/ensure-deps.sh --test)")
     try:
         from coremachine_embedded import _core
@@ -65,7 +65,12 @@ def test_the_stub_matches_the_compiled_extension() -> None:
     assert public <= _contract_names(), "exported by _core, not in the contract"
     # Names the stub leaves out (the module's own imports) are not errors;
     # every name it has must match the runtime, parameters and kinds alike.
+    # (Newer mypy wants extension classes marked @disjoint_base, which older
+    # typeshed lacks: that one remark is allowed for the two classes.)
+    allow = tmp_path / "allowlist"
+    allow.write_text("coremachine_embedded._core.Log\ncoremachine_embedded._core.Table\n")
     proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "--ignore-missing-stub",
+                           "--allowlist", str(allow), "--ignore-unused-allowlist",
                            "coremachine_embedded._core"], cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
