@@ -17,11 +17,9 @@ PURE = os.path.join(ROOT, "coremachine_embedded", "_pure")
 STORE_LAYERS = {"store": 0, "wal": 1, "treefile": 1, "blocks": 2, "writer": 3, "replica": 3,
                 "opening": 4}
 MAX_LINES = 600
-# Files other branches are splitting (issue 9, lines 5 and 6): remove each
+# Files still to be split (issue 9, line 6 and the JSON encoder): remove each
 # entry when its split lands; the test then holds it to the limit.
-OVER_LIMIT_FOR_NOW = {"coremachine_embedded/coremachine.py",
-                      "coremachine_embedded/sync/replicator.py",
-                      "coremachine_embedded/_json.py"}
+OVER_LIMIT_FOR_NOW = {"coremachine_embedded/coremachine.py", "coremachine_embedded/_json.py"}
 
 
 def _c_files() -> Dict[str, str]:
