@@ -48,12 +48,6 @@ def needed(path: Path) -> List[str]:
     return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", _readelf("-d", path))
 
 
-def runpath(path: Path) -> List[str]:
-    """The RUNPATH (or RPATH) entries of an ELF file."""
-    return re.findall(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[([^\]]+)\]",
-                      _readelf("-d", path))
-
-
 def glibc_versions(path: Path) -> List[Tuple[int, int]]:
     """The ``GLIBC_x.y`` versions an ELF file needs, from its version-needs section."""
     text = _readelf("-V", path)

@@ -20,6 +20,7 @@ all three).  docs/wheels.md says how to install them on a Pi.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import shutil
@@ -67,6 +68,7 @@ def native_wheel(src: Path, work: Path) -> Path:
     return wheel
 
 
+@functools.lru_cache(maxsize=None)
 def extension_spec(src: Path) -> Any:
     """setup.py's Extension (sources after Cython, include dirs, flags, libraries)."""
     import setuptools  # type: ignore[import-untyped]  # noqa: F401  (first: it provides distutils)
