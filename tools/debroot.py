@@ -97,7 +97,7 @@ def fetch(arch: Arch, packages: Sequence[str], with_dependencies: bool = True) -
 
 
 class _Locked:
-    """An exclusive lock on ``path`` (two test runs may assemble the same tree)."""
+    """An exclusive lock on ``path`` (two runs may download or unpack at once)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,10 +116,10 @@ def assemble(name: str, arch: Arch, packages: Sequence[str],
     """``.cache/debroot/<name>-<deb arch>``: ``packages`` (with their
     dependencies) unpacked.  Made again when apt resolves another set of .debs."""
     root = CACHE / ("%s-%s" % (name, arch.deb))
-    debs = fetch(arch, packages, with_dependencies)
-    manifest = "\n".join(d.name for d in debs) + "\n"
     stamp = root / ".debroot-manifest"
-    with _Locked(CACHE / (root.name + ".lock")):
+    with _Locked(CACHE / (arch.deb + ".lock")):
+        debs = fetch(arch, packages, with_dependencies)
+        manifest = "\n".join(d.name for d in debs) + "\n"
         if stamp.exists() and stamp.read_text() == manifest:
             return root
         shutil.rmtree(root, ignore_errors=True)

@@ -78,6 +78,10 @@ def extension_spec(src: Path) -> Any:
         os.chdir(src)
         os.environ.update(_build_env())
         dist = run_setup("setup.py", stop_after="init")
+    except (ImportError, SystemExit) as e:
+        raise wheelrepair.RepairError("reading setup.py's extension with %s: %s (this Python "
+                                      "needs setuptools and Cython: make deps)"
+                                      % (sys.executable, e)) from None
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
@@ -90,8 +94,6 @@ def extension_spec(src: Path) -> Any:
 def cross_compile(arch: Arch, ext: Any, src: Path, target: Path) -> None:
     """Compiles ``ext`` for ``arch`` into ``target`` with ``<triplet>-gcc``."""
     cc = arch.triplet + "-gcc"
-    if shutil.which(cc) is None:
-        raise wheelrepair.RepairError("%s is missing: sh .ci/ensure-deps.sh --wheels" % cc)
     includes = [str(src / d) for d in ext.include_dirs] + \
         [str(d) for d in debroot.python_headers(arch)]
     macros = ["-D%s=%s" % (k, v) if v is not None else "-D" + k for k, v in ext.define_macros]
@@ -136,11 +138,27 @@ def make_wheel(native: Path, src: Path, arch: Arch, out_dir: Path, work: Path) -
     return wheelrepair.write_wheel(tree, out_dir, "%s-%s" % (tag, platform_tag))
 
 
+def missing_tools(machines: Sequence[str]) -> List[str]:
+    """The programs building ``machines`` needs that are not on PATH."""
+    tools = ["patchelf", "readelf", "strip"]
+    for machine in machines:
+        if machine != platform.machine():
+            triplet = ARCHES[machine].triplet
+            tools += ["apt-get", "dpkg-deb", triplet + "-gcc", triplet + "-strip"]
+    return sorted({t for t in tools if shutil.which(t) is None})
+
+
 def build(machines: Sequence[str], out_dir: Path) -> List[Path]:
     """Builds the wheels for ``machines`` into ``out_dir``; returns their paths."""
+    missing = missing_tools(machines)
+    if missing:
+        raise wheelrepair.RepairError("missing %s: as root, sh .ci/ensure-deps.sh --wheels"
+                                      % ", ".join(missing))
     with tempfile.TemporaryDirectory(prefix="cm-wheels-") as tmp:
         work = Path(tmp)
         src = source_copy(work)
+        if set(machines) - {platform.machine()}:
+            extension_spec(src)  # first: fails early if this Python cannot read setup.py
         native = native_wheel(src, work)
         wheels = []
         for machine in machines:
