@@ -5,7 +5,9 @@ libsodium, create/act/reopen/verify, a UDP pull on 127.0.0.1).
 
 aarch64 and armv7l run under qemu-user, in a Debian Bookworm Python
 assembled from .debs (tools/debroot.py, cached in .cache/debroot) that has no
-libsodium at all; x86_64 runs in a fresh venv of this Python.  The wheels'
+libsodium and no compiler; x86_64 runs in a fresh venv of this Python.  The
+smoke test's /proc/self/maps check is what proves the bundled libsodium is the
+one loaded.  The wheels'
 binaries are also read back: architecture, bundled libraries, RUNPATH, and a
 glibc floor in the tag that is exactly what their symbols need.
 """
