@@ -25,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 from ..core import Core
 from ..errors import InvalidArgumentError
 from .counters import Counters
-from .endpoint import Endpoint, Pulled
+from .endpoint import Endpoint
+from .peers import Pulled
 from .udp import UDPLink
 
 __all__ = ["Endpoint", "Pulled", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",

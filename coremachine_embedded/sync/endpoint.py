@@ -8,7 +8,9 @@ and ties together one module per concern:
 
 - ``sessions.py``: who may make us keep state - cookies bound to the source
   address (address validation) and replay windows;
+- ``peers.py``: what is kept per core and per validated peer;
 - ``outbox.py``: envelope packing and fragmentation;
+- ``memory.py``: one budget for all that others make us hold;
 - ``serving.py``: the answers to requests and runs, announcements, rate limits;
 - ``download.py``: what to request next for a pulled core, and applying answers;
 - ``flow.py``: round-trip estimates and retry timing.
@@ -18,8 +20,8 @@ does not echo the cookie we sent to its source address gets a stateless
 answer (our HELLO, no bigger than 3x what it sent) and creates nothing; a peer
 is a validated address (link and source address) with the random session id
 of its envelopes, and answers are taken only from the peer a request went
-to.  Serving: SYNC answers SYNC (fork, signed
-length), REQUEST answers DATA or NO_DATA, RUN answers DATA and VALUES; appends
+to.  Serving: SYNC answers SYNC (fork, signed length), REQUEST answers DATA
+or NO_DATA, RUN answers DATA and VALUES; appends
 are announced to peers that pull live.  Pulling: HELLO until the source
 answers, then whatever the core's :class:`Download` plans, retried as
 ``flow.py`` says.
@@ -29,8 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import errors
 from ..core import Core
@@ -39,90 +40,12 @@ from . import flow, serving, sessions, wire
 from .counters import Counters
 from .download import Ask, Download
 from .memory import COUNT_PERIOD, PEER_COST, Memory, default_budget, sizes
-from .outbox import Message, Outbox, Reassembly, budget, fragments
+from .outbox import Message, budget, fragments
+from .peers import NO_COOKIE, Entry, Peer, Pulled, origin
 
 log = logging.getLogger("coremachine_embedded.sync")
 
-MAX_PEERS_PER_CORE = 256
 PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
-NO_COOKIE = bytes(sessions.COOKIE_BYTES)
-
-
-def _origin(link: Any, addr: Any) -> bytes:
-    """Where an envelope came from, as address validation binds cookies to it."""
-    return ("%d %r" % (id(link), addr)).encode()
-
-
-class Pulled(NamedTuple):
-    """How a pull ended: the replica holds signed ``length`` at ``fork``; the
-    peer at ``peer`` proved, with the writer's signature, signed length
-    ``proved`` at that fork (at most ``length``)."""
-
-    peer: Any
-    fork: int
-    length: int
-    proved: int
-
-
-class _Peer:
-    """A remote endpoint as seen by one core."""
-
-    def __init__(self, link: Any, addr: Any, session: bytes, memory: Memory) -> None:
-        self.link = link
-        self.addr = addr
-        self.session = session
-        self.echo = NO_COOKIE        # the cookie it gave us
-        self.live = False            # it pulls: tell it about new lengths
-        self.serves = False
-        self.last_seen = time.monotonic()
-        self.fork = -1               # its state, from SYNC/RANGE
-        self.length = -1
-        self.contiguous = 0
-        self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
-        self.outbox = Outbox()
-        self.reassembly = Reassembly(memory)
-        self.limit = serving.RequestLimit()
-        self.rtt = flow.Rtt()
-        self.hello_sent = 0.0
-        self.hellos = 0              # HELLOs sent since it last answered one
-        self.last_answer = 0.0       # when it last sent us a DATA or VALUES
-
-    @property
-    def ready(self) -> bool:
-        return self.echo != NO_COOKIE
-
-
-class _Entry:
-    """A core at an endpoint, its peers, and the state of pulling it."""
-
-    def __init__(self, core: Core, download: Download) -> None:
-        self.core = core
-        self.dk = core.discovery_key
-        self.wire_key = wire.wire_key(core.key)
-        self.peers: "OrderedDict[Tuple[int, Any], _Peer]" = OrderedDict()
-        self.download = download
-        self.retries = flow.Retries()
-        self.pulling = False
-        self.live = False
-        self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
-        self.caught_up = asyncio.Event()
-        self.unsubscribe: Optional[Callable[[], None]] = None
-        self.last_keepalive = 0.0
-        self._announced: Tuple[Any, List[Message]] = (None, [])
-
-    def announcement(self) -> List[Message]:
-        """Our state for a peer we keep nothing of (the same until it changes)."""
-        core = self.core
-        state = (core.fork, core.length, core.contiguous_length, core.manifest is not None,
-                 self.pulling)
-        if self._announced[0] != state:
-            self._announced = (state, serving.announcement(core, 0, self.pulling))
-        return self._announced[1]
-
-    def source_peer(self) -> Optional[_Peer]:
-        if self.source is None:
-            return None
-        return self.peers.get((id(self.source[0]), self.source[1]))
 
 
 class Endpoint:
@@ -151,7 +74,7 @@ class Endpoint:
         self.memory = Memory(memory if memory is not None else default_budget())
         self.session = self.sessions.session
         self._counter = 0
-        self._entries: Dict[bytes, _Entry] = {}
+        self._entries: Dict[bytes, Entry] = {}
         self._links: List[Any] = []
         self._frag_id = 1
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -177,13 +100,13 @@ class Endpoint:
         entry = self._entries.get(core.discovery_key)
         return entry.download if entry is not None else None
 
-    def _entry(self, core: Core) -> _Entry:
+    def _entry(self, core: Core) -> Entry:
         dk = core.discovery_key
         entry = self._entries.get(dk)
         if entry is not None and entry.core is not core:
             raise errors.InvalidArgumentError("this endpoint already has a core with this key")
         if entry is None:
-            entry = self._entries[dk] = _Entry(core, Download(core, self.counters,
+            entry = self._entries[dk] = Entry(core, Download(core, self.counters,
                                                               self.max_run))
             self._loop = self._loop or asyncio.get_running_loop()
             entry.unsubscribe = serving.watch(core, self._loop, lambda: self._announce(entry))
@@ -258,14 +181,14 @@ class Endpoint:
         if payload.session == self.session:
             c.inc("dropped_own")  # our own envelope, looped back
             return
-        origin = _origin(link, addr)
-        if not self.sessions.valid(dk, origin, payload.echo):
-            self._stateless_answer(entry, link, addr, origin, payload, len(data))
+        where = origin(link, addr)
+        if not self.sessions.valid(dk, where, payload.echo):
+            self._stateless_answer(entry, link, addr, where, payload, len(data))
             return
         if not self.sessions.fresh(dk, payload.session, payload.counter):
             c.inc("dropped_replay")
             return
-        peer, first = self._peer(entry, link, addr, payload.session)
+        peer, first = entry.peer(link, addr, payload.session, self.memory)
         greeted = False
         for kind, body in payload.messages:
             greeted = greeted or kind == wire.HELLO
@@ -282,7 +205,7 @@ class Endpoint:
             self._flush(entry, peer)  # answers held while its cookie was unknown
         self._pump(entry)
 
-    def _stateless_answer(self, entry: _Entry, link: Any, addr: Any, origin: bytes,
+    def _stateless_answer(self, entry: Entry, link: Any, addr: Any, where: bytes,
                           payload: wire.Payload, received: int) -> None:
         """An authentic envelope without our cookie for its source address
         (a first contact, a restart, a spoofed address): nothing is kept.  A
@@ -303,7 +226,7 @@ class Endpoint:
         if not self.sessions.may_answer():
             self.counters.inc("unanswered")
             return
-        messages = [self._hello_message(entry, origin)]
+        messages = [self._hello_message(entry, where)]
         if their is None:
             known = entry.peers.get((id(link), addr))
             echo = known.echo if known is not None else NO_COOKIE
@@ -314,39 +237,7 @@ class Endpoint:
         if len(envelope) <= sessions.AMPLIFICATION * received:
             self._count_sent(link.send, envelope, addr)
 
-    def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> Tuple[_Peer, bool]:
-        """The peer at a validated address, and whether this session is new there."""
-        key = (id(link), addr)
-        old = entry.peers.get(key)
-        first = old is None or old.session != session
-        if old is None or first:
-            peer = _Peer(link, addr, session, self.memory)
-            if old is not None:
-                old.reassembly.clear()
-                if entry.source_peer() is old and old.session:
-                    entry.download.restart()  # the source restarted: ask it all again
-                elif entry.source_peer() is old:  # the source we greet answered: a first RTT
-                    peer.hello_sent, peer.hellos = old.hello_sent, old.hellos
-            entry.peers[key] = peer
-            while len(entry.peers) > MAX_PEERS_PER_CORE and self._forget_peer(entry):
-                pass
-        else:
-            peer = old
-        entry.peers.move_to_end(key)
-        peer.last_seen = time.monotonic()
-        return peer, first
-
-    def _forget_peer(self, entry: _Entry) -> bool:
-        """Drop the least recently seen peer of ``entry`` (never the source)."""
-        source = entry.source_peer()
-        for key, peer in entry.peers.items():
-            if peer is not source:
-                del entry.peers[key]
-                peer.reassembly.clear()
-                return True
-        return False
-
-    def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+    def _handle(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
         source = peer is entry.source_peer()
         if kind in (wire.DATA, wire.VALUES, wire.NO_DATA) and not source:
@@ -398,7 +289,7 @@ class Endpoint:
 
     # --- serving ---------------------------------------------------------------------
 
-    def _send_sync(self, entry: _Entry, peer: _Peer, force: bool = False) -> None:
+    def _send_sync(self, entry: Entry, peer: Peer, force: bool = False) -> None:
         core = entry.core
         state = (core.fork, core.length)
         if not force and peer.told == state:
@@ -407,17 +298,17 @@ class Endpoint:
         for kind, body in serving.announcement(core, peer.length, entry.pulling):
             self._queue(entry, peer, kind, body)
 
-    def _admit(self, peer: _Peer, request: int) -> bool:
+    def _admit(self, peer: Peer, request: int) -> bool:
         return peer.limit.admit(request, self.request_rate,
                                 peer.outbox.full or self.memory.over, self.counters)
 
-    def _answer(self, entry: _Entry, peer: _Peer, answer: serving.Answer) -> None:
+    def _answer(self, entry: Entry, peer: Peer, answer: serving.Answer) -> None:
         for kind, body in answer.messages:
             self._queue(entry, peer, kind, body)
         if answer.resync is not None:
             self._send_sync(entry, peer, force=answer.resync)
 
-    def _announce(self, entry: _Entry) -> None:
+    def _announce(self, entry: Entry) -> None:
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
@@ -426,27 +317,27 @@ class Endpoint:
 
     # --- pulling ---------------------------------------------------------------------
 
-    def _hello_message(self, entry: _Entry, origin: bytes) -> Message:
+    def _hello_message(self, entry: Entry, where: bytes) -> Message:
         flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
-        return wire.HELLO, wire.Hello(flags, self.sessions.cookie(entry.dk, origin)).encode()
+        return wire.HELLO, wire.Hello(flags, self.sessions.cookie(entry.dk, where)).encode()
 
-    def _hello(self, entry: _Entry, link: Any, addr: Any, peer: Optional[_Peer] = None) -> None:
+    def _hello(self, entry: Entry, link: Any, addr: Any, peer: Optional[Peer] = None) -> None:
         """Greet the peer at ``addr``: our cookie for its address, queued with
         what goes to it, or alone if we do not know its cookie."""
         if peer is None:
             key = (id(link), addr)
             peer = entry.peers.get(key)
             if peer is None:  # a source we pull from: state we choose to keep
-                peer = entry.peers[key] = _Peer(link, addr, b"", self.memory)
+                peer = entry.peers[key] = Peer(link, addr, b"", self.memory)
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
-        kind, body = self._hello_message(entry, _origin(link, addr))
+        kind, body = self._hello_message(entry, origin(link, addr))
         if peer.ready:
             self._queue(entry, peer, kind, body)
         else:
             self._count_sent(link.send, self._seal(entry, NO_COOKIE, [(kind, body)]), addr)
 
-    def _pump(self, entry: _Entry) -> None:
+    def _pump(self, entry: Entry) -> None:
         """Send whatever requests pulling ``entry`` needs now."""
         if not entry.pulling:
             return
@@ -465,7 +356,7 @@ class Endpoint:
             except errors.CoreMachineError:
                 pass
 
-    def _ask(self, entry: _Entry, peer: _Peer, ask: Ask, lost: bool = False) -> None:
+    def _ask(self, entry: Entry, peer: Peer, ask: Ask, lost: bool = False) -> None:
         kind, body = entry.download.send(ask)
         ask.sent = time.monotonic()
         ask.deadline = flow.deadline(ask.sent, peer.rtt.rto(), ask.tries, lost)
@@ -475,12 +366,12 @@ class Endpoint:
             self._flush(entry, peer)
             self._queue(entry, peer, kind, body)
 
-    def _retry(self, entry: _Entry, peer: _Peer, asks: List[Ask], lost: bool = False) -> None:
+    def _retry(self, entry: Entry, peer: Peer, asks: List[Ask], lost: bool = False) -> None:
         for ask in asks:
             entry.download.retry(ask)
             self._ask(entry, peer, ask, lost=lost)
 
-    def _on_data(self, entry: _Entry, peer: _Peer, body: bytes) -> None:
+    def _on_data(self, entry: Entry, peer: Peer, body: bytes) -> None:
         if not entry.pulling:
             self.counters.inc("dropped_unsolicited")
             return
@@ -492,19 +383,19 @@ class Endpoint:
         if ask is not None and answered.early:
             self._lost_before(entry, ask.sent)
 
-    def _on_values(self, entry: _Entry, peer: _Peer, msg: wire.Values) -> None:
+    def _on_values(self, entry: Entry, peer: Peer, msg: wire.Values) -> None:
         answered = entry.download.on_values(msg)
         if answered.ask is not None:
             self._lost_before(entry, answered.ask.sent)
 
-    def _lost_before(self, entry: _Entry, sent: float) -> None:
+    def _lost_before(self, entry: Entry, sent: float) -> None:
         peer = entry.source_peer()
         if peer is not None:
             self._retry(entry, peer, entry.retries.lost_before(entry.download, sent), lost=True)
 
     # --- sending ---------------------------------------------------------------------
 
-    def _queue(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+    def _queue(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         room = budget(peer.link.mtu)
         if wire.message_size(body) > room:
             fid = self._frag_id
@@ -521,11 +412,11 @@ class Endpoint:
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._scheduled_flush, entry, peer)
 
-    def _scheduled_flush(self, entry: _Entry, peer: _Peer) -> None:
+    def _scheduled_flush(self, entry: Entry, peer: Peer) -> None:
         peer.outbox.scheduled = False
         self._flush(entry, peer)
 
-    def _flush(self, entry: _Entry, peer: _Peer, full_only: bool = False) -> None:
+    def _flush(self, entry: Entry, peer: Peer, full_only: bool = False) -> None:
         """Send what is queued for ``peer``, packed into envelopes; with
         ``full_only`` the last, unfilled envelope's messages stay queued.
         Nothing goes while we do not know its cookie."""
@@ -534,10 +425,10 @@ class Endpoint:
         for messages in peer.outbox.pack(budget(peer.link.mtu), full_only):
             self._send(entry, peer, messages)
 
-    def _send(self, entry: _Entry, peer: _Peer, messages: List[Message]) -> None:
+    def _send(self, entry: Entry, peer: Peer, messages: List[Message]) -> None:
         self._count_sent(peer.link.send, self._seal(entry, peer.echo, messages), peer.addr)
 
-    def _seal(self, entry: _Entry, echo: bytes, messages: List[Message]) -> bytes:
+    def _seal(self, entry: Entry, echo: bytes, messages: List[Message]) -> bytes:
         self._counter += 1
         payload = wire.encode_payload(self.session, self._counter, echo, messages)
         return wire.seal(entry.wire_key, entry.dk, payload)
@@ -589,13 +480,13 @@ class Endpoint:
             return
         mem.reclaim_fragments(self.counters)
         for entry in entries:   # the least recently seen peers of each core
-            while mem.over and len(entry.peers) > 1 and self._forget_peer(entry):
+            while mem.over and len(entry.peers) > 1 and entry.forget_oldest_peer():
                 mem.others -= PEER_COST
         for _, entry in sorted(zip(held, entries), key=lambda x: -x[0]):
             if mem.over:   # the largest waiting first
                 mem.others -= entry.download.shed(mem.used - mem.limit)
 
-    def _timeouts(self, entry: _Entry, now: float) -> None:
+    def _timeouts(self, entry: Entry, now: float) -> None:
         if not entry.pulling or entry.source is None:
             return
         link, addr = entry.source

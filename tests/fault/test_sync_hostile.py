@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from coremachine_embedded import Core, KeyPair
 from coremachine_embedded.encoding import DataMessage, encode_uint
-from coremachine_embedded.sync import endpoint, outbox, serving, sessions, wire
+from coremachine_embedded.sync import outbox, serving, sessions, wire
 from tests.fault.hostile import (Attacker, HeldPull, Net, Relay, Session, resealing, rss_bytes,
                                  run, settle, start_flood, stop_flood, wait_until)
 

@@ -1,0 +1,135 @@
+"""What an endpoint keeps: per core (an :class:`Entry`: its peers and the
+state of pulling it) and per remote endpoint that proved its address (a
+:class:`Peer`: its cookie, session, queues, limits and round-trip time).
+
+A peer is known by its link and source address, and by the random session
+id of its envelopes there; a new session at the same address is a new peer
+(the remote restarted).  An entry keeps at most :data:`MAX_PEERS_PER_CORE`
+peers, the least recently seen given up first, never the source it pulls
+from.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+
+from ..core import Core
+from . import flow, serving, sessions, wire
+from .download import Download
+from .memory import Memory
+from .outbox import Message, Outbox, Reassembly
+
+MAX_PEERS_PER_CORE = 256
+NO_COOKIE = bytes(sessions.COOKIE_BYTES)
+
+
+def origin(link: Any, addr: Any) -> bytes:
+    """Where an envelope came from, as address validation binds cookies to it."""
+    return ("%d %r" % (id(link), addr)).encode()
+
+
+class Pulled(NamedTuple):
+    """How a pull ended: the replica holds signed ``length`` at ``fork``; the
+    peer at ``peer`` proved, with the writer's signature, signed length
+    ``proved`` at that fork (at most ``length``)."""
+
+    peer: Any
+    fork: int
+    length: int
+    proved: int
+
+
+class Peer:
+    """A remote endpoint as seen by one core."""
+
+    def __init__(self, link: Any, addr: Any, session: bytes, memory: Memory) -> None:
+        self.link = link
+        self.addr = addr
+        self.session = session
+        self.echo = NO_COOKIE        # the cookie it gave us
+        self.live = False            # it pulls: tell it about new lengths
+        self.serves = False
+        self.last_seen = time.monotonic()
+        self.fork = -1               # its state, from SYNC/RANGE
+        self.length = -1
+        self.contiguous = 0
+        self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
+        self.outbox = Outbox()
+        self.reassembly = Reassembly(memory)
+        self.limit = serving.RequestLimit()
+        self.rtt = flow.Rtt()
+        self.hello_sent = 0.0
+        self.hellos = 0              # HELLOs sent since it last answered one
+        self.last_answer = 0.0       # when it last sent us a DATA or VALUES
+
+    @property
+    def ready(self) -> bool:
+        """We know its cookie: what we send it passes its address validation."""
+        return self.echo != NO_COOKIE
+
+
+class Entry:
+    """A core at an endpoint, its peers, and the state of pulling it."""
+
+    def __init__(self, core: Core, download: Download) -> None:
+        self.core = core
+        self.dk = core.discovery_key
+        self.wire_key = wire.wire_key(core.key)
+        self.peers: "OrderedDict[Tuple[int, Any], Peer]" = OrderedDict()
+        self.download = download
+        self.retries = flow.Retries()
+        self.pulling = False
+        self.live = False
+        self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
+        self.caught_up = asyncio.Event()
+        self.unsubscribe: Optional[Callable[[], None]] = None
+        self.last_keepalive = 0.0
+        self._announced: Tuple[Any, List[Message]] = (None, [])
+
+    def announcement(self) -> List[Message]:
+        """Our state for a peer we keep nothing of (the same until it changes)."""
+        core = self.core
+        state = (core.fork, core.length, core.contiguous_length, core.manifest is not None,
+                 self.pulling)
+        if self._announced[0] != state:
+            self._announced = (state, serving.announcement(core, 0, self.pulling))
+        return self._announced[1]
+
+    def source_peer(self) -> Optional[Peer]:
+        if self.source is None:
+            return None
+        return self.peers.get((id(self.source[0]), self.source[1]))
+
+    def peer(self, link: Any, addr: Any, session: bytes, memory: Memory) -> Tuple[Peer, bool]:
+        """The peer at a validated address, and whether this session is new there."""
+        key = (id(link), addr)
+        old = self.peers.get(key)
+        first = old is None or old.session != session
+        if old is None or first:
+            peer = Peer(link, addr, session, memory)
+            if old is not None:
+                old.reassembly.clear()
+                if self.source_peer() is old and old.session:
+                    self.download.restart()  # the source restarted: ask it all again
+                elif self.source_peer() is old:  # the source we greet answered: a first RTT
+                    peer.hello_sent, peer.hellos = old.hello_sent, old.hellos
+            self.peers[key] = peer
+            while len(self.peers) > MAX_PEERS_PER_CORE and self.forget_oldest_peer():
+                pass
+        else:
+            peer = old
+        self.peers.move_to_end(key)
+        peer.last_seen = time.monotonic()
+        return peer, first
+
+    def forget_oldest_peer(self) -> bool:
+        """Drop the least recently seen peer (never the source)."""
+        source = self.source_peer()
+        for key, peer in self.peers.items():
+            if peer is not source:
+                del self.peers[key]
+                peer.reassembly.clear()
+                return True
+        return False
