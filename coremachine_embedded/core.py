@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _backend
 from .caps import Durability
@@ -54,6 +55,29 @@ class KeyPair:
 
     def __repr__(self) -> str:  # never print the secret key
         return "KeyPair(public_key=%s)" % self.public_key.hex()
+
+
+class InOrder:
+    """Runs deliveries in the order they were asked for: one asked while
+    another runs (a change notification whose callback makes a change) waits
+    until that one has reached everybody.  Used under the owner's lock."""
+
+    __slots__ = ("_queue", "_running")
+
+    def __init__(self) -> None:
+        self._queue: Deque[Callable[[], None]] = deque()
+        self._running = False
+
+    def __call__(self, deliver: Callable[[], None]) -> None:
+        self._queue.append(deliver)
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queue:
+                self._queue.popleft()()
+        finally:   # a callback raised: what is queued goes out with the next one
+            self._running = False
 
 
 class CoreChange:
@@ -124,6 +148,7 @@ class Core:
         self.directory = None if directory is None else os.fspath(directory)
         self._lock = threading.RLock()
         self._listeners: List[Callable[["CoreChange"], None]] = []
+        self._in_order = InOrder()
         self._timer: Optional[threading.Timer] = None
         self._flush_interval = float(flush_interval)
         self._flush_interval_armed = durability is Durability.BATCH
@@ -430,8 +455,9 @@ class Core:
 
     def on_change(self, callback: Callable[["CoreChange"], None]) -> Callable[[], None]:
         """Call ``callback(change)`` after every append, truncation and stored
-        proof (inside the core's lock: keep it short).  Returns a function that
-        removes the callback."""
+        proof (inside the core's lock: keep it short), in commit order: a
+        change a callback makes is told to every callback after the one being
+        told.  Returns a function that removes the callback."""
         with self._lock:
             self._listeners.append(callback)
 
@@ -449,8 +475,11 @@ class Core:
         if not self._listeners:
             return
         change = CoreChange(kind, before, self._snapshot(), result)
-        for callback in list(self._listeners):
-            callback(change)
+
+        def deliver() -> None:
+            for callback in list(self._listeners):
+                callback(change)
+        self._in_order(deliver)
 
     # --- lifetime ------------------------------------------------------------
 

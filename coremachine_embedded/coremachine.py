@@ -20,7 +20,7 @@ import inspect
 from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from . import _json
-from .core import Core, CoreChange
+from .core import Core, CoreChange, InOrder
 from .errors import CoreMachineError, CorruptionError, OutOfRangeError, ReadOnlyError
 from .machine import (GuardRejectedError, InvalidActionError, MachineDefinition, Transition,
                       create_machine)
@@ -155,6 +155,7 @@ class Coremachine:
         self._change_callbacks: List[Callable[[Snapshot], Any]] = []
         self._error_callbacks: List[Callable[[BaseException, Any], Any]] = []
         self._subscribers: List["_Subscriber"] = []
+        self._in_order = InOrder()   # changes go out in commit order, also when a callback acts
         self._cursor: Optional[int] = None
         self._view: Optional[Snapshot] = None
         self._inbox: Optional["asyncio.Queue[Any]"] = None
@@ -534,7 +535,7 @@ class Coremachine:
                 self._local = False
             self._load_head()
             snap = self._head_snapshot(previous)
-        self._emit(snap)
+            self._emit(snap)
         return snap
 
     # --- the stream side --------------------------------------------------------------
@@ -571,13 +572,16 @@ class Coremachine:
         return sub
 
     def _emit(self, snap: Snapshot) -> None:
-        for callback in list(self._change_callbacks):
-            try:
-                callback(snap.copy())
-            except Exception as e:
-                self._report(e, snap)
-        for sub in list(self._subscribers):
-            sub.put(snap.copy())
+        """Tell callbacks and iterators (under the lock; in commit order)."""
+        def deliver() -> None:
+            for callback in list(self._change_callbacks):
+                try:
+                    callback(snap.copy())
+                except Exception as e:
+                    self._report(e, snap)
+            for sub in list(self._subscribers):
+                sub.put(snap.copy())
+        self._in_order(deliver)
 
     def _report(self, error: BaseException, message: Any) -> None:
         for callback in list(self._error_callbacks):
