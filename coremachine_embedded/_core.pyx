@@ -20,11 +20,11 @@ from libc.string cimport memcpy
 import os
 
 from .caps import Durability
-from .errors import (ArgumentTypeError, CoreMachineError, InvalidArgumentError,
-                     StorageError, StoreLockedError, StoreNotFoundError, TooLargeError,
-                     FILE_NAMES, from_code)
+from .errors import (ArgumentTypeError, CoreMachineError, InsecureFileError,
+                     InvalidArgumentError, StorageError, StoreLockedError, StoreNotFoundError,
+                     TooLargeError, FILE_NAMES, from_code)
 from .proofs import ApplyResult, Check
-from .storage import CREATE, PRIVATE
+from .storage import CREATE, PRIVATE, insecure
 
 NAME = "c"
 

@@ -15,6 +15,7 @@ cdef extern from "cm.h":
         CM_ERR_TOO_LARGE
         CM_ERR_RANGE
         CM_ERR_CLOSED
+        CM_ERR_INSECURE
         CM_MAX_ROOTS
         CM_MAX_MANIFEST
         CM_MAX_SIGNATURE

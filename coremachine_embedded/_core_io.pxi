@@ -27,6 +27,8 @@ cdef class _PyIO:
             return CM_ERR_NOT_FOUND
         if isinstance(exc, StoreLockedError):
             return CM_ERR_LOCKED
+        if isinstance(exc, InsecureFileError):
+            return CM_ERR_INSECURE
         return CM_ERR_IO
 
 

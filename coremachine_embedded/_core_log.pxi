@@ -71,6 +71,8 @@ cdef class Log:
         name = FILE_NAMES[file_id] if 0 < file_id < len(FILE_NAMES) else None
         if name is not None and self.directory is not None:
             name = os.path.join(self.directory, name)
+            if rc == CM_ERR_INSECURE:  # say what is wrong with it, as the pure backend does
+                raise InsecureFileError(insecure(name) or "%s: insecure" % what, name)
         raise _error(rc, what, name, err or None)
 
     cdef int _check(self, int rc, str what, bint writing=False) except -1:

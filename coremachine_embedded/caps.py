@@ -76,6 +76,7 @@ class CErrorCode(enum.IntEnum):
     UNAVAILABLE = -15
     FORK = -16
     CLOSED = -17
+    INSECURE = -18
 
 
 class Durability(str, enum.Enum):

@@ -1,5 +1,10 @@
 """The injectable file interface a store is written through.
 
+:data:`PRIVATE` marks the secret key: it is never opened through a symlink,
+it is created exclusively (``O_CREAT|O_EXCL|O_NOFOLLOW``) with mode 0600,
+and an existing one must be a regular file that group and others cannot
+access (:class:`~.errors.InsecureFileError` otherwise).
+
 A *storage* is a factory of named files (``header``, ``wal``, ``tree``, ``data``,
 ``secret_key``); a *file* offers positioned reads and writes, ``sync``
 (fdatasync), ``truncate``, ``size``, an exclusive ``lock`` and ``close``.
@@ -11,13 +16,14 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import stat
 from typing import Optional, Protocol
 
 from .caps import IO_CREATE, IO_PRIVATE
-from .errors import StorageError, StoreLockedError, StoreNotFoundError
+from .errors import InsecureFileError, StorageError, StoreLockedError, StoreNotFoundError
 
 CREATE = IO_CREATE    #: create the file if it is missing
-PRIVATE = IO_PRIVATE  #: create it with mode 0600
+PRIVATE = IO_PRIVATE  #: the secret key: no symlinks, exclusive creation, mode 0600
 
 
 class File(Protocol):
@@ -106,21 +112,52 @@ class FileStorage:
 
     def open(self, name: str, flags: int = 0) -> OSFile:
         path = os.path.join(self.directory, name)
-        mode = 0o600 if flags & PRIVATE else 0o644
+        private = os.O_NOFOLLOW if flags & PRIVATE else 0
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | private)
         except FileNotFoundError:
             if not flags & CREATE:
                 raise StoreNotFoundError("no such store file", path) from None
             os.makedirs(self.directory, exist_ok=True)
+            exclusive = os.O_EXCL if private else 0
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | private | exclusive,
+                             0o600 if private else 0o644)
             except OSError as e:
-                raise StorageError(e.strerror or str(e), path, e.errno) from None
+                raise _open_error(e, path, private) from None
             _sync_directory(self.directory)
         except OSError as e:
-            raise StorageError(e.strerror or str(e), path, e.errno) from None
+            raise _open_error(e, path, private) from None
+        if private:
+            why = insecure(path, os.fstat(fd))
+            if why:
+                os.close(fd)
+                raise InsecureFileError(why, path)
         return OSFile(fd, path)
+
+
+def insecure(path: str, st: Optional[os.stat_result] = None) -> Optional[str]:
+    """Why a private file (the secret key) must not be used, or None."""
+    try:
+        st = st or os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "a secret key file is a symlink (it is never followed)"
+    if not stat.S_ISREG(st.st_mode):
+        return "a secret key file is not a regular file"
+    if st.st_mode & 0o077:
+        return ("a secret key file has mode %04o: group or others can access it "
+                "(chmod 600 it)" % stat.S_IMODE(st.st_mode))
+    return None
+
+
+def _open_error(e: OSError, path: str, private: int) -> StorageError:
+    if private and e.errno in (_errno.ELOOP, _errno.EEXIST, _errno.EISDIR):
+        # ELOOP: a symlink (O_NOFOLLOW); EEXIST: one appeared as it was
+        # created; EISDIR: a directory
+        return InsecureFileError(insecure(path) or "%s" % (e.strerror or e), path, e.errno)
+    return StorageError(e.strerror or str(e), path, e.errno)
 
 
 def _sync_directory(directory: str) -> None:

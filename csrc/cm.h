@@ -55,7 +55,9 @@ typedef enum cm_err {
     CM_ERR_KEY = -14,          /* key / key pair / manifest do not match          */
     CM_ERR_UNAVAILABLE = -15,  /* block or node inside the log but not held      */
     CM_ERR_FORK = -16,         /* proof is for an older fork                      */
-    CM_ERR_CLOSED = -17        /* core was closed                                 */
+    CM_ERR_CLOSED = -17,       /* core was closed                                 */
+    CM_ERR_INSECURE = -18      /* a private file is a symlink, not a regular file,
+                                  or open to group or others                      */
 } cm_err;
 
 /* Which store file an error is about (cm_core_err_file). */
@@ -316,7 +318,10 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
 /* ------------------------------------------------------------------------ */
 
 #define CM_IO_CREATE 1   /* create if missing */
-#define CM_IO_PRIVATE 2  /* create with mode 0600 */
+#define CM_IO_PRIVATE 2  /* the secret key: never opened through a symlink, created
+                            exclusively with mode 0600; an existing one must be a
+                            regular file group and others cannot access
+                            (CM_ERR_INSECURE otherwise) */
 
 typedef struct cm_io {
     void *ctx;

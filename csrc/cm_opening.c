@@ -37,7 +37,7 @@ static void core_free(cm_core *c) {
 static int read_secret(cm_core *c, uint8_t out[64], int *exists) {
     size_t got;
     uint64_t size;
-    int rc = cm__io_open(c, CM_FILE_SECRET_KEY, 0);
+    int rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_PRIVATE);
     *exists = 0;
     if (rc == CM_ERR_NOT_FOUND) {
         c->err_file = CM_FILE_NONE;
@@ -118,7 +118,7 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
     if (c->writable) {
         /* A secret_key file left by an interrupted creation is reused only if
          * it holds this very key (or was torn before reaching 64 bytes). */
-        rc = cm__io_open(c, CM_FILE_SECRET_KEY, 0);
+        rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_PRIVATE);
         if (rc == CM_OK) {
             uint8_t existing[64];
             size_t got;
@@ -130,6 +130,7 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
                     return cm__fail(c, CM_ERR_KEY, CM_FILE_SECRET_KEY);
             }
         } else if (rc == CM_ERR_NOT_FOUND) {
+            c->err_file = CM_FILE_NONE;
             rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_CREATE | CM_IO_PRIVATE);
             if (rc != CM_OK) return rc;
         } else {

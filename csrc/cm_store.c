@@ -31,6 +31,8 @@ const char *cm_strerror(int err) {
     case CM_ERR_UNAVAILABLE: return "not held locally (yet)";
     case CM_ERR_FORK: return "the proof is for another fork";
     case CM_ERR_CLOSED: return "the core is closed";
+    case CM_ERR_INSECURE:
+        return "the secret key file is a symlink, not a regular file, or open to group or others";
     default: return "unknown error";
     }
 }

@@ -141,7 +141,7 @@ class Log(Writer, Replica, Blocks):
         self._set_state(slot.fork, slot.length, slot.contiguous, slot.byte_length,
                         slot.tree_hash, slot.signature)
         try:
-            sk_file = storage.open("secret_key", 0)
+            sk_file = storage.open("secret_key", PRIVATE)
         except StoreNotFoundError:
             sk_file = None
         if sk_file is not None:

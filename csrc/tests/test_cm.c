@@ -1268,6 +1268,7 @@ static void copy_store(const char *from, const char *to) {
         size_t n;
         file_path(a, sizeof(a), from, cm_file_names[i]);
         file_path(b, sizeof(b), to, cm_file_names[i]);
+        struct stat st;
         fa = fopen(a, "rb");
         if (!fa) continue;
         fb = fopen(b, "wb");
@@ -1275,6 +1276,8 @@ static void copy_store(const char *from, const char *to) {
         while ((n = fread(buf, 1, sizeof(buf), fa)) > 0) fwrite(buf, 1, n, fb);
         fclose(fa);
         fclose(fb);
+        /* the same mode: a secret key open to others is refused */
+        REQUIRE(stat(a, &st) == 0 && chmod(b, st.st_mode & 07777) == 0, "chmod %s", b);
     }
 }
 
@@ -1327,6 +1330,26 @@ static void test_files(void) {
     }
     cm_core_tree_hash(w, hash_before);
     CHECK_RC(cm_core_close(w), CM_OK);
+
+    /* the secret key: never through a symlink, never open to others */
+    {
+        char p[4096], moved[4096];
+        cm_open_opts o;
+        memset(&o, 0, sizeof(o));
+        o.io = io2;
+        file_path(p, sizeof(p), d, "secret_key");
+        file_path(moved, sizeof(moved), d, "moved_key");
+        REQUIRE(chmod(p, 0644) == 0, "chmod");
+        CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_INSECURE);
+        CHECK(cm_open_err_file() == CM_FILE_SECRET_KEY, "mode names secret_key");
+        REQUIRE(chmod(p, 0600) == 0 && rename(p, moved) == 0 && symlink(moved, p) == 0, "link");
+        CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_INSECURE);
+        CHECK(cm_open_err_file() == CM_FILE_SECRET_KEY, "symlink names secret_key");
+        REQUIRE(unlink(p) == 0 && rename(moved, p) == 0, "restore");
+        REQUIRE_OK(cm_core_open(&o, &w2, &rec));
+        CHECK(cm_core_writable(w2), "the key file is back");
+        CHECK_RC(cm_core_close(w2), CM_OK);
+    }
 
     /* data corruption: get names data */
     {
