@@ -61,6 +61,8 @@ cdef bytes _need(object value, str name, Py_ssize_t size=-1):
 
 cdef object _error(int code, str what, object filename=None, object err=None):
     message = "%s: %s" % (what, cm_strerror(code).decode()) if what else cm_strerror(code).decode()
+    if err:
+        message += " (%s)" % os.strerror(err)
     return from_code(code, message, filename, err)
 
 

@@ -107,12 +107,13 @@ cdef extern from "cm.h":
         uint64_t bytes_discarded
         int header_slot
         int header_fallback
+        int err_file
+        int err_errno
 
     int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery) nogil
     int cm_core_close(cm_core *core) nogil
     int cm_core_err_file(const cm_core *core)
     int cm_core_errno(const cm_core *core)
-    int cm_open_err_file()
 
     uint64_t cm_core_length(const cm_core *core)
     uint64_t cm_core_contiguous_length(const cm_core *core)

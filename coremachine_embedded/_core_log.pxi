@@ -53,7 +53,7 @@ cdef class Log:
                          "header_slot": rec.header_slot, "header_fallback": rec.header_fallback}
         if rc != 0:
             self.core = NULL
-            self._raise(rc, "open", cm_open_err_file(), 0)
+            self._raise(rc, "open", rec.err_file, rec.err_errno)
 
     def __dealloc__(self):
         if self.core != NULL:

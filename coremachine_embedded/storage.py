@@ -53,7 +53,9 @@ class Storage(Protocol):
 
 
 class OSFile:
-    """A store file on disk (``os.pread``/``os.pwrite``/``os.fdatasync``)."""
+    """A store file on disk (``os.pread``/``os.pwrite``/``os.fdatasync``).
+    A failing call raises :class:`StorageError` naming the file, with the
+    errno (a full disk is ``ENOSPC``), as the C backend does."""
 
     __slots__ = ("fd", "path")
 
@@ -61,32 +63,50 @@ class OSFile:
         self.fd = fd
         self.path = path
 
+    def _failed(self, e: OSError) -> StorageError:
+        return StorageError(e.strerror or str(e), self.path, e.errno)
+
     def read(self, size: int, offset: int) -> bytes:
         chunks = []
-        while size > 0:
-            chunk = os.pread(self.fd, size, offset)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size -= len(chunk)
-            offset += len(chunk)
+        try:
+            while size > 0:
+                chunk = os.pread(self.fd, size, offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size -= len(chunk)
+                offset += len(chunk)
+        except OSError as e:
+            raise self._failed(e) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def write(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise self._failed(e) from None
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise self._failed(e) from None
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise self._failed(e) from None
 
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        try:
+            return os.fstat(self.fd).st_size
+        except OSError as e:
+            raise self._failed(e) from None
 
     def lock(self) -> None:
         import fcntl

@@ -388,6 +388,10 @@ typedef struct cm_recovery {
     uint64_t bytes_discarded;    /* torn bytes after the last valid record */
     int header_slot;             /* 0 or 1: the slot in use */
     int header_fallback;         /* 1: newest slot was torn, the other was used */
+    /* When cm_core_open fails: the file at fault (CM_FILE_NONE if none) and,
+     * for CM_ERR_IO, errno.  Per call, so concurrent opens cannot mix them. */
+    cm_file_id err_file;
+    int err_errno;
 } cm_recovery;
 
 int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery);
@@ -397,8 +401,6 @@ int cm_core_close(cm_core *core);
 /* Last error details: which file, and errno for CM_ERR_IO. */
 cm_file_id cm_core_err_file(const cm_core *core);
 int cm_core_errno(const cm_core *core);
-/* cm_core_open failures: file id of the last failed open (thread-unsafe). */
-cm_file_id cm_open_err_file(void);
 
 /* State */
 uint64_t cm_core_length(const cm_core *core);

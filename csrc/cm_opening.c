@@ -11,12 +11,6 @@
 
 #include "cm_store.h"
 
-static cm_file_id g_open_err_file = CM_FILE_NONE;
-
-cm_file_id cm_open_err_file(void) {
-    return g_open_err_file;
-}
-
 static void close_files(cm_core *c) {
     int i;
     for (i = 5; i >= 1; i--) {
@@ -303,7 +297,7 @@ int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery)
     int rc;
     cm_recovery *rec = recovery ? recovery : &dummy;
     memset(rec, 0, sizeof(*rec));
-    g_open_err_file = CM_FILE_NONE;
+    rec->err_file = CM_FILE_NONE;
     if (out) *out = NULL;
     if (!opts || !out || !opts->io) return CM_ERR_INVALID;
     if (opts->durability != CM_DURABLE_SYNC && opts->durability != CM_DURABLE_BATCH &&
@@ -321,7 +315,8 @@ int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery)
     c->max_block = opts->max_block_size ? opts->max_block_size : CM_DEFAULT_MAX_BLOCK;
     rc = open_core(c, opts, rec);
     if (rc != CM_OK) {
-        g_open_err_file = c->err_file;
+        rec->err_file = c->err_file;
+        rec->err_errno = c->err_errno;
         core_free(c);
         return rc;
     }

@@ -179,7 +179,7 @@ class Log(Writer, Replica, Blocks):
         if self._flags & HF_MANIFEST:
             assert self.manifest is not None
             signers = Manifest.decode(self.manifest).signers
-            ok = signers[0][1] == pk
+            ok = bool(signers) and signers[0][1] == pk
         else:
             ok = pk == self.key
         if not ok:
@@ -212,7 +212,7 @@ class Log(Writer, Replica, Blocks):
             else:
                 manifest = manifest if manifest is not None else default_manifest(pk)
                 m = Manifest.decode(manifest)
-                if m.signers[0][1] != pk or m.quorum != 1:
+                if not m.signers or m.signers[0][1] != pk or m.quorum != 1:
                     raise KeyMismatchError("the manifest's first signer must be this key pair, "
                                            "with quorum 1")
                 core_key = manifest_hash(manifest)

@@ -1326,7 +1326,7 @@ static void test_files(void) {
         memset(&o, 0, sizeof(o));
         o.io = io2;
         CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_LOCKED);
-        CHECK(cm_open_err_file() == CM_FILE_HEADER, "locked names header");
+        CHECK(rec.err_file == CM_FILE_HEADER, "locked names header");
     }
     cm_core_tree_hash(w, hash_before);
     CHECK_RC(cm_core_close(w), CM_OK);
@@ -1341,10 +1341,10 @@ static void test_files(void) {
         file_path(moved, sizeof(moved), d, "moved_key");
         REQUIRE(chmod(p, 0644) == 0, "chmod");
         CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_INSECURE);
-        CHECK(cm_open_err_file() == CM_FILE_SECRET_KEY, "mode names secret_key");
+        CHECK(rec.err_file == CM_FILE_SECRET_KEY, "mode names secret_key");
         REQUIRE(chmod(p, 0600) == 0 && rename(p, moved) == 0 && symlink(moved, p) == 0, "link");
         CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_INSECURE);
-        CHECK(cm_open_err_file() == CM_FILE_SECRET_KEY, "symlink names secret_key");
+        CHECK(rec.err_file == CM_FILE_SECRET_KEY, "symlink names secret_key");
         REQUIRE(unlink(p) == 0 && rename(moved, p) == 0, "restore");
         REQUIRE_OK(cm_core_open(&o, &w2, &rec));
         CHECK(cm_core_writable(w2), "the key file is back");
@@ -1384,14 +1384,14 @@ static void test_files(void) {
     flip_byte(d, "tree", 40 * 6 + 20);
     /* a root slot corrupted: open fails naming tree (roots of 11: 7, 17, 20) */
     flip_byte(d, "tree", 40 * 17 + 12);
-    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL), CM_ERR_CORRUPT);
-    CHECK(cm_open_err_file() == CM_FILE_TREE, "root corruption names %d", cm_open_err_file());
+    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, &rec), CM_ERR_CORRUPT);
+    CHECK(rec.err_file == CM_FILE_TREE, "root corruption names %d", rec.err_file);
     flip_byte(d, "tree", 40 * 17 + 12);
     /* secret key corrupted */
     flip_byte(d, "secret_key", 3);
-    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL), CM_ERR_CORRUPT);
-    CHECK(cm_open_err_file() == CM_FILE_SECRET_KEY, "secret key corruption names %d",
-          cm_open_err_file());
+    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, &rec), CM_ERR_CORRUPT);
+    CHECK(rec.err_file == CM_FILE_SECRET_KEY, "secret key corruption names %d",
+          rec.err_file);
     flip_byte(d, "secret_key", 3);
 
     /* newest header slot damaged: the other slot and the wal give the same state */
@@ -1423,7 +1423,7 @@ static void test_files(void) {
     cm_io_posix_free(io2);
     REQUIRE_OK(cm_io_posix_new(d2, &io2));
     CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_CORRUPT);
-    CHECK(cm_open_err_file() == CM_FILE_HEADER, "both slots names header");
+    CHECK(rec.err_file == CM_FILE_HEADER, "both slots names header");
 
     /* format versions 2 and 0: no reader for them (newer, older), whatever the layout */
     for (version = 2; version >= 0; version -= 2) {
@@ -1450,7 +1450,7 @@ static void test_files(void) {
         }
         fclose(f);
         CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_VERSION);
-        CHECK(cm_open_err_file() == CM_FILE_HEADER, "version names header");
+        CHECK(rec.err_file == CM_FILE_HEADER, "version names header");
     }
 
     /* crash images of a live store (sync durability): torn tail, lost durable record */
@@ -1504,8 +1504,8 @@ static void test_files(void) {
         copy_store(d, d2);
         flip_byte(d2, "wal", 60);
         CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_CORRUPT);
-        CHECK(cm_open_err_file() == CM_FILE_WAL, "lost durable record names wal (%d)",
-              cm_open_err_file());
+        CHECK(rec.err_file == CM_FILE_WAL, "lost durable record names wal (%d)",
+              rec.err_file);
         CHECK_RC(cm_core_close(w), CM_OK);
     }
     cm_io_posix_free(io);
@@ -1921,7 +1921,7 @@ static void test_power_cuts_writer(int runs) {
         {
             int rc = open_mem(&cio, NULL, NULL, 0, 0, dur, cp, &c, &rec);
             CHECK(rc == CM_OK, "reopen after power cut: %d (%s), file %d", rc, cm_strerror(rc),
-                  cm_open_err_file());
+                  rec.err_file);
             if (rc != CM_OK) {
                 model_free(&m);
                 cio_free(&cio);
@@ -2101,7 +2101,7 @@ static void test_power_cuts_replica(int runs) {
         {
             int rc = open_mem(&rio, NULL, key, 0, 0, dur, cp, &r, &rec);
             CHECK(rc == CM_OK, "replica reopen after power cut: %d (%s) file %d", rc,
-                  cm_strerror(rc), cm_open_err_file());
+                  cm_strerror(rc), rec.err_file);
             if (getenv("CM_TEST_ONLY") && r)
                 fprintf(stderr, "recovered: length %llu fork %llu contiguous %llu replayed %llu discarded %llu; writer %llu/%llu dur %d\n",
                         (unsigned long long)cm_core_length(r), (unsigned long long)cm_core_fork(r),

@@ -5,6 +5,7 @@ import os
 import stat
 import struct
 import zlib
+from typing import List
 
 import pytest
 
@@ -259,3 +260,35 @@ def test_get_range(tmp_path, kp: cm.KeyPair) -> None:
             assert replica.get_range(2, 10) == blocks[2:10]
             with pytest.raises(cm.BlockNotAvailableError):
                 replica.get_range(5, 11)
+
+
+def test_failed_opens_in_threads_name_their_own_files(tmp_path, kp: cm.KeyPair) -> None:
+    """Opens run without the GIL: two threads failing to open different
+    damaged stores each get the file of their own store (issue 10: the C
+    backend kept the failing file in a global)."""
+    import threading
+
+    def damaged(name: str, file: str) -> str:
+        path = str(tmp_path / name)
+        with cm.Core(path, key_pair=kp) as core:
+            core.append([b"x" * 100] * 9)
+        with open(os.path.join(path, file), "r+b") as f:
+            f.write(b"\xff" * (8192 if file == "header" else 40 * 17))
+        return path
+
+    stores = {"tree": damaged("a", "tree"), "header": damaged("b", "header")}
+    wrong: List[str] = []
+
+    def open_many(file: str) -> None:
+        for _ in range(300):
+            try:
+                cm.Core(stores[file])
+            except cm.CorruptionError as e:
+                if os.path.basename(str(e.filename)) != file:
+                    wrong.append("%s named %s" % (file, e.filename))
+    threads = [threading.Thread(target=open_many, args=(f,)) for f in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong[:5]

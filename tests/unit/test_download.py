@@ -266,3 +266,28 @@ def test_a_forged_proof_waiting_ahead_never_pushes_out_the_real_one(pair: Any) -
         s.deliver(wire.DATA, writer.proof(block=i, nodes=replica.missing_nodes(i)))
     assert replica.contiguous_length == 4 and replica.get(3) == writer.get(3)
     assert 3 not in s.download.ahead and 3 not in s.download.inflight
+
+
+def test_requests_and_runs_are_refused_with_the_same_reasons(pair: Any) -> None:
+    """NO_DATA reasons (Hypercore's noData): another fork is an invalid
+    request, what the server does not hold is not available - the same for a
+    REQUEST and a RUN (issue 10: they were swapped)."""
+    writer, _ = pair
+    counters = Counters()
+
+    def reason(answer: serving.Answer) -> int:
+        (kind, body), = answer.messages
+        assert kind == wire.NO_DATA
+        return wire.NoData.decode(body).reason
+
+    other_fork = (serving.answer_request(writer, wire.Request(1, 7, block=(3, 0)), counters),
+                  serving.answer_run(writer, wire.Run(2, 7, 0, 4, 0), counters, 1100))
+    assert [reason(a) for a in other_fork] == [serving.INVALID_REQUEST] * 2
+    assert all(a.resync for a in other_fork)
+    beyond = writer.length + 64 - writer.length % 64
+    not_held = (serving.answer_request(writer, wire.Request(3, 0, block=(beyond, 0)), counters),
+                serving.answer_run(writer, wire.Run(4, 0, beyond, 64, 0), counters, 1100))
+    assert [reason(a) for a in not_held] == [serving.NOT_AVAILABLE] * 2
+    refused = (serving.answer_request(writer, wire.Request(5, 0, block=(4, 1000)), counters),
+               serving.answer_run(writer, wire.Run(6, 0, 4, 4, 1000), counters, 1100))
+    assert [reason(a) for a in refused] == [serving.NOT_AVAILABLE] * 2

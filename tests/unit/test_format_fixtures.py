@@ -48,6 +48,9 @@ def test_fixture_store_opens_reads_and_verifies(tmp_path, version: int, name: st
     expected: Dict[str, Any] = _load(version, "stores.json")[name]
     copy = str(tmp_path / name)
     shutil.copytree(os.path.join(FIXTURES, "format-v%d" % version, name), copy)
+    key_file = os.path.join(copy, "secret_key")
+    if os.path.exists(key_file):
+        os.chmod(key_file, 0o600)   # git keeps no modes; a key open to others is refused
     got = recipes.describe(copy)
     if version == caps.FORMAT_VERSION:
         assert got == expected
