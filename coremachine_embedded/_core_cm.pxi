@@ -107,6 +107,7 @@ cdef extern from "cm.h":
         uint64_t bytes_discarded
         int header_slot
         int header_fallback
+        int forked
         int err_file
         int err_errno
 

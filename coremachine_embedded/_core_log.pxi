@@ -50,7 +50,8 @@ cdef class Log:
             rc = cm_core_open(&opts, &self.core, &rec)
         self.recovery = {"records_replayed": rec.records_replayed,
                          "bytes_discarded": rec.bytes_discarded,
-                         "header_slot": rec.header_slot, "header_fallback": rec.header_fallback}
+                         "header_slot": rec.header_slot, "header_fallback": rec.header_fallback,
+                         "forked": rec.forked}
         if rc != 0:
             self.core = NULL
             self._raise(rc, "open", rec.err_file, rec.err_errno)

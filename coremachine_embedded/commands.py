@@ -203,9 +203,10 @@ def history(store: str, start: Optional[int], end: Optional[int]) -> List[Dict[s
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:
     with open_store(store) as core:
-        checked = core.verify(progress)
+        warnings: List[str] = []
+        checked = core.verify(progress, warnings)
         return {"blocks": checked, "length": core.length, "fork": core.fork,
-                "signature": bool(core.signature)}
+                "signature": bool(core.signature), "warnings": warnings}
 
 
 def info(store: str) -> Dict[str, Any]:

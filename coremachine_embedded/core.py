@@ -146,6 +146,7 @@ class Core:
         if create is None:
             create = key_pair is not None or key is not None
         self.directory = None if directory is None else os.fspath(directory)
+        self._storage = storage   # (a path, or a storage object)
         self._lock = threading.RLock()
         self._listeners: List[Callable[["CoreChange"], None]] = []
         self._in_order = InOrder()
@@ -426,16 +427,25 @@ class Core:
                 self._notify("proof", before, None)
             return added
 
-    def verify(self, progress: Any = None) -> int:
-        """Re-hash every held block against the tree and check the signature
-        of the current state.  Returns the number of blocks checked.
+    def verify(self, progress: Any = None, warnings: Optional[List[str]] = None) -> int:
+        """Check every checksummed region of the store files (both header
+        slots, the wal records), re-hash every held block against the tree
+        and check the signature of the current state.  Returns the number of
+        blocks checked.
 
         :param progress: optional callable ``progress(done, total)``.
+        :param warnings: a list that gets what is wrong with older copies
+            nothing reads (the other header slot, wal records of earlier
+            generations): damage there loses nothing.
         :raises CorruptionError: naming the damaged file.
         :raises InvalidSignatureError: the signature does not sign the tree.
         """
+        from .storecheck import check_files
         with self._lock:
             log = self._log
+            found = check_files(self._read_file, self._file_path)
+            if warnings is not None:
+                warnings.extend(found)
             sig = log.signature()
             if sig is not None:
                 _impl.check_signature(log.key, log.manifest, log.tree_hash(), log.length,
@@ -446,6 +456,19 @@ class Core:
                 if progress is not None and (i & 1023 == 1023 or i + 1 == total):
                     progress(i + 1, total)
             return total
+
+    def _read_file(self, name: str) -> bytes:
+        if self.directory is not None:
+            with open(os.path.join(self.directory, name), "rb") as f:
+                return f.read()
+        f = self._storage.open(name, 0)
+        try:
+            return bytes(f.read(f.size(), 0))
+        finally:
+            f.close()
+
+    def _file_path(self, name: str) -> Optional[str]:
+        return os.path.join(self.directory, name) if self.directory is not None else name
 
     def has(self, index: int) -> bool:
         """True if block ``index`` is held locally."""

@@ -31,7 +31,8 @@ extern "C" {
 #define CM_VERSION "0.1.0"
 
 /* On-disk format version, separate from the code version (docs/format.md). */
-#define CM_FORMAT_VERSION 1
+#define CM_FORMAT_VERSION 2
+#define CM_FORMAT_OLDEST 1   /* the oldest version opened (and migrated) */
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -388,6 +389,8 @@ typedef struct cm_recovery {
     uint64_t bytes_discarded;    /* torn bytes after the last valid record */
     int header_slot;             /* 0 or 1: the slot in use */
     int header_fallback;         /* 1: newest slot was torn, the other was used */
+    int forked;                  /* 1: a writer's files held more than header and wal
+                                    explain (records were lost): it moved to a new fork */
     /* When cm_core_open fails: the file at fault (CM_FILE_NONE if none) and,
      * for CM_ERR_IO, errno.  Per call, so concurrent opens cannot mix them. */
     cm_file_id err_file;

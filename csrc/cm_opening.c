@@ -216,6 +216,29 @@ static int load_header(cm_core *c, const cm__hdr *h, const cm_open_opts *o) {
     return CM_OK;
 }
 
+/* A writer whose tree or data file holds more than its state (records were
+ * written and applied, then lost: a power cut before their sync, or damage
+ * to the wal) may have handed out signatures of states it no longer has:
+ * signing new states on the same fork could contradict them, so it moves to
+ * a new fork at what it holds (a truncation, checkpointed). */
+static int refork_if_lost(cm_core *c, cm_recovery *rec) {
+    uint64_t tsize, dsize;
+    int rc;
+    if ((rc = cm__io_size(c, CM_FILE_TREE, &tsize)) != CM_OK) return rc;
+    if ((rc = cm__io_size(c, CM_FILE_DATA, &dsize)) != CM_OK) return rc;
+    if (tsize <= (c->length > 0 ? (2 * c->length - 1) * NODE_SLOT : 0) && dsize <= c->byte_length)
+        return CM_OK;
+    rec->forked = 1;
+    return cm_core_truncate(c, c->length, c->fork + 1);
+}
+
+/* Format 1 -> 2 (and the checkpoint after a torn tail): the layout is the
+ * same; format 2 only checkpoints every truncation, which a header slot of
+ * version 2 written now (crash-safe as any checkpoint) starts to promise. */
+static int migrate(cm_core *c) {
+    return cm__checkpoint(c);
+}
+
 static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
     uint8_t slots[2][SLOT_SIZE];
     size_t got[2];
@@ -254,7 +277,7 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
     if (!valid[1 - use] && !cm__is_zero(slots[1 - use], SLOT_SIZE)) rec->header_fallback = 1;
     /* Older versions too: a store of a format without a migration to this
      * one is not read (docs/format.md, "Changing the format"). */
-    if (h[use].format_version != CM_FORMAT_VERSION)
+    if (h[use].format_version < CM_FORMAT_OLDEST || h[use].format_version > CM_FORMAT_VERSION)
         return cm__fail(c, CM_ERR_VERSION, CM_FILE_HEADER);
     if ((rc = load_header(c, &h[use], o)) != CM_OK) return rc;
 
@@ -286,7 +309,10 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
             if ((rc = cm__sanitize(c)) != CM_OK) return rc;
         }
     }
-    if (torn && (rc = cm__checkpoint(c)) != CM_OK) return rc;
+    if (c->writable && (rc = refork_if_lost(c, rec)) != CM_OK) return rc;
+    if ((torn || h[use].format_version < CM_FORMAT_VERSION) && !rec->forked &&
+        (rc = migrate(c)) != CM_OK)
+        return rc;
     cm__scratch_trim(c);
     return CM_OK;
 }

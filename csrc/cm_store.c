@@ -223,11 +223,3 @@ int cm_core_public_key(const cm_core *c, uint8_t out[32]) {
     return CM_OK;
 }
 
-int cm_core_signature(cm_core *c, uint8_t *out, size_t cap, size_t *len) {
-    int rc = cm__ensure_signature(c);
-    if (rc != CM_OK) return rc;
-    *len = c->sig_len;
-    if (cap < c->sig_len) return CM_ERR_TOO_LARGE;
-    if (c->sig_len) memcpy(out, c->sig, c->sig_len);
-    return CM_OK;
-}

@@ -42,7 +42,8 @@ class Log(Writer, Replica, Blocks):
         self._secret_key: Optional[bytes] = None
         self._sig: Optional[bytes] = None
         self.recovery: Dict[str, int] = {"records_replayed": 0, "bytes_discarded": 0,
-                                         "header_slot": 0, "header_fallback": 0}
+                                         "header_slot": 0, "header_fallback": 0,
+                                         "forked": 0}
         try:
             self._open(storage, create, secret_key, key, manifest, compat)
         except BaseException:
@@ -80,7 +81,7 @@ class Log(Writer, Replica, Blocks):
         self.recovery["header_slot"] = slot.seq % 2
         other = raw[SLOT_SIZE * (1 - slot.seq % 2):SLOT_SIZE * (2 - slot.seq % 2)]
         self.recovery["header_fallback"] = int(len(valid) == 1 and any(other))
-        if slot.version != caps.FORMAT_VERSION:
+        if not caps.FORMAT_OLDEST <= slot.version <= caps.FORMAT_VERSION:
             # Older ones too: a format with no migration to this one is not read.
             raise FormatVersionError("the store is in format %d; this library reads format %d"
                                      % (slot.version, caps.FORMAT_VERSION),
@@ -112,8 +113,31 @@ class Log(Writer, Replica, Blocks):
             # Anything past the contiguous region may hold writes of records
             # that never became durable.
             self._sanitize()
-        if self.recovery["bytes_discarded"]:
-            self._checkpoint()
+        if self._secret_key is not None:
+            self._refork_if_lost()
+        if (self.recovery["bytes_discarded"] or slot.version < caps.FORMAT_VERSION) \
+                and not self.recovery["forked"]:
+            self._migrate()
+
+    def _refork_if_lost(self) -> None:
+        """A writer whose tree or data file holds more than its state (records
+        were written and applied, then lost: a power cut before their sync,
+        or damage to the wal) may have handed out signatures of states it no
+        longer has: signing new states on the same fork could contradict
+        them, so it moves to a new fork at what it holds (a truncation,
+        checkpointed)."""
+        n = self.length
+        if (self._tree.size() > (NODE_SLOT * (2 * n - 1) if n else 0)
+                or self._data.size() > self.byte_length):
+            self.recovery["forked"] = 1
+            self.truncate(n, self.fork + 1)
+
+    def _migrate(self) -> None:
+        """Format 1 -> 2 (and the checkpoint after a torn tail): the layout is
+        the same; format 2 only checkpoints every truncation, which a header
+        slot of version 2 written now (crash-safe as any checkpoint) starts
+        to promise."""
+        self._checkpoint()
 
     def _load_header(self, slot: _Slot, storage: Any, secret_key: Optional[bytes],
                      key: Optional[bytes], manifest: Optional[bytes]) -> None:

@@ -1425,8 +1425,11 @@ static void test_files(void) {
     CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_CORRUPT);
     CHECK(rec.err_file == CM_FILE_HEADER, "both slots names header");
 
-    /* format versions 2 and 0: no reader for them (newer, older), whatever the layout */
-    for (version = 2; version >= 0; version -= 2) {
+    /* format versions CM_FORMAT_VERSION + 1 and 0: no reader for them (newer,
+     * older than CM_FORMAT_OLDEST), whatever the layout; CM_FORMAT_OLDEST is
+     * opened and migrated (a header slot of this version written) */
+    for (version = CM_FORMAT_VERSION + 1; version >= CM_FORMAT_OLDEST - 1;
+         version -= CM_FORMAT_VERSION + 2 - CM_FORMAT_OLDEST) {
         char p[4096];
         FILE *f;
         uint8_t slot[4096];
@@ -1452,6 +1455,52 @@ static void test_files(void) {
         CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_VERSION);
         CHECK(rec.err_file == CM_FILE_HEADER, "version names header");
     }
+#if CM_FORMAT_OLDEST < CM_FORMAT_VERSION
+    {   /* the oldest version still read: opened, migrated, the same log */
+        char p[4096];
+        FILE *f;
+        uint8_t slot[4096];
+        size_t n;
+        int s;
+        uint8_t expected[32];
+        copy_store(d, d2);
+        REQUIRE_OK(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec));
+        cm_core_tree_hash(w2, expected);
+        CHECK_RC(cm_core_close(w2), CM_OK);
+        copy_store(d, d2);
+        file_path(p, sizeof(p), d2, "header");
+        f = fopen(p, "r+b");
+        REQUIRE(f != NULL, "open header");
+        for (s = 0; s < 2; s++) {
+            uint32_t body_len;
+            fseek(f, s * 4096, SEEK_SET);
+            n = fread(slot, 1, sizeof(slot), f);
+            if (n < 8) continue;
+            body_len = (uint32_t)slot[4] | ((uint32_t)slot[5] << 8) | ((uint32_t)slot[6] << 16) |
+                       ((uint32_t)slot[7] << 24);
+            put_le32(slot + 8 + 4, (uint32_t)CM_FORMAT_OLDEST);
+            put_le32(slot, cm_crc32(0, slot + 4, 4 + body_len));
+            fseek(f, s * 4096, SEEK_SET);
+            fwrite(slot, 1, 8 + body_len, f);
+        }
+        fclose(f);
+        REQUIRE_OK(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec));
+        cm_core_tree_hash(w2, h);
+        CHECK(memcmp(h, expected, 32) == 0, "migrated store: the same log");
+        CHECK_RC(cm_core_close(w2), CM_OK);
+        {
+            uint8_t b[12];
+            f = fopen(p, "rb");
+            REQUIRE(f != NULL, "open header");
+            for (s = 0, n = 0; s < 2; s++) {
+                fseek(f, s * 4096 + 8, SEEK_SET);
+                if (fread(b, 1, 12, f) == 12 && (uint32_t)b[4] == CM_FORMAT_VERSION) n++;
+            }
+            fclose(f);
+            CHECK(n >= 1, "a slot of version %d was written", CM_FORMAT_VERSION);
+        }
+    }
+#endif
 
     /* crash images of a live store (sync durability): torn tail, lost durable record */
     {
@@ -1851,6 +1900,7 @@ static void test_power_cuts_writer(int runs) {
         cm_recovery rec;
         model m;
         size_t durable = 0, k, found = (size_t)-1;
+        uint64_t recovered_fork = 0;
         int nops, op, compat;
         cm_durability dur;
         uint64_t cp;
@@ -1906,6 +1956,7 @@ static void test_power_cuts_writer(int runs) {
                 uint8_t sig[128];
                 size_t sl;
                 CHECK_RC(cm_core_signature(c, sig, sizeof(sig), &sl), CM_OK);
+                durable = m.n - 1; /* only durable states are signed */
             }
         }
         if (!c) {
@@ -1928,13 +1979,17 @@ static void test_power_cuts_writer(int runs) {
                 continue;
             }
         }
+        /* one of the states since the last durable one - on a new fork when
+         * the files showed records were lost (the writer re-forked) */
         for (k = durable; k < m.n; k++) {
             uint8_t th[32];
             cm_core_tree_hash(c, th);
-            if (m.s[k].length == cm_core_length(c) && m.s[k].fork == cm_core_fork(c) &&
+            if (m.s[k].length == cm_core_length(c) &&
+                m.s[k].fork + (uint64_t)rec.forked == cm_core_fork(c) &&
                 memcmp(th, m.s[k].tree_hash, 32) == 0)
                 found = k;
         }
+        recovered_fork = cm_core_fork(c);
         CHECK(found != (size_t)-1,
               "recovered state (length %llu fork %llu) is not one of the %zu states since the "
               "last durable one (length %llu fork %llu)",
@@ -1956,7 +2011,7 @@ static void test_power_cuts_writer(int runs) {
                 continue;
             }
             cm_core_tree_hash(c, th);
-            CHECK(cm_core_length(c) == m.s[found].length && cm_core_fork(c) == m.s[found].fork &&
+            CHECK(cm_core_length(c) == m.s[found].length && cm_core_fork(c) == recovered_fork &&
                       memcmp(th, m.s[found].tree_hash, 32) == 0,
                   "second power cut lost the recovered state");
         }

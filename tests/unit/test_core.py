@@ -10,7 +10,7 @@ from typing import List
 import pytest
 
 import coremachine_embedded as cm
-from coremachine_embedded import errors
+from coremachine_embedded import caps, errors
 
 SEED = bytes(range(32))
 
@@ -160,7 +160,10 @@ def _rewrite_header_version(path, version: int, grow: int = 0) -> None:
             f.write(new)
 
 
-@pytest.mark.parametrize("version,grow", [(2, 0), (2, 24), (0, 0), (0, 8)])
+@pytest.mark.parametrize("version,grow", [(caps.FORMAT_VERSION + 1, 0),
+                                          (caps.FORMAT_VERSION + 1, 24),
+                                          (caps.FORMAT_OLDEST - 1, 0),
+                                          (caps.FORMAT_OLDEST - 1, 8)])
 def test_other_format_versions_are_refused(tmp_path, kp: cm.KeyPair, version: int,
                                           grow: int) -> None:
     """A store in a format this library has no reader (or migration) for is a
@@ -176,6 +179,24 @@ def test_other_format_versions_are_refused(tmp_path, kp: cm.KeyPair, version: in
     with pytest.raises(cm.FormatVersionError) as e:
         cm.Core(d)
     assert e.value.code == "FORMAT_VERSION" and str(e.value.filename).endswith("header")
+
+
+def test_the_oldest_format_still_read_is_migrated(tmp_path, kp: cm.KeyPair) -> None:
+    """Format 1 has format 2's layout: it opens, reads the same log, and gets
+    a header slot of the current version (format 2 checkpoints every
+    truncation)."""
+    d = tmp_path / "v"
+    with cm.Core(d, key_pair=kp) as core:
+        core.append([b"x", b"y"])
+        core.checkpoint()
+        core.append(b"z")
+        expected = core.tree_hash()
+    _rewrite_header_version(d / "header", caps.FORMAT_OLDEST, 0)
+    with cm.Core(d) as core:
+        assert (core.length, core.tree_hash()) == (3, expected)
+    raw = (d / "header").read_bytes()
+    versions = {struct.unpack_from("<I", raw, base + 12)[0] for base in (0, 4096)}
+    assert caps.FORMAT_VERSION in versions
 
 
 def test_replica_refuses_blocks_over_its_max_block_size(tmp_path, kp: cm.KeyPair) -> None:
