@@ -36,10 +36,10 @@ table is compiled into the backend's ``Table`` (C in the C backend).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _backend, _json
+from .awaitables import is_coroutine_function
 from .errors import CoreMachineError, InvalidArgumentError
 
 Callback = Callable[..., Any]
@@ -144,8 +144,8 @@ class MachineDefinition:
 
 
 def _is_async(fn: Optional[Callback]) -> bool:
-    return fn is not None and (inspect.iscoroutinefunction(fn)
-                               or inspect.iscoroutinefunction(getattr(fn, "__call__", None)))
+    return fn is not None and (is_coroutine_function(fn)
+                               or is_coroutine_function(getattr(fn, "__call__", None)))
 
 
 def _callable_or_none(value: Any, where: str) -> Optional[Callback]:
