@@ -3,12 +3,15 @@
 ``auto`` (default): the C extension; if it is missing, the pure-Python backend
 with a loud warning saying how to build the extension.  ``c``: the extension or
 ImportError.  ``python``: the pure-Python backend.  Anything else: ImportError.
+With the C backend, ``speedups`` is the C twin of ``snapshot.copy_json`` and
+``_json``'s fast-path check (None with the pure-Python backend).
 """
 from __future__ import annotations
 
 import os
 import warnings
 from types import ModuleType
+from typing import Optional
 
 _BUILD_HINT = ("build it with `make build` (or `pip install .`); it needs a C compiler, "
                "Cython and libsodium-dev")
@@ -35,5 +38,18 @@ def _load() -> ModuleType:
         return _pure
 
 
+def _load_speedups() -> Optional[ModuleType]:
+    """With the C backend, the C twins of two hot Python functions
+    (_speedups.pyx); None otherwise, and the Python versions run."""
+    if impl.NAME != "c":
+        return None
+    try:
+        from . import _speedups
+        return _speedups
+    except ImportError:
+        return None
+
+
 impl = _load()
 name: str = impl.NAME
+speedups = _load_speedups()

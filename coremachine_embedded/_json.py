@@ -611,6 +611,27 @@ def _scan(o: "Any", depth: int) -> None:
         raise _Slow
 
 
+def scan_ok(value: "Any") -> bool:
+    """True if ``_scan`` lets ``value`` by (the reference for the C twin that
+    ``_fast_ok`` is with the C backend)."""
+    try:
+        _scan(value, 0)
+    except (_Slow, _RecursionError):
+        return False
+    return True
+
+
+def _speedup() -> "Callable[[Any], bool]":
+    try:
+        from ._backend import speedups
+    except Exception:  # pragma: no cover - this file alone, or MicroPython
+        return scan_ok
+    return scan_ok if speedups is None else speedups.json_safe
+
+
+_fast_ok = _speedup()
+
+
 def _c_quote() -> "Callable[[str], str]":
     try:
         from json.encoder import encode_basestring
@@ -676,9 +697,7 @@ def encoder(name: str) -> "Callable[[Any], bytes]":
     def dumps(value: "Any") -> bytes:
         """``Buffer.from(JSON.stringify(value))``; JSONValueError if JS/JSON
         cannot carry ``value``."""
-        try:
-            _scan(value, 0)
-        except (_Slow, _RecursionError):
+        if not _fast_ok(value):
             return slow(value)
         try:
             return write(value)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from . import _json
+from . import _backend, _json
 
 MISSING: Any = type("MISSING", (), {"__repr__": lambda self: "MISSING", "__slots__": ()})()
 _UNREAD: Any = type("UNREAD", (), {"__slots__": ()})()
@@ -16,15 +16,19 @@ _UNREAD: Any = type("UNREAD", (), {"__slots__": ()})()
 _CONTAINERS = (dict, list, tuple)
 
 
-def copy_json(value: Any) -> Any:
+def copy_json_python(value: Any) -> Any:
     """A deep copy of a JSON value (dicts, lists, immutables); a tuple is
-    stored as an array, so it is copied as a list."""
+    stored as an array, so it is copied as a list.  (The reference for the
+    C twin that :func:`copy_json` is with the C backend.)"""
     if isinstance(value, dict):
-        return {k: (copy_json(v) if isinstance(v, _CONTAINERS) else v)
+        return {k: (copy_json_python(v) if isinstance(v, _CONTAINERS) else v)
                 for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [copy_json(v) if isinstance(v, _CONTAINERS) else v for v in value]
+        return [copy_json_python(v) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
+
+
+copy_json = copy_json_python if _backend.speedups is None else _backend.speedups.copy_json
 
 
 class Snapshot:
@@ -55,7 +59,10 @@ class Snapshot:
                   fork: int) -> "Snapshot":
         """The snapshot of entry ``index``, just appended as ``block``: its
         context and value are decoded from the block when first read."""
-        snap = cls(state, _UNREAD, index, previous_state, event, _UNREAD, fork)
+        snap = cls.__new__(cls)
+        snap.state, snap.index, snap.previous_state, snap.event, snap.fork = (
+            state, index, previous_state, event, fork)
+        snap._context = snap._value = _UNREAD
         snap._block = block
         return snap
 
