@@ -14,14 +14,16 @@ anything is written.  See docs/json.md.
   also send the value to the reference encoder, which then does everything
   (with the stdlib's C string escaper when there is one).
 * ``COREMACHINE_JSON=orjson|ujson|json|pure`` forces a library; an unknown or
-  missing one is an ImportError.  ``backend`` names the one in use.
+  missing one is an ImportError (when the library is picked: at the first
+  ``dumps`` or ``backend``, so that reading a state imports none).
+  ``backend`` names the one in use.
 """
 import sys
 
 try:  # typing exists only on CPython; the encoder never uses it at run time
-    from typing import Any, Callable, Dict, List, Optional, Tuple
-except ImportError:  # pragma: no cover - MicroPython
-    pass
+    from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+except ImportError:  # pragma: no cover - MicroPython (a plain assignment upsets mypy)
+    globals()["TYPE_CHECKING"] = False
 
 try:
     from .errors import CoreMachineError, DecodeError, ArgumentTypeError
@@ -738,8 +740,40 @@ def _choose() -> "Tuple[str, Callable[[Any], bytes]]":
     return "pure", _pure_dumps
 
 
-#: The library ``dumps`` uses: "orjson", "ujson", "json" or "pure".
-backend, dumps = _choose()
+# ``backend``, the library ``dumps`` uses ("orjson", "ujson", "json" or
+# "pure"), is picked and imported when first needed (``__getattr__`` below,
+# or the first dumps): reading a state needs no encoder.
+if TYPE_CHECKING:
+    backend = ""  # at run time: __getattr__ until picked
+_chosen = None  # type: Optional[Callable[[Any], bytes]]
+
+
+def _pick() -> "Callable[[Any], bytes]":
+    global backend, _chosen, dumps
+    backend, _chosen = _choose()
+    dumps = _chosen
+    return _chosen
+
+
+def _first_dumps(value: "Any") -> bytes:
+    """``Buffer.from(JSON.stringify(value))`` with the fastest library here
+    (``backend``); JSONValueError if JS/JSON cannot carry ``value``.  The
+    first call picks the library and puts its dumps in this one's place."""
+    return (_chosen or _pick())(value)
+
+
+dumps = _first_dumps  # type: Callable[[Any], bytes]
+
+
+def __getattr__(name: str) -> "Any":
+    if name == "backend":
+        _pick()
+        return backend
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+if not _CPYTHONISH:  # pragma: no cover - MicroPython: nothing to save, pick now
+    _pick()
 
 # --------------------------------------------------------------------------
 # loads

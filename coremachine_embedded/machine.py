@@ -113,7 +113,7 @@ class MachineDefinition:
         self.exit = tuple(exit_)
         self.open_redirect = tuple(open_redirect)
         self.config = config
-        self._context_json = _json.dumps(context)
+        self._context_json = _json.encoder("pure")(context)  # = dumps; imports no library
         self.table = _backend.impl.Table(len(self.states), max(1, len(self.events)))
         # Per state, the events that have transitions, in definition order.
         self.events_by_state: Tuple[Tuple[Tuple[str, Tuple[Transition, ...]], ...], ...]
@@ -191,7 +191,7 @@ def create_machine(config: Union[MachineDefinition, Mapping[str, Any]]) -> Machi
     if not isinstance(context, dict):
         raise DefinitionError("context must be a dict (a JSON object)")
     try:
-        _json.dumps(context)
+        _json.encoder("pure")(context)  # as dumps would; no library to import for a definition
     except _json.JSONValueError as e:
         raise DefinitionError("context cannot be stored as JSON: %s" % e) from None
     states_cfg = config.get("states")
