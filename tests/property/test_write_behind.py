@@ -1,8 +1,9 @@
-"""The C store's files keep their tree and data writes in memory until they
-are synced (csrc/cm_io_posix.c, write-behind): reads must see them, the files
-after close must be the pure backend's byte for byte, and a process that dies
-without closing must leave a store that opens with every append it made (the
-wal holds them; the tree and data files are rebuilt from it)."""
+"""Store files keep their tree and data writes in memory until they are
+synced (write-behind: csrc/cm_io_posix.c and its twin storage.OSFile): reads
+must see them, both backends must leave the same bytes on disk while open and
+after close, and a process that dies without closing must leave a store that
+opens with every append it made (the wal holds them; the tree and data files
+are rebuilt from it)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
+from coremachine_embedded.caps import Durability
+from coremachine_embedded.storage import WRITE_BEHIND
 
 try:
     from coremachine_embedded import _core
@@ -29,7 +32,7 @@ except ImportError as e:  # pragma: no cover - depends on the build
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECRET = bytes(range(32)) + bytes(32)
 FILES = ("header", "wal", "tree", "data")
-WINDOW = 32 << 10   # cm_io_posix.c WB_CAP
+WINDOW = WRITE_BEHIND
 
 # Blocks around the window's size too: a larger write goes straight to the file.
 block = st.one_of(st.binary(max_size=200), st.integers(WINDOW - 64, WINDOW + 64).map(
@@ -51,7 +54,7 @@ def _keypair(impl: Any) -> bytes:
 
 def open_log(impl: Any, d: str, create: bool = False) -> Any:
     return impl.Log(d, create=create, secret_key=_keypair(impl), key=None, manifest=None,
-                    compat=False, durability="none", checkpoint_bytes=64 << 10,
+                    compat=False, durability=Durability.NONE, checkpoint_bytes=64 << 10,
                     max_block_size=0)
 
 
@@ -93,16 +96,18 @@ def files(d: str) -> Dict[str, bytes]:
 
 @settings(max_examples=20, deadline=None)
 @given(script=ops)
-def test_reads_see_pending_writes_and_files_match_the_pure_backend(tmp_path_factory: Any,
+def test_reads_see_pending_writes_and_both_backends_write_the_same(tmp_path_factory: Any,
                                                                      script: List[Op]) -> None:
     base = str(tmp_path_factory.mktemp("wb"))
-    dirs = []
+    dirs, logs = [], []
     for impl in (_core, _pure):
         d = os.path.join(base, impl.__name__.rsplit(".", 1)[-1])
         model: List[bytes] = []
-        log = run_ops(impl, d, script, model)
-        log.close()
+        logs.append(run_ops(impl, d, script, model))
         dirs.append(d)
+    assert files(dirs[0]) == files(dirs[1])   # open: the same writes reached the disk
+    for log in logs:
+        log.close()
     assert files(dirs[0]) == files(dirs[1])
 
 
