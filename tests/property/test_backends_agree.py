@@ -7,20 +7,14 @@ from __future__ import annotations
 import os
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
 from coremachine_embedded.caps import Durability
+from tests.compiled import extension
 
-try:
-    from coremachine_embedded import _core
-except ImportError as e:  # pragma: no cover - depends on the build
-    if os.environ.get("COREMACHINE_IMPL") == "python":
-        pytest.skip("the C extension is not built (COREMACHINE_IMPL=python run): %s" % e,
-                    allow_module_level=True)
-    raise
+_core = extension("_core")
 
 BACKENDS = (_pure, _core)
 FILES = ("header", "wal", "tree", "data", "secret_key")

@@ -3,7 +3,6 @@
 with the original; ``json_safe`` says what ``_json._scan`` says."""
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -12,14 +11,9 @@ from hypothesis import strategies as st
 
 from coremachine_embedded import _json
 from coremachine_embedded.snapshot import copy_json_python
+from tests.compiled import extension
 
-try:
-    from coremachine_embedded import _speedups
-except ImportError as e:  # pragma: no cover - depends on the build
-    if os.environ.get("COREMACHINE_IMPL") == "python":
-        pytest.skip("the C extension is not built (COREMACHINE_IMPL=python run): %s" % e,
-                    allow_module_level=True)
-    raise
+_speedups = extension("_speedups")
 
 
 class Key(str):

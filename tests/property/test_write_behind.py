@@ -13,21 +13,15 @@ import sys
 import textwrap
 from typing import Any, Dict, List, Tuple
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
 from coremachine_embedded.caps import Durability
 from coremachine_embedded.storage import WRITE_BEHIND
+from tests.compiled import extension
 
-try:
-    from coremachine_embedded import _core
-except ImportError as e:  # pragma: no cover - depends on the build
-    if os.environ.get("COREMACHINE_IMPL") == "python":
-        pytest.skip("the C extension is not built (COREMACHINE_IMPL=python run): %s" % e,
-                    allow_module_level=True)
-    raise
+_core = extension("_core")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SECRET = bytes(range(32)) + bytes(32)
