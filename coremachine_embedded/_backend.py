@@ -37,6 +37,8 @@ class Log(Protocol):
     @property
     def writable(self) -> bool: ...
     @property
+    def readonly(self) -> bool: ...
+    @property
     def compat(self) -> bool: ...
     @property
     def key(self) -> bytes: ...
@@ -73,14 +75,15 @@ class Log(Protocol):
 
 
 class OpenLog(Protocol):
-    """The ``Log`` class of a backend: opens (or creates) a store.  ``storage``
-    is a directory path or a ``storage.Storage``."""
+    """The ``Log`` class of a backend: opens (or creates) a store, or takes a
+    read-only snapshot of one.  ``storage`` is a directory path or a
+    ``storage.Storage``."""
 
     def __call__(self, storage: Any, *, create: bool = False,
                  secret_key: Optional[bytes] = None, key: Optional[bytes] = None,
                  manifest: Optional[bytes] = None, compat: bool = False,
                  durability: Durability = Durability.SYNC, checkpoint_bytes: int = 0,
-                 max_block_size: int = 0) -> Log: ...
+                 max_block_size: int = 0, readonly: bool = False) -> Log: ...
 
 
 class Table(Protocol):

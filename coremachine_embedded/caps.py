@@ -53,6 +53,7 @@ AEAD_TAG = 16
 # Flags of the injectable file interface (storage.py, cm_io)
 IO_CREATE = 1                   # create the file if it is missing
 IO_PRIVATE = 2                  # create it with mode 0600
+IO_READONLY = 4                 # open it for reading only (a read-only snapshot)
 
 
 class CErrorCode(enum.IntEnum):

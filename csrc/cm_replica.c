@@ -162,6 +162,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
     c->err_file = CM_FILE_NONE;
     memset(&r, 0, sizeof(r));
     if (res) *res = r;
+    if (c->readonly) return cm__fail(c, CM_ERR_READONLY, CM_FILE_NONE);
     if (c->writable) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
     if ((rc = cm__poisoned(c)) != CM_OK) return rc;
     if (!c->msg && !(c->msg = (cm_data_msg *)malloc(sizeof(*c->msg))))
@@ -321,6 +322,7 @@ int cm_core_apply_run(cm_core *c, uint64_t start, const cm_buf *values, size_t n
     int rc, present;
     c->err_file = CM_FILE_NONE;
     *stored = 0;
+    if (c->readonly) return cm__fail(c, CM_ERR_READONLY, CM_FILE_NONE);
     if (c->writable) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
     if (n < 2 || n > CM_MAX_RUN || (n & (n - 1)) != 0 || start % n != 0 ||
         start >= CM_MAX_LENGTH || start + n > c->length)

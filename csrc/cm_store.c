@@ -142,7 +142,7 @@ const uint8_t *cm__signer_pk(const cm_core *c) {
 
 int cm__ensure_signature(cm_core *c) {
     int rc;
-    if (!c->writable || c->sig_cached) return CM_OK;
+    if (!c->has_secret || c->sig_cached) return CM_OK;
     if (c->length == 0 && c->fork == 0) {
         c->sig_len = 0;
         c->sig_cached = 1;
@@ -183,6 +183,10 @@ int cm_core_writable(const cm_core *c) {
     return c->writable;
 }
 
+int cm_core_readonly(const cm_core *c) {
+    return c->readonly;
+}
+
 int cm_core_compat(const cm_core *c) {
     return (c->flags & HF_MANIFEST) == 0;
 }
@@ -214,7 +218,7 @@ size_t cm_core_roots(const cm_core *c, cm_node out[CM_MAX_ROOTS]) {
 }
 
 int cm_core_public_key(const cm_core *c, uint8_t out[32]) {
-    if (c->writable)
+    if (c->has_secret)
         memcpy(out, c->secret + 32, 32);
     else
         memcpy(out, cm__signer_pk(c), 32);

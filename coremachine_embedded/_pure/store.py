@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..caps import Durability
 from ..encoding import Manifest, Node
 from ..errors import ClosedError, CorruptionError, ReadOnlyError, StorageError
 from ..storage import File
 from .crypto import Verifier, discovery_key
+
+if TYPE_CHECKING:  # a type only: snapshot.py is a layer above
+    from .snapshot import Overlay
 
 # The on-disk format (docs/format.md), as csrc/cm_store.h has it.
 MAGIC = b"CMEH"
@@ -61,12 +64,15 @@ class StoreState:
     _data: File
     _closed: bool
     _failed: Optional[BaseException]   # a write failed: memory and files may differ
+    _readonly: bool                    # a snapshot: no lock, no write, records in _overlay
+    _overlay: Optional["Overlay"]
     # identity
     key: bytes
     manifest: Optional[bytes]
     _flags: int
     _verifier: Verifier
-    _secret_key: Optional[bytes]
+    _secret_key: Optional[bytes]       # signs the state lazily
+    _writer_store: bool                # has a secret_key file (a snapshot may not read it)
     # state
     fork: int
     length: int
@@ -103,6 +109,8 @@ class StoreState:
 
     def _check_writer(self) -> None:
         self._check_open()
+        if self._readonly:
+            raise ReadOnlyError("this core is a read-only snapshot")
         if self._secret_key is None:
             raise ReadOnlyError("this core was opened without its secret key")
 
@@ -122,7 +130,11 @@ class StoreState:
 
     @property
     def writable(self) -> bool:
-        return self._secret_key is not None
+        return self._secret_key is not None and not self._readonly
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
 
     @property
     def compat(self) -> bool:

@@ -17,8 +17,8 @@ from coremachine_embedded import caps, errors
 from coremachine_embedded._pure import store, wal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# cm_store.h defines that only the C implementation has (memory management).
-C_ONLY = {"CM_VCACHE", "SCRATCH_KEEP"}
+# cm_store.h defines that only the C implementation has (memory, read batching).
+C_ONLY = {"CM_VCACHE", "SCRATCH_KEEP", "RANGE_RUN"}
 
 
 def _read(name: str) -> str:
