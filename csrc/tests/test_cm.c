@@ -1257,25 +1257,27 @@ static long file_size(const char *dir, const char *name) {
     return (long)st.st_size;
 }
 
+/* Copy store file `name` from one directory to another (if it exists). */
+static void copy_file(const char *from, const char *to, const char *name) {
+    char a[4096], b[4096], buf[8192];
+    FILE *fa, *fb;
+    size_t n;
+    file_path(a, sizeof(a), from, name);
+    file_path(b, sizeof(b), to, name);
+    fa = fopen(a, "rb");
+    if (!fa) return;
+    fb = fopen(b, "wb");
+    REQUIRE(fb != NULL, "create %s", b);
+    while ((n = fread(buf, 1, sizeof(buf), fa)) > 0) fwrite(buf, 1, n, fb);
+    fclose(fa);
+    fclose(fb);
+}
+
 static void copy_store(const char *from, const char *to) {
     int i;
     rm_rf(to);
     REQUIRE(mkdir(to, 0755) == 0, "mkdir %s", to);
-    for (i = 1; i <= 5; i++) {
-        char a[4096], b[4096];
-        FILE *fa, *fb;
-        char buf[8192];
-        size_t n;
-        file_path(a, sizeof(a), from, cm_file_names[i]);
-        file_path(b, sizeof(b), to, cm_file_names[i]);
-        fa = fopen(a, "rb");
-        if (!fa) continue;
-        fb = fopen(b, "wb");
-        REQUIRE(fb != NULL, "create %s", b);
-        while ((n = fread(buf, 1, sizeof(buf), fa)) > 0) fwrite(buf, 1, n, fb);
-        fclose(fa);
-        fclose(fb);
-    }
+    for (i = 1; i <= 5; i++) copy_file(from, to, cm_file_names[i]);
 }
 
 static void put_le32(uint8_t *p, uint32_t v) {
@@ -2317,21 +2319,6 @@ static int open_snapshot(const char *dir, cm_io **io, cm_core **out) {
     o.io = *io;
     o.readonly = 1;
     return cm_core_open(&o, out, NULL);
-}
-
-static void copy_file(const char *from, const char *to, const char *name) {
-    char a[4096], b[4096], buf[8192];
-    FILE *fa, *fb;
-    size_t n;
-    file_path(a, sizeof(a), from, name);
-    file_path(b, sizeof(b), to, name);
-    fa = fopen(a, "rb");
-    REQUIRE(fa != NULL, "open %s", a);
-    fb = fopen(b, "wb");
-    REQUIRE(fb != NULL, "create %s", b);
-    while ((n = fread(buf, 1, sizeof(buf), fa)) > 0) fwrite(buf, 1, n, fb);
-    fclose(fa);
-    fclose(fb);
 }
 
 /* A snapshot of `dir` whose tree and data files are those of `stale` (as if

@@ -8,30 +8,20 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from typing import Dict, List
+from typing import List
 
 import pytest
 
 import coremachine_embedded as cm
 from coremachine_embedded.storage import FileStorage
 from tests.fixtures import recipes
+from tests.fixtures.recipes import read_files
 
 KP = cm.KeyPair.from_seed(bytes(range(32)))
-FILES = ("header", "wal", "tree", "data", "secret_key")
 
 
 def blocks(tag: str, n: int, size: int = 50) -> List[bytes]:
     return recipes.blocks(tag, [size + i % 7 for i in range(n)])
-
-
-def files(path) -> Dict[str, bytes]:
-    out = {}
-    for name in FILES:
-        p = os.path.join(path, name)
-        if os.path.exists(p):
-            with open(p, "rb") as f:
-                out[name] = f.read()
-    return out
 
 
 def same_state(a: cm.Core, b: cm.Core) -> None:
@@ -48,7 +38,7 @@ def test_a_snapshot_of_a_live_writer_sees_its_state_and_writes_nothing(tmp_path)
                  flush_interval=3600) as w:
         w.append(blocks("a", 60))
         w.append(blocks("b", 5))    # records since the last checkpoint
-        before = files(d)
+        before = read_files(d)
         with cm.Core(d, readonly=True) as s:   # the writer holds the lock
             assert s.readonly and not s.writable
             same_state(w, s)
@@ -60,7 +50,7 @@ def test_a_snapshot_of_a_live_writer_sees_its_state_and_writes_nothing(tmp_path)
                 with pytest.raises(cm.ReadOnlyError):
                     write()
             s.flush()  # nothing to make durable
-        assert files(d) == before
+        assert read_files(d) == before
         with cm.Core(d, readonly=True) as s:
             w.append(b"later")
             assert s.length == 65  # a snapshot keeps the state it took
@@ -76,11 +66,11 @@ def test_a_snapshot_never_writes_a_byte(tmp_path) -> None:
         copy = tmp_path / name
         shutil.copytree(os.path.join(os.path.dirname(recipes.__file__), "format-v1", name),
                         copy)
-        before = files(copy)
+        before = read_files(copy)
         with cm.Core(copy, readonly=True) as s:
             s.verify()
             [s.get(i) for i in range(s.contiguous_length)]
-        assert files(copy) == before, name
+        assert read_files(copy) == before, name
         with cm.Core(copy) as core:   # and the store's own open agrees
             with cm.Core(copy, readonly=True) as s:
                 same_state(core, s)
