@@ -244,7 +244,6 @@ static int load_header(cm_core *c, const cm__hdr *h, const cm_open_opts *o) {
     return open_data_files(c);
 }
 
-
 /* Both header slots: valid[i] if slot i parses at its place. */
 static int read_slots(cm_core *c, uint8_t slots[2][SLOT_SIZE], cm__hdr h[2], int valid[2]) {
     size_t got;
@@ -348,25 +347,25 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
 /* A read-only snapshot: no lock, nothing written (docs/format.md, "Read-only
  * snapshots").  If a checkpoint started a new header slot while the records
  * were read, the state read is still one that was committed, but the files
- * may have moved on from it: read again from the new slot. */
+ * may have moved on from it: read again from the new slot.  A check that
+ * failed may be the writer changing the files under the read (a truncation
+ * the records read do not reach yet): read again too, a few times. */
 static int open_snapshot(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
     int rc = CM_OK, tries, torn;
+    if ((rc = cm__io_open(c, CM_FILE_HEADER, CM_IO_READONLY)) != CM_OK) return rc;
     for (tries = 0; tries < SNAPSHOT_TRIES; tries++) {
         uint8_t slots[2][SLOT_SIZE];
         cm__hdr h[2];
-        int valid[2], again;
+        int valid[2];
         uint64_t seq;
         memset(rec, 0, sizeof(*rec));
         cm__ov_free(&c->ov);
-        c->vgen++;
-        if (!c->f[CM_FILE_HEADER] &&
-            (rc = cm__io_open(c, CM_FILE_HEADER, CM_IO_READONLY)) != CM_OK)
-            return rc;
         rc = load_state(c, o, rec, &torn, &seq);
         if ((rc != CM_OK && rc != CM_ERR_CORRUPT) || seq == UINT64_MAX) return rc;
-        if (read_slots(c, slots, h, valid) != CM_OK) return rc;
-        again = (valid[0] && h[0].seq > seq) || (valid[1] && h[1].seq > seq);
-        if (!again) return rc;
+        if (rc == CM_OK) {
+            if ((rc = read_slots(c, slots, h, valid)) != CM_OK) return rc;
+            if (!(valid[0] && h[0].seq > seq) && !(valid[1] && h[1].seq > seq)) return CM_OK;
+        }
     }
     return rc;
 }

@@ -105,7 +105,9 @@ class Log(Writer, Replica, Blocks):
         "Read-only snapshots").  If a checkpoint started a new header slot
         while the records were read, the state read is still one that was
         committed, but the files may have moved on from it: read again from
-        the new slot."""
+        the new slot.  A check that failed may be the writer changing the
+        files under the read (a truncation the records read do not reach
+        yet): read again too, a few times."""
         self._header = self._open_file(storage, "header", READONLY)
         present = {}
         for name in ("wal", "tree", "data"):
@@ -113,11 +115,10 @@ class Log(Writer, Replica, Blocks):
                 present[name] = self._open_file(storage, name, READONLY)
             except StoreNotFoundError:
                 pass
+        error: Optional[CorruptionError] = None
         for _ in range(SNAPSHOT_TRIES):
             self.recovery = _no_recovery()
             self._overlay = Overlay()
-            self._header_seq = -1
-            error: Optional[CorruptionError] = None
             slot = self._newest_slot(list(present.values()), False)
             assert slot is not None  # (no slot and no create: StoreNotFoundError)
             for name in ("wal", "tree", "data"):
@@ -128,10 +129,9 @@ class Log(Writer, Replica, Blocks):
                 self._load_state(slot, storage, None, key, manifest)
             except CorruptionError as e:
                 error = e
+                continue
             newest = self._newest_slot(list(present.values()), False)
             if newest is None or newest.seq <= slot.seq:
-                if error is not None:
-                    raise error
                 return
         if error is not None:
             raise error
