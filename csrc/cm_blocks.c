@@ -79,7 +79,8 @@ static int read_run(cm_core *c, uint64_t pos, uint64_t n, uint8_t *buf, uint64_t
     }
     for (i = 0, at = 0; i < n; i++) {
         cm_hash_leaf(pos + i, buf + at, (size_t)t[2 * i].size, &chk);
-        if (memcmp(chk.hash, t[2 * i].hash, 32) != 0) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
+        if (memcmp(chk.hash, t[2 * i].hash, 32) != 0)
+            return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
         sizes[i] = t[2 * i].size;
         at += t[2 * i].size;
     }

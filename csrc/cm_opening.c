@@ -92,7 +92,8 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
             cm_manifest m;
             uint8_t h[32];
             if (o->manifest) {
-                if (o->manifest_len > CM_MAX_MANIFEST) return cm__fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
+                if (o->manifest_len > CM_MAX_MANIFEST)
+                    return cm__fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
                 memcpy(man, o->manifest, o->manifest_len);
                 man_len = o->manifest_len;
             } else {
@@ -100,12 +101,14 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
                 if ((rc = cm_manifest_encode(&m, man, sizeof(man), &man_len)) != CM_OK)
                     return cm__fail(c, rc, CM_FILE_NONE);
             }
-            if ((rc = cm_manifest_decode(man, man_len, &m)) != CM_OK) return cm__fail(c, rc, CM_FILE_NONE);
+            if ((rc = cm_manifest_decode(man, man_len, &m)) != CM_OK)
+                return cm__fail(c, rc, CM_FILE_NONE);
             if (m.n_signers == 0 || m.quorum != 1 || memcmp(m.signers[0].public_key, pk, 32) != 0)
                 return cm__fail(c, CM_ERR_KEY, CM_FILE_NONE);
             cm_manifest_hash(man, man_len, h);
             memcpy(c->key, h, 32);
-            if ((rc = cm__set_manifest(c, man, man_len)) != CM_OK) return cm__fail(c, rc, CM_FILE_NONE);
+            if ((rc = cm__set_manifest(c, man, man_len)) != CM_OK)
+                return cm__fail(c, rc, CM_FILE_NONE);
         }
         if (o->key && memcmp(o->key, c->key, 32) != 0) return cm__fail(c, CM_ERR_KEY, CM_FILE_NONE);
         c->writer_store = c->has_secret = c->writable = 1;
@@ -150,8 +153,10 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
         if ((rc = cm__io_sync(c, CM_FILE_SECRET_KEY)) != CM_OK) return rc;
     }
     if (!c->f[CM_FILE_WAL] && (rc = cm__io_open(c, CM_FILE_WAL, CM_IO_CREATE)) != CM_OK) return rc;
-    if (!c->f[CM_FILE_TREE] && (rc = cm__io_open(c, CM_FILE_TREE, CM_IO_CREATE)) != CM_OK) return rc;
-    if (!c->f[CM_FILE_DATA] && (rc = cm__io_open(c, CM_FILE_DATA, CM_IO_CREATE)) != CM_OK) return rc;
+    if (!c->f[CM_FILE_TREE] && (rc = cm__io_open(c, CM_FILE_TREE, CM_IO_CREATE)) != CM_OK)
+        return rc;
+    if (!c->f[CM_FILE_DATA] && (rc = cm__io_open(c, CM_FILE_DATA, CM_IO_CREATE)) != CM_OK)
+        return rc;
     if ((rc = cm__io_size(c, CM_FILE_WAL, &size)) != CM_OK) return rc;
     if (size && (rc = cm__io_truncate(c, CM_FILE_WAL, 0)) != CM_OK) return rc;
     if ((rc = cm__io_size(c, CM_FILE_TREE, &size)) != CM_OK) return rc;
@@ -220,7 +225,8 @@ static int load_header(cm_core *c, const cm__hdr *h, const cm_open_opts *o) {
         if ((rc = read_secret(c, sk, &exists, &readable)) != CM_OK) return rc;
         c->writer_store = exists;
         if (readable) {
-            if (check_secret(c, sk) != CM_OK) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_SECRET_KEY);
+            if (check_secret(c, sk) != CM_OK)
+                return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_SECRET_KEY);
             if (o->secret_key && memcmp(o->secret_key, sk, 64) != 0)
                 return cm__fail(c, CM_ERR_KEY, CM_FILE_SECRET_KEY);
             memcpy(c->secret, sk, 64);
@@ -229,7 +235,8 @@ static int load_header(cm_core *c, const cm__hdr *h, const cm_open_opts *o) {
         } else if (o->secret_key && !exists) {
             /* The signer's key for a store without one: it becomes a writer,
              * which needs every block. */
-            if (check_secret(c, o->secret_key) != CM_OK) return cm__fail(c, CM_ERR_KEY, CM_FILE_NONE);
+            if (check_secret(c, o->secret_key) != CM_OK)
+                return cm__fail(c, CM_ERR_KEY, CM_FILE_NONE);
             if (c->contiguous != c->length) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
             memcpy(c->secret, o->secret_key, 64);
             if ((rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_CREATE | CM_IO_PRIVATE)) != CM_OK)
@@ -391,7 +398,8 @@ int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery)
     c->vgen = 1; /* cache entries start at generation 0: all invalid */
     c->io = *opts->io;
     c->durability = opts->durability;
-    c->checkpoint_bytes = opts->checkpoint_bytes ? opts->checkpoint_bytes : CM_DEFAULT_CHECKPOINT_BYTES;
+    c->checkpoint_bytes =
+        opts->checkpoint_bytes ? opts->checkpoint_bytes : CM_DEFAULT_CHECKPOINT_BYTES;
     c->max_block = opts->max_block_size ? opts->max_block_size : CM_DEFAULT_MAX_BLOCK;
     c->readonly = opts->readonly != 0;
     cm__ov_init(&c->ov);

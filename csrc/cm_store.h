@@ -19,6 +19,8 @@
 #ifndef CM_STORE_H
 #define CM_STORE_H
 
+#include <errno.h>
+
 #include "cm.h"
 #include "cm_internal.h"
 
@@ -179,14 +181,50 @@ typedef struct cm__rec_spec {
 
 /* Record the failing file (and errno for CM_ERR_IO) on the core; returns rc. */
 int cm__fail(cm_core *c, int rc, cm_file_id f);
-/* File operations through c->io that record the failing file. */
-int cm__io_read(cm_core *c, cm_file_id fid, uint8_t *buf, size_t len, uint64_t off,
-                size_t *got);
-int cm__io_write(cm_core *c, cm_file_id fid, const uint8_t *buf, size_t len, uint64_t off);
-int cm__io_sync(cm_core *c, cm_file_id fid);
-int cm__io_truncate(cm_core *c, cm_file_id fid, uint64_t size);
-int cm__io_size(cm_core *c, cm_file_id fid, uint64_t *size);
 int cm__io_open(cm_core *c, cm_file_id fid, int flags);
+
+/* File operations through c->io that record the failing file (inline: they
+ * are on every read and write of every store file). */
+static inline int cm__io_read(cm_core *c, cm_file_id fid, uint8_t *buf, size_t len,
+                              uint64_t off, size_t *got) {
+    int64_t n;
+    *got = 0;
+    errno = 0;
+    n = c->io.read(c->io.ctx, c->f[fid], buf, len, off);
+    if (n < 0) return cm__fail(c, (int)n, fid);
+    *got = (size_t)n;
+    return CM_OK;
+}
+
+static inline int cm__io_write(cm_core *c, cm_file_id fid, const uint8_t *buf, size_t len,
+                               uint64_t off) {
+    int rc;
+    errno = 0;
+    rc = c->io.write(c->io.ctx, c->f[fid], buf, len, off);
+    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
+}
+
+static inline int cm__io_sync(cm_core *c, cm_file_id fid) {
+    int rc;
+    errno = 0;
+    rc = c->io.sync(c->io.ctx, c->f[fid]);
+    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
+}
+
+static inline int cm__io_truncate(cm_core *c, cm_file_id fid, uint64_t size) {
+    int rc;
+    errno = 0;
+    rc = c->io.truncate(c->io.ctx, c->f[fid], size);
+    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
+}
+
+static inline int cm__io_size(cm_core *c, cm_file_id fid, uint64_t *size) {
+    int rc;
+    errno = 0;
+    rc = c->io.size(c->io.ctx, c->f[fid], size);
+    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
+}
+
 /* CM_ERR_IO once a failed write left memory and files apart. */
 int cm__poisoned(cm_core *c);
 int cm__scratch_reserve(cm_core *c, uint64_t n);

@@ -247,7 +247,8 @@ static int rec_apply_files(cm_core *c, cm__rec_view *v) {
     if (v->flags & RF_TRUNCATE) {
         static const uint8_t zero[NODE_SLOT];
         c->vgen++; /* nodes of the old history may be rewritten: forget verified ones */
-        if ((rc = cm__io_truncate(c, CM_FILE_TREE, v->tree_truncate * NODE_SLOT)) != CM_OK) return rc;
+        if ((rc = cm__io_truncate(c, CM_FILE_TREE, v->tree_truncate * NODE_SLOT)) != CM_OK)
+            return rc;
         if ((rc = cm__io_truncate(c, CM_FILE_DATA, v->data_truncate)) != CM_OK) return rc;
         for (i = 0; i < v->n_clear; i++) {
             uint64_t x = cm__get_u64(v->clear + 8 * (size_t)i);
@@ -454,7 +455,8 @@ int cm__replay(cm_core *c, cm_recovery *rec, int *torn) {
         int older = 0;
         if (size - off >= sizeof(head)) {
             uint64_t g;
-            if ((rc = cm__io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK) return rc;
+            if ((rc = cm__io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK)
+                return rc;
             g = cm__get_u64(head + 8);
             if (got == sizeof(head) && g < c->wal_gen) older = 1;
             if (got == sizeof(head) && g > c->wal_gen) {
