@@ -35,6 +35,7 @@ from .. import errors
 from ..core import Core, CoreChange
 from ..encoding import Reader
 from . import batch, wire
+from .broadcast import BROADCAST, Fanout
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -209,6 +210,7 @@ class Endpoint:
         self._flush_scheduled: Set[Tuple[int, Any, bytes]] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
+        self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
 
     # --- setup ----------------------------------------------------------------------
 
@@ -217,12 +219,13 @@ class Endpoint:
         self._loop = asyncio.get_running_loop()
         self._links.append(link)
         await link.start(lambda data, addr: self.receive(link, data, addr))
+        self._fanout.attach(link)
         if self._timer is None:
             self._timer = self._loop.create_task(self._tick())
 
     def serve(self, core: Core) -> None:
         """Answer requests for ``core`` from anyone who knows its key."""
-        self._entry(core)
+        self._fanout.serve(self._entry(core))
 
     def _entry(self, core: Core) -> _Entry:
         dk = core.discovery_key
@@ -257,6 +260,7 @@ class Endpoint:
         entry.progress = progress
         entry.caught_up.clear()
         entry.next = core.contiguous_length
+        self._fanout.watch(entry)
         self._hello(entry, link, addr)
         try:
             if live:
@@ -265,6 +269,7 @@ class Endpoint:
         finally:
             if not live:
                 entry.pulling = False
+                self._fanout.watch(entry)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -279,31 +284,34 @@ class Endpoint:
 
     # --- receiving -------------------------------------------------------------------
 
-    def receive(self, link: Any, data: bytes, addr: Any) -> None:
-        """One envelope from ``addr`` on ``link``; everything invalid is dropped and counted."""
+    def receive(self, link: Any, data: bytes, addr: Any) -> bool:
+        """One envelope from ``addr`` on ``link``; everything invalid is dropped
+        and counted.  True if it was authentic, new, and fresh or a greeting."""
+        if addr == BROADCAST:
+            return self._fanout.receive(link, data)
         c = self.counters
         c.inc("rx_envelopes")
         c.inc("rx_bytes", len(data))
         dk = wire.peek(data)
         if dk is None:
             c.inc("dropped_malformed")
-            return
+            return False
         entry = self._entries.get(dk)
         if entry is None:
             c.inc("dropped_unknown_core")
-            return
+            return False
         plain = wire.unseal(entry.wire_key, data)
         if plain is None:
             c.inc("dropped_auth")
-            return
+            return False
         try:
             payload = wire.decode_payload(plain)
         except errors.CoreMachineError:
             c.inc("dropped_malformed")
-            return
+            return False
         if payload.session == self.session:
             c.inc("dropped_own")  # our own envelope, looped back
-            return
+            return False
         window = self._windows.get((dk, payload.session))
         if window is None:
             window = self._windows[(dk, payload.session)] = _Window()
@@ -313,7 +321,7 @@ class Endpoint:
             self._windows.move_to_end((dk, payload.session))
         if not window.accept(payload.counter):
             c.inc("dropped_replay")
-            return
+            return False
         if window.epoch != self._epoch:  # computed once per secret rotation
             window.cookies = tuple(self._cookie(payload.session, dk, s) for s in self._secrets)
             window.epoch = self._epoch
@@ -327,7 +335,7 @@ class Endpoint:
                 peer = _Peer(link, addr, payload.session)
             if time.monotonic() - peer.hello_sent > 0.2:
                 self._hello(entry, link, addr, peer)
-            return
+            return False
         peer = self._peer(entry, link, addr, payload.session)
         for kind, body in payload.messages:
             if kind != wire.HELLO and not fresh:
@@ -342,6 +350,7 @@ class Endpoint:
             # exchange ends when both echo right).
             self._hello(entry, link, addr, peer)
         self._pump(entry)
+        return True
 
     def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
         key = (id(link), addr)
@@ -498,6 +507,7 @@ class Endpoint:
 
     def _announce(self, entry: _Entry) -> None:
         entry.announce_pending = False
+        self._fanout.announce(entry)
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
