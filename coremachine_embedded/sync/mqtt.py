@@ -100,7 +100,8 @@ class MQTTLink:
     ``rx_bad_topic`` (no valid response topic, or an envelope for another
     core than its topic), ``connects``, ``disconnects``, ``sessions_resumed``
     (the broker had kept our session), ``connect_failures``, ``pins``,
-    ``unpins``.
+    ``unpins``, ``rx_callback_errors`` (the endpoint raised: logged, the link
+    goes on).
     """
 
     frame_seconds = 0.0
@@ -325,7 +326,11 @@ class MQTTLink:
             batch, self._inbound = self._inbound, collections.deque()
             self._drain_scheduled = False
         for topic, payload, props in batch:
-            self._dispatch(topic, bytes(payload), props)
+            try:
+                self._dispatch(topic, bytes(payload), props)
+            except Exception:  # a bug must not lose the rest of the batch, nor the link
+                self.counters["rx_callback_errors"] += 1
+                log.exception("MQTT message on %s", topic)
 
     def _dispatch(self, topic: str, data: bytes, props: Any) -> None:
         deliver = self._on_receive

@@ -17,19 +17,23 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
 LOCAL = "127.0.0.1"
 
 
-def mosquitto_path() -> str:
+def _find_mosquitto() -> Optional[str]:
     for path in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
         if path and os.access(path, os.X_OK):
             return path
-    pytest.skip("mosquitto is not installed (sh .ci/ensure-deps.sh --test)")
-    raise AssertionError("unreachable")
+    return None
+
+
+MOSQUITTO = _find_mosquitto()
+NO_MOSQUITTO = "mosquitto is not installed (sh .ci/ensure-deps.sh --test)"
+needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason=NO_MOSQUITTO)
 
 
 def free_port() -> int:
@@ -56,7 +60,9 @@ class Broker:
 
     def __init__(self, users: Optional[Dict[str, str]] = None, tls: bool = False,
                  persistence: bool = False) -> None:
-        self.path = mosquitto_path()
+        if MOSQUITTO is None:
+            raise FileNotFoundError(NO_MOSQUITTO)
+        self.path = MOSQUITTO
         self.dir = tempfile.mkdtemp(prefix="mosquitto-")
         self.port = free_port()
         self.proc: Optional["subprocess.Popen[bytes]"] = None
@@ -197,6 +203,7 @@ class MQTTProxy:
                                          "connections": 0, "refused": 0}
         self._server: Optional[asyncio.AbstractServer] = None
         self._writers: List[asyncio.StreamWriter] = []
+        self._tasks: Set["asyncio.Task[Any]"] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, LOCAL, 0)
@@ -215,6 +222,10 @@ class MQTTProxy:
         self.cut()
         if self._server is not None:
             self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
             await self._server.wait_closed()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -222,18 +233,24 @@ class MQTTProxy:
             self.counters["refused"] += 1
             writer.close()
             return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        up_writer: Optional[asyncio.StreamWriter] = None
         try:
             up_reader, up_writer = await asyncio.open_connection(LOCAL, self.broker_port)
-        except OSError:
+            self.counters["connections"] += 1
+            self._writers += [writer, up_writer]
+            await asyncio.gather(self._pump(reader, up_writer, writer),
+                                 self._pump(up_reader, writer, up_writer),
+                                 return_exceptions=True)
+        except (OSError, asyncio.CancelledError):
+            pass  # the broker is down, or the proxy closes: the connection ends
+        finally:
             writer.close()
-            return
-        self.counters["connections"] += 1
-        self._writers += [writer, up_writer]
-        await asyncio.gather(self._pump(reader, up_writer, writer),
-                             self._pump(up_reader, writer, up_writer),
-                             return_exceptions=True)
-        writer.close()
-        up_writer.close()
+            if up_writer is not None:
+                up_writer.close()
+            self._tasks.discard(task)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                     back: asyncio.StreamWriter) -> None:

@@ -13,7 +13,7 @@ import random
 import signal
 import subprocess
 import sys
-from typing import Any, Dict, Iterator, List
+from typing import Any, Awaitable, Dict, List, TypeVar
 
 import pytest
 
@@ -21,23 +21,30 @@ from coremachine_embedded import Core, Coremachine, KeyPair, sync
 from coremachine_embedded.errors import InvalidArgumentError, InvalidProofError
 from coremachine_embedded.sync import Endpoint, open_link
 from coremachine_embedded.sync.broadcast import verify_head
-from tests.fault.mqtt_broker import Broker, counters_of
-from tests.fault.test_sync_replication import (COUNTER, PULL_TIMEOUT, Follower, act, assert_same_log,
-                                               assert_same_machine, build_writer, run,
-                                               wait_until)
+from tests.fault.mqtt_broker import Broker, counters_of, needs_mosquitto
+from tests.fault.test_sync_replication import (COUNTER, PULL_TIMEOUT, Follower, act,
+                                               assert_same_log, assert_same_machine,
+                                               build_writer, wait_until)
 
 mqtt = pytest.importorskip("coremachine_embedded.sync.mqtt")
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed "
                     "(pip install 'coremachine_embedded[mqtt]')")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+T = TypeVar("T")
 
 
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker()
-    yield b
-    b.close()
+def run(coro: Awaitable[T], timeout: float = PULL_TIMEOUT + 60) -> T:
+    """Run a test coroutine with an outer bound; fail if any callback raised
+    in the event loop (a link must never let an exception escape)."""
+    problems: List[Dict[str, Any]] = []
+
+    async def main() -> T:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: problems.append(ctx))
+        return await asyncio.wait_for(coro, timeout)
+    out = asyncio.run(main())
+    assert not problems, "exceptions in event-loop callbacks: %r" % problems
+    return out
 
 
 async def connected(*endpoints: Endpoint, timeout: float = 20) -> None:
@@ -232,6 +239,7 @@ def test_verify_head_checks_the_writers_signature(tmp_path: Any) -> None:
         c.close()
 
 
+@needs_mosquitto
 def test_tls_with_a_password(tmp_path: Any) -> None:
     broker = Broker(users={"device": "s3cret"}, tls=True)
     writer = Core(str(tmp_path / "writer"), key_pair=KeyPair.generate(), durability="none")

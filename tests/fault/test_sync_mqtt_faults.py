@@ -7,27 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
 from coremachine_embedded import Core, sync
 from coremachine_embedded.sync import Endpoint, open_link
-from tests.fault.mqtt_broker import Broker, MQTTProxy, counters_of
-from tests.fault.test_sync_mqtt import serving
+from tests.fault.mqtt_broker import Broker, MQTTProxy, counters_of, needs_mosquitto
+from tests.fault.test_sync_mqtt import run, serving
 from tests.fault.test_sync_replication import (PULL_TIMEOUT, Follower, act, assert_same_log,
-                                               assert_same_machine, build_writer, run,
+                                               assert_same_machine, build_writer,
                                                wait_until)
 
 pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed "
                     "(pip install 'coremachine_embedded[mqtt]')")
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker()
-    yield b
-    b.close()
+pytestmark = needs_mosquitto
 
 
 async def follow(core: Core, url: str) -> "tuple[Endpoint, asyncio.Future[None]]":

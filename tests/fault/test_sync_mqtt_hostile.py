@@ -12,32 +12,26 @@ import os
 import random
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
 from coremachine_embedded import Core, KeyPair, sync
-from coremachine_embedded.sync import Endpoint, wire
+from coremachine_embedded.sync import wire
 from coremachine_embedded.sync.broadcast import verify_head
-from tests.fault.mqtt_broker import Broker, counters_of
-from tests.fault.test_sync_mqtt import serving
+from tests.fault.mqtt_broker import Broker, counters_of, needs_mosquitto
+from tests.fault.test_sync_mqtt import run, serving
 from tests.fault.test_sync_mqtt_faults import follow, stop
 from tests.fault.test_sync_replication import (PULL_TIMEOUT, Follower, act, assert_same_log,
-                                               build_writer, run, wait_until)
+                                               build_writer, wait_until)
 
 paho = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed "
                            "(pip install 'coremachine_embedded[mqtt]')")
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
+pytestmark = needs_mosquitto
 
 PREFIX = "test"
-
-
-@pytest.fixture
-def broker() -> Iterator[Broker]:
-    b = Broker()
-    yield b
-    b.close()
 
 
 class Hostile:
