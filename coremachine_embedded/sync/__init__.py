@@ -29,7 +29,7 @@ from .replicator import Counters, Endpoint
 from .udp import UDPLink
 
 __all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",
-           "pull_blocking"]
+           "pull_blocking", "shown_url"]
 
 
 def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
@@ -37,6 +37,15 @@ def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
     if parts.scheme != "udp" or not parts.hostname or parts.port is None:
         raise InvalidArgumentError("a UDP address looks like udp://host:port, not %r" % url)
     return parts.hostname, parts.port, parse_qs(parts.query)
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc="%s:***@%s" % (parts.username, host)).geturl()
 
 
 def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:

@@ -297,6 +297,7 @@ def test_urls(tmp_path: Any) -> None:
     link = mqtt.MQTTLink.from_url("mqtt://10.0.0.2")
     assert (link.port, link.prefix, link.persistent_id) == (1883, mqtt.DEFAULT_PREFIX, False)
     assert open_link("mqtt://h/p", listen=False)[1] == mqtt.SERVERS
+    assert sync.shown_url("mqtts://gw:pw@h:8883/p?ca=x") == "mqtts://gw:***@h:8883/p?ca=x"
     for bad in ("mqtt:///p", "mqtt://h/a/+/b", "mqtt://h/a//b", "mqtt://h/p?mtu=10",
                 "mqtt://h/p?client_id=a/b", "mqtt://h/p?colour=red", "mqtt://h:99999/p",
                 "mqtt://h/p?keepalive=x"):
