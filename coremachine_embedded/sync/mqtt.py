@@ -355,12 +355,13 @@ class MQTTLink:
             return
         tag = getattr(props, "CorrelationData", None)
         if leaf == "req":
-            if isinstance(tag, bytes) and len(tag) <= 32:  # echoed on our answers
+            # echoed on our answers, once the endpoint found the envelope authentic
+            # (garbage naming someone's inbox must not change what that inbox gets)
+            if deliver(data, sender) and isinstance(tag, bytes) and len(tag) <= 32:
                 self._reply_tags[(dk, sender)] = tag
                 self._reply_tags.move_to_end((dk, sender))
                 while len(self._reply_tags) > MAX_REPLY_TAGS:
                     self._reply_tags.popitem(last=False)
-            deliver(data, sender)
             return
         pinned = self._pins.get(dk)
         if pinned == sender:

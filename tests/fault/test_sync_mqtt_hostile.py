@@ -56,9 +56,10 @@ class Hostile:
     def publish(self, topic: str, payload: bytes, reply: Optional[str] = None,
                 retain: bool = False) -> None:
         props = None
-        if reply is not None:
+        if reply is not None:   # with correlation data, as a puller's first contact has
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = reply
+            props.CorrelationData = os.urandom(8)
         self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
         self.sent += 1
 
@@ -133,11 +134,15 @@ def test_a_hostile_client_on_the_broker_changes_nothing(tmp_path: Any, broker: B
                 await asyncio.sleep(0.2)
             client = await asyncio.wait_for(pulling, PULL_TIMEOUT)
             late_counters = counters_of(client)
+            honest = set(client._links[0]._tags.values())
             await client.close()
             act(wmachine, rng, 3)
             await wait_until(lambda: live.contiguous_length == wcore.length, 60,
                              "the live reader")
             await asyncio.sleep(GUARD_WAIT)   # the writer has restored its head by now
+            # the writer echoes only correlation data that came with authentic envelopes
+            honest |= set(watcher._links[0]._tags.values())
+            assert set(server._links[0]._reply_tags.values()) <= honest
             return counters_of(watcher), late_counters, counters_of(server)
         finally:
             await stop(watcher, watching)
