@@ -63,6 +63,10 @@ MAX_QUEUED = 512              # publishes not yet acknowledged; beyond: tx_dropp
 PIN_SILENCE = 2.0             # seconds a pinned server may stay silent while we talk to it
 RECONNECT_MIN, RECONNECT_MAX = 0.25, 8.0
 MAX_REPLY_TAGS = 4096         # correlation data remembered for inboxes we answer
+MAX_INBOUND = 4096            # messages waiting for the event loop; beyond: rx_dropped
+MAX_ENVELOPE = wire.OVERHEAD + wire.MAX_PAYLOAD   # the largest envelope taken from any peer
+SUBSCRIBE_BATCH = 64          # topic filters per SUBSCRIBE packet
+HEADROOM = 1024               # MQTT header, topic and properties around an envelope
 _LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 Roles = Iterable[str]  # "serve", "writer", "pull", "live"
@@ -96,7 +100,9 @@ class MQTTLink:
     endpoint sees it on the event loop.
 
     ``counters``: ``published``/``received`` (+ ``_bytes``), ``tx_dropped``
-    (broker down or :data:`MAX_QUEUED` publishes waiting), ``rx_oversize``,
+    (broker down or :data:`MAX_QUEUED` publishes waiting), ``rx_oversize``
+    (over the largest envelope of any peer), ``rx_dropped`` (:data:`MAX_INBOUND`
+    messages waiting for the event loop),
     ``rx_bad_topic`` (no valid response topic, or an envelope for another
     core than its topic), ``connects``, ``disconnects``, ``sessions_resumed``
     (the broker had kept our session), ``connect_failures``, ``pins``,
@@ -205,15 +211,9 @@ class MQTTLink:
         client = self._client
         if client is None or not self.connected:
             return  # subscribed on connect
-        if want - had:
-            client.subscribe([(t, self._options(t)) for t in sorted(want - had)])
+        _subscribe(client, want - had)
         if had - want:
             client.unsubscribe(sorted(had - want))
-
-    def _options(self, topic: str) -> Any:
-        # noLocal: never our own publishes; retainHandling 1: a retained head
-        # only on a new subscription, not again when a resumed session resubscribes
-        return _paho().SubscribeOptions(qos=1, noLocal=True, retainHandling=1)
 
     # --- running -----------------------------------------------------------------------
 
@@ -280,10 +280,13 @@ class MQTTLink:
         self._last_error = ""
         log.info("connected to %s:%d as %s%s", self.host, self.port, self.link_id,
                  " (session resumed)" if flags.session_present else "")
+        maximum = getattr(properties, "MaximumPacketSize", None)
+        if isinstance(maximum, int) and maximum - HEADROOM < self.mtu:
+            self.mtu = max(256, maximum - HEADROOM)   # what this broker takes, at most
+            log.info("the broker takes packets of up to %d bytes: mtu %d", maximum, self.mtu)
         with self._lock:
-            topics = sorted(set().union(*self._topics.values())) if self._topics else []
-        if topics:
-            client.subscribe([(t, self._options(t)) for t in topics])
+            topics = set().union(*self._topics.values()) if self._topics else set()
+        _subscribe(client, topics)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._connected)
@@ -306,6 +309,9 @@ class MQTTLink:
 
     def _paho_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self._lock:
+            if len(self._inbound) >= MAX_INBOUND:  # a flood faster than we verify
+                self.counters["rx_dropped"] += 1
+                return
             self._inbound.append((message.topic, message.payload,
                                   getattr(message, "properties", None)))
             if self._drain_scheduled:
@@ -338,7 +344,7 @@ class MQTTLink:
             return
         self.counters["received"] += 1
         self.counters["received_bytes"] += len(data)
-        if len(data) > self.mtu:
+        if len(data) > MAX_ENVELOPE:  # peers may use another mtu: take any envelope
             self.counters["rx_oversize"] += 1
             return
         parsed = self._parse(topic, data)
@@ -476,6 +482,16 @@ class MQTTLink:
             return
         self.counters["published"] += 1
         self.counters["published_bytes"] += len(envelope)
+
+
+def _subscribe(client: Any, topics: Iterable[str]) -> None:
+    """Subscribe (QoS 1) in packets of a few dozen filters.  noLocal: never our
+    own publishes; retainHandling 1: a retained head only on a new
+    subscription, not again when a resumed session subscribes again."""
+    options = _paho().SubscribeOptions(qos=1, noLocal=True, retainHandling=1)
+    ordered = sorted(topics)
+    for i in range(0, len(ordered), SUBSCRIBE_BATCH):
+        client.subscribe([(t, options) for t in ordered[i:i + SUBSCRIBE_BATCH]])
 
 
 def _no_delay(client: Any, userdata: Any, sock: Any) -> None:

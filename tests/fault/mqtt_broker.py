@@ -56,10 +56,11 @@ class Broker:
     :param users: ``{name: password}``: anonymous clients are refused.
     :param tls: serve TLS with a fresh CA (``self.ca`` is its certificate).
     :param persistence: keep sessions and retained messages across restarts.
+    :param extra: more lines of mosquitto.conf.
     """
 
     def __init__(self, users: Optional[Dict[str, str]] = None, tls: bool = False,
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, extra: Tuple[str, ...] = ()) -> None:
         if MOSQUITTO is None:
             raise FileNotFoundError(NO_MOSQUITTO)
         self.path = MOSQUITTO
@@ -88,6 +89,7 @@ class Broker:
         if tls:
             self.ca, cert, key = make_certificates(self.dir)
             lines += ["cafile %s" % self.ca, "certfile %s" % cert, "keyfile %s" % key]
+        lines += list(extra)
         self.config = os.path.join(self.dir, "mosquitto.conf")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")

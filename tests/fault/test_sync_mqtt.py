@@ -287,6 +287,35 @@ def test_tls_with_a_password(tmp_path: Any) -> None:
     writer.close()
 
 
+@needs_mosquitto
+def test_envelopes_fit_the_brokers_packet_limit(tmp_path: Any) -> None:
+    """A broker that takes packets of at most 4 KiB says so when a client
+    connects (MQTT 5 Maximum Packet Size): the links send smaller envelopes
+    (and take any size), and 1 KiB entries still sync."""
+    broker = Broker(extra=("max_packet_size 4096",))
+    writer = Core(str(tmp_path / "writer"), key_pair=KeyPair.generate(), durability="none")
+    writer.append([bytes([i % 256]) * 1000 for i in range(300)])
+    replica = Core(str(tmp_path / "replica"), key=writer.key, durability="none")
+
+    async def main() -> List[int]:
+        server = await serving(writer, broker.url())
+        try:
+            client = await asyncio.wait_for(sync.pull(replica, broker.url()), PULL_TIMEOUT)
+            mtus = [server._links[0].mtu, client._links[0].mtu]
+            await client.close()
+            return mtus
+        finally:
+            await server.close()
+
+    try:
+        assert run(main()) == [4096 - mqtt.HEADROOM] * 2
+    finally:
+        broker.close()
+    assert_same_log(replica, writer, every_block=True)
+    replica.close()
+    writer.close()
+
+
 def test_urls(tmp_path: Any) -> None:
     link = mqtt.MQTTLink.from_url("mqtts://u%40x:p%3Aw@broker.example/fleet/site-1"
                                   "?client_id=gw-1&session_expiry=60&mtu=4096")

@@ -47,6 +47,7 @@ class Hostile:
         self.client.subscribe(PREFIX + "/#", qos=1)
         self.client.loop_start()
         self.sent = 0
+        self.pending: List[Any] = []
 
     def _message(self, client: Any, userdata: Any, msg: Any) -> None:
         reply = getattr(msg.properties, "ResponseTopic", None)
@@ -60,8 +61,15 @@ class Hostile:
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = reply
             props.CorrelationData = os.urandom(8)
-        self.client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        self.pending.append(self.client.publish(topic, payload, qos=1, retain=retain,
+                                                properties=props))
         self.sent += 1
+
+    def flush(self) -> None:
+        """Wait until the broker has every message published so far."""
+        for info in self.pending:
+            info.wait_for_publish(30)
+        self.pending = []
 
     def inboxes(self, dk: bytes) -> List[str]:
         head = "%s/%s/s/" % (PREFIX, dk.hex())
@@ -99,7 +107,7 @@ def attack(h: Hostile, writer: Core, rng: random.Random, scratch: str) -> None:
                 payload = wire.encode_payload(os.urandom(8), rng.randrange(1, 1 << 20),
                                               bytes(8), [(wire.DATA, proof)])
                 h.publish(topic, wire.seal(good_key, dk, payload), reply)
-        h.publish(topic, os.urandom(20_000))                                       # oversize
+        h.publish(topic, os.urandom(70_000))                                       # oversize
     for topic, payload, reply in rng.sample(captured, min(len(captured), 300)):    # replays
         h.publish(topic, payload, reply)
         h.publish(topic, payload, rng.choice(replies))
@@ -132,6 +140,7 @@ def test_a_hostile_client_on_the_broker_changes_nothing(tmp_path: Any, broker: B
                                            str(tmp_path / "scratch"))
                 act(wmachine, rng, rng.choice((1, 1, 10)))
                 await asyncio.sleep(0.2)
+            await loop.run_in_executor(None, hostile.flush)   # the last garbage is in
             client = await asyncio.wait_for(pulling, PULL_TIMEOUT)
             late_counters = counters_of(client)
             honest = set(client._links[0]._tags.values())
