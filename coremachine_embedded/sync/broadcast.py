@@ -31,7 +31,7 @@ from ..storage import CREATE
 from . import wire
 
 if TYPE_CHECKING:
-    from .replicator import Endpoint, _Entry
+    from .endpoint import Endpoint, _Entry
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -210,10 +210,11 @@ class Fanout:
                 if peer.link is link:
                     peer.told = None
             if entry.pulling and entry.source is not None and entry.source[0] is link:
-                for req in entry.inflight.values():
-                    req.deadline = 0.0
-                if entry.upgrade is not None:
-                    entry.upgrade.deadline = 0.0
+                download = entry.download
+                for ask in download.inflight.values():
+                    ask.deadline = 0.0
+                if download.upgrade is not None:
+                    download.upgrade.deadline = 0.0
                 entry.last_keepalive = 0.0
                 self._nudge(entry)
             ep._announce(entry)
@@ -223,7 +224,7 @@ class Fanout:
         ep = self.ep
         if entry.source is None:
             return
-        peer = ep._source_peer(entry)
+        peer = entry.source_peer()
         if peer is not None and peer.ready:
             ep._send_sync(entry, peer, force=True)
         else:
@@ -283,7 +284,7 @@ class Fanout:
         # claim is newer than what we hold, so another fork is a newer one
         if start == (core.length if msg.fork == core.fork else 0):
             before = (core.fork, core.length)
-            ep._apply(entry, body, upgrade=True)  # verified, or dropped_invalid_proof
+            entry.download.on_broadcast(body)  # verified, or dropped_invalid_proof
             if (core.fork, core.length) != before:
                 c.inc("broadcasts_applied")
             ep._pump(entry)
