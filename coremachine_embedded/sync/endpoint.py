@@ -202,29 +202,11 @@ class Endpoint:
         and counted.  True if it was authentic, new, and fresh or a greeting."""
         if addr == BROADCAST:
             return self._fanout.receive(link, data)
-        c = self.counters
-        c.inc("rx_envelopes")
-        c.inc("rx_bytes", len(data))
-        dk = wire.peek(data)
-        if dk is None:
-            c.inc("dropped_malformed")
+        opened = self.open_envelope(data)
+        if opened is None:
             return False
-        entry = self._entries.get(dk)
-        if entry is None:
-            c.inc("dropped_unknown_core")
-            return False
-        plain = wire.unseal(entry.wire_key, data)
-        if plain is None:
-            c.inc("dropped_auth")
-            return False
-        try:
-            payload = wire.decode_payload(plain)
-        except errors.CoreMachineError:
-            c.inc("dropped_malformed")
-            return False
-        if payload.session == self.session:
-            c.inc("dropped_own")  # our own envelope, looped back
-            return False
+        entry, payload = opened
+        dk, c = entry.dk, self.counters
         verdict = self.sessions.check(dk, payload.session, payload.counter, payload.echo)
         if verdict == sessions.REPLAY:
             c.inc("dropped_replay")
@@ -255,6 +237,35 @@ class Endpoint:
             self._hello(entry, link, addr, peer)
         self._pump(entry)
         return True
+
+    def open_envelope(self, data: bytes) -> Optional[Tuple[_Entry, wire.Payload]]:
+        """Count ``data`` and open it: its core and payload, or None (dropped
+        and counted: not an envelope, a core we do not have, not sealed with
+        its key, malformed, or our own)."""
+        c = self.counters
+        c.inc("rx_envelopes")
+        c.inc("rx_bytes", len(data))
+        dk = wire.peek(data)
+        if dk is None:
+            c.inc("dropped_malformed")
+            return None
+        entry = self._entries.get(dk)
+        if entry is None:
+            c.inc("dropped_unknown_core")
+            return None
+        plain = wire.unseal(entry.wire_key, data)
+        if plain is None:
+            c.inc("dropped_auth")
+            return None
+        try:
+            payload = wire.decode_payload(plain)
+        except errors.CoreMachineError:
+            c.inc("dropped_malformed")
+            return None
+        if payload.session == self.session:
+            c.inc("dropped_own")  # our own envelope, looped back
+            return None
+        return entry, payload
 
     def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
         key = (id(link), addr)
