@@ -120,9 +120,8 @@ class MQTTLink:
                  keepalive: int = DEFAULT_KEEPALIVE, mtu: int = DEFAULT_MTU,
                  ca: Optional[str] = None, cert: Optional[str] = None,
                  key: Optional[str] = None, insecure: bool = False) -> None:
-        if not 256 <= mtu <= wire.OVERHEAD + wire.MAX_PAYLOAD:
-            raise InvalidArgumentError("mtu must be between 256 and %d"
-                                       % (wire.OVERHEAD + wire.MAX_PAYLOAD))
+        if not 256 <= mtu <= MAX_ENVELOPE:
+            raise InvalidArgumentError("mtu must be between 256 and %d" % MAX_ENVELOPE)
         if client_id is not None and not _LINK_ID.match(client_id):
             raise InvalidArgumentError("client_id: 1-64 of A-Z a-z 0-9 _ -, not %r" % client_id)
         if session_expiry < 0 or keepalive < 5:
