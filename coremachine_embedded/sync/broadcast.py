@@ -267,8 +267,8 @@ class Fanout:
         start, count = msg.upgrade[0], msg.upgrade[1]
         claim = (msg.fork, start + count)
         st = self._state(entry)
-        if claim <= (core.fork, core.length) or claim <= st.head:
-            c.inc("duplicates")  # nothing we do not hold or know already
+        if claim <= (core.fork, core.length):
+            c.inc("duplicates")  # nothing we do not hold already
             return
         # claim is newer than what we hold, so another fork is a newer one
         if start == (core.length if msg.fork == core.fork else 0):
@@ -278,6 +278,9 @@ class Fanout:
                 c.inc("broadcasts_applied")
             ep._pump(entry)
         elif start == 0:
+            if claim <= st.head:
+                c.inc("duplicates")  # a head we verified already
+                return
             try:
                 head = verify_head(core, body)
             except (errors.InvalidProofError, errors.DecodeError, errors.TooLargeError) as e:

@@ -19,7 +19,7 @@ import pytest
 
 from coremachine_embedded import Core, Coremachine, KeyPair, sync
 from coremachine_embedded.errors import InvalidArgumentError, InvalidProofError
-from coremachine_embedded.sync import Endpoint, open_link
+from coremachine_embedded.sync import Endpoint, open_link, wire
 from coremachine_embedded.sync.broadcast import verify_head
 from tests.fault.mqtt_broker import Broker, counters_of, needs_mosquitto
 from tests.fault.test_sync_replication import (COUNTER, PULL_TIMEOUT, Follower, act,
@@ -219,6 +219,56 @@ def test_a_late_subscriber_gets_the_signed_head_at_once(tmp_path: Any, broker: B
     assert on_partial["heads_verified"] == 1 and partial.length == 100   # known, not stored
     for c in (writer, partial, empty):
         c.close()
+
+
+def test_a_live_block_that_comes_after_its_head_still_applies(tmp_path: Any,
+                                                              broker: Broker) -> None:
+    """Another broker may deliver the head before the live block (different
+    topics): the replica verifies the head, and still applies the block when
+    it comes - here with nobody serving, so the broadcasts are all it gets."""
+    paho = pytest.importorskip("paho.mqtt.client")
+    writer = Core(str(tmp_path / "writer"), key_pair=KeyPair.generate(), durability="none")
+    writer.append([b"block %d" % i for i in range(20)])
+    replica = Core(str(tmp_path / "replica"), key=writer.key, durability="none")
+    replica.apply_proof(writer.proof(upgrade=(0, 20), manifest=True))
+    for i in range(20):
+        replica.apply_proof(writer.proof(block=i, nodes=replica.missing_nodes(i)))
+    writer.append(b"block 20")
+
+    def seal(proof: bytes) -> bytes:
+        payload = wire.encode_payload(os.urandom(8), 1, bytes(8), [(wire.DATA, proof)])
+        return wire.seal(wire.wire_key(writer.key), writer.discovery_key, payload)
+    topic = "test/%s/" % writer.discovery_key.hex()
+
+    async def main() -> Dict[str, int]:
+        client = Endpoint()
+        link, addr = open_link(broker.url(), listen=False)
+        await client.attach(link)
+        task = asyncio.ensure_future(client.pull(replica, link, addr, live=True))
+        await connected(client)
+        await asyncio.sleep(0.2)   # subscribed
+        publisher = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        publisher.publish(topic + "head", seal(writer.proof(upgrade=(0, 21), manifest=True)),
+                          qos=1).wait_for_publish(10)
+        publisher.publish(topic + "live", seal(writer.proof(block=20, upgrade=(20, 1))),
+                          qos=1).wait_for_publish(10)
+        try:
+            await wait_until(lambda: replica.contiguous_length == 21, 20, "the live block")
+            return dict(client.counters)
+        finally:
+            publisher.disconnect()
+            publisher.loop_stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()
+
+    c = run(main())
+    assert c["heads_verified"] == 1 and c["broadcasts_applied"] == 1
+    assert_same_log(replica, writer, every_block=True)
+    replica.close()
+    writer.close()
 
 
 def test_verify_head_checks_the_writers_signature(tmp_path: Any) -> None:
