@@ -10,7 +10,7 @@ empty replica applies the head, and any other replica checks the head against
 the writer's signature in a scratch core in memory (:func:`verify_head`) and
 then asks its server for the rest.  Nothing here trusts the sender: these
 envelopes carry no session or cookie, a replay is a duplicate, and only what
-verifies is stored.
+verifies is stored.  (A link restores a retained head someone replaced.)
 
 A link that fans out has ``broadcasts = True``, ``watch(dk, roles)``,
 ``broadcast(envelope, kind)`` and an ``on_connect`` callback slot; it hands
@@ -19,9 +19,7 @@ envelopes from the fan-out topics to the endpoint with the address
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set, Tuple
 
 from .. import errors
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("coremachine_embedded.sync")
 
 BROADCAST = "@broadcast"   # the address of an envelope from a fan-out topic
-GUARD_INTERVAL = 1.0       # a writer restores a clobbered retained head at most this often
 
 
 class _MemoryFile:
@@ -101,9 +98,6 @@ class _State:
     def __init__(self) -> None:
         self.serving = False                          # served explicitly (answers req)
         self.published: Optional[Tuple[int, int]] = None  # (fork, length) last broadcast
-        self.head_envelope = b""                      # the head we published last
-        self.guarded = 0.0                            # when we last restored it
-        self.restore_pending = False
         self.head: Tuple[int, int] = (-1, -1)         # a verified head beyond our length
 
 
@@ -184,7 +178,6 @@ class Fanout:
             log.warning("head of %s: %s", entry.dk.hex()[:16], e)
             return
         st.published = state
-        st.head_envelope = head
         for link in links:
             if live is not None:
                 link.broadcast(live, "live")
@@ -232,17 +225,10 @@ class Fanout:
 
     # --- receiving --------------------------------------------------------------------
 
-    def receive(self, link: Any, data: bytes) -> bool:
+    def receive(self, data: bytes) -> bool:
         """An envelope from a fan-out topic: only signed proofs are taken."""
         ep, c = self.ep, self.ep.counters
         c.inc("rx_broadcasts")
-        dk = wire.peek(data)
-        entry = ep._entries.get(dk) if dk is not None else None
-        if entry is not None and entry.core.writable:  # its own head topic
-            c.inc("rx_envelopes")
-            c.inc("rx_bytes", len(data))
-            self._guard(entry, link, data)
-            return False
         opened = ep.open_envelope(data)
         if opened is None:
             return False
@@ -292,23 +278,3 @@ class Fanout:
             self._nudge(entry)
         else:
             c.inc("broadcasts_skipped")  # a live block for another length: the head follows
-
-    def _guard(self, entry: "_Entry", link: Any, data: bytes) -> None:
-        """A writer saw its head topic carry something else than its head (an
-        older one, garbage): publish its own again, at most once a second, and
-        last (a restore is scheduled while the interval runs)."""
-        st = self._state(entry)
-        if data == st.head_envelope:
-            return
-        self.ep.counters.inc("heads_clobbered")
-        if st.restore_pending:
-            return
-        wait = st.guarded + GUARD_INTERVAL - time.monotonic()
-        st.restore_pending = True
-
-        def restore() -> None:
-            st.restore_pending = False
-            st.guarded = time.monotonic()
-            self.announce(entry, [link], force=True)
-        loop = self.ep._loop or asyncio.get_running_loop()
-        loop.call_later(max(0.0, wait), restore)

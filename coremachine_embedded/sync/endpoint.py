@@ -201,7 +201,7 @@ class Endpoint:
         """One envelope from ``addr`` on ``link``; everything invalid is dropped
         and counted.  True if it was authentic, new, and fresh or a greeting."""
         if addr == BROADCAST:
-            return self._fanout.receive(link, data)
+            return self._fanout.receive(data)
         opened = self.open_envelope(data)
         if opened is None:
             return False

@@ -67,6 +67,7 @@ MAX_INBOUND = 4096            # messages waiting for the event loop; beyond: rx_
 MAX_ENVELOPE = wire.OVERHEAD + wire.MAX_PAYLOAD   # the largest envelope taken from any peer
 SUBSCRIBE_BATCH = 64          # topic filters per SUBSCRIBE packet
 HEADROOM = 1024               # MQTT header, topic and properties around an envelope
+GUARD_INTERVAL = 1.0          # a clobbered retained head is restored at most this often
 _LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 Roles = Iterable[str]  # "serve", "writer", "pull", "live"
@@ -106,7 +107,8 @@ class MQTTLink:
     ``rx_bad_topic`` (no valid response topic, or an envelope for another
     core than its topic), ``connects``, ``disconnects``, ``sessions_resumed``
     (the broker had kept our session), ``connect_failures``, ``pins``,
-    ``unpins``, ``rx_callback_errors`` (the endpoint raised: logged, the link
+    ``unpins``, ``heads_clobbered``/``heads_restored`` (someone replaced a
+    retained head we published), ``rx_callback_errors`` (the endpoint raised: logged, the link
     goes on).
     """
 
@@ -149,6 +151,9 @@ class MQTTLink:
         self._reply_tags: "collections.OrderedDict[Tuple[bytes, str], bytes]" = \
             collections.OrderedDict()
         self._props: Dict[Tuple[bytes, Optional[bytes]], Any] = {}
+        self._heads: Dict[bytes, bytes] = {}   # core -> the head we published last
+        self._restored: Dict[bytes, float] = {}
+        self._restoring: Set[bytes] = set()
         self._last_error = ""
 
     @classmethod
@@ -187,18 +192,17 @@ class MQTTLink:
     # --- topics ------------------------------------------------------------------------
 
     def _inbox(self, dk: bytes, link_id: str) -> str:
-        return "%s/%s/s/%s" % (self.prefix, dk.hex(), link_id)
+        return self._topic(dk, "s/" + link_id)
 
     def _core_topics(self, dk: bytes, roles: Roles) -> Set[str]:
-        base = "%s/%s/" % (self.prefix, dk.hex())
         topics = {self._inbox(dk, self.link_id)}
         roles = set(roles)
         if "serve" in roles:
-            topics.add(base + "req")
+            topics.add(self._topic(dk, "req"))
         if roles & {"pull", "writer"}:  # a writer watches its head: it restores a clobbered one
-            topics.add(base + "head")
+            topics.add(self._topic(dk, "head"))
         if "live" in roles:
-            topics.add(base + "live")
+            topics.add(self._topic(dk, "live"))
         return topics
 
     def watch(self, dk: bytes, roles: Roles) -> None:
@@ -351,6 +355,12 @@ class MQTTLink:
             self.counters["rx_bad_topic"] += 1
             return
         dk, leaf = parsed
+        if leaf == "head" and dk in self._heads:
+            self._guard_head(dk, data)   # our own head topic
+            return
+        if wire.peek(data) != dk:        # an envelope for another core than its topic
+            self.counters["rx_bad_topic"] += 1
+            return
         if leaf in ("head", "live"):
             deliver(data, BROADCAST)
             return
@@ -384,8 +394,27 @@ class MQTTLink:
         else:
             deliver(data, sender)
 
+    def _guard_head(self, dk: bytes, data: bytes) -> None:
+        """Someone replaced the retained head we published (with garbage, an
+        old head): publish ours again, at most once a second, and last (a
+        restore is scheduled while the interval runs)."""
+        if data == self._heads[dk]:
+            return
+        self.counters["heads_clobbered"] += 1
+        if dk in self._restoring or self._loop is None:
+            return
+        self._restoring.add(dk)
+
+        def restore() -> None:
+            self._restoring.discard(dk)
+            self._restored[dk] = time.monotonic()
+            self.counters["heads_restored"] += 1
+            self._publish(self._topic(dk, "head"), self._heads[dk], None, retain=True)
+        wait = self._restored.get(dk, 0.0) + GUARD_INTERVAL - time.monotonic()
+        self._loop.call_later(max(0.0, wait), restore)
+
     def _parse(self, topic: str, data: bytes) -> Optional[Tuple[bytes, str]]:
-        """(discovery key, leaf) of a topic of ours whose envelope names the same core."""
+        """(discovery key, leaf) of a topic of ours."""
         if not topic.startswith(self.prefix + "/"):
             return None
         rest = topic[len(self.prefix) + 1:].split("/")
@@ -397,8 +426,6 @@ class MQTTLink:
             return None
         leaf = "/".join(rest[1:])
         if leaf not in ("head", "live", "req") and leaf != "s/" + self.link_id:
-            return None
-        if wire.peek(data) != dk:
             return None
         return dk, leaf
 
@@ -424,8 +451,7 @@ class MQTTLink:
             pinned = self._pins.get(dk)
             if pinned is not None and self._pin_silent(dk):
                 pinned = None
-            topic = ("%s/%s/req" % (self.prefix, dk.hex()) if pinned is None
-                     else self._inbox(dk, pinned))
+            topic = self._topic(dk, "req") if pinned is None else self._inbox(dk, pinned)
         elif isinstance(addr, str) and _LINK_ID.match(addr):
             tag = self._reply_tags.get((dk, addr))
             topic = self._inbox(dk, addr)
@@ -451,13 +477,18 @@ class MQTTLink:
         return False
 
     def broadcast(self, envelope: bytes, kind: str) -> None:
-        """Publish a writer's signed ``head`` (retained) or ``live`` block."""
+        """Publish a writer's signed ``head`` (retained, and restored when
+        someone replaces it) or ``live`` block."""
         dk = bytes(envelope[1:wire.HEADER])
         if kind not in ("head", "live") or len(envelope) > self.mtu:
             self.counters["tx_dropped"] += 1
             return
-        self._publish("%s/%s/%s" % (self.prefix, dk.hex(), kind), envelope, None,
-                      retain=kind == "head")
+        if kind == "head":
+            self._heads[dk] = envelope
+        self._publish(self._topic(dk, kind), envelope, None, retain=kind == "head")
+
+    def _topic(self, dk: bytes, leaf: str) -> str:
+        return "%s/%s/%s" % (self.prefix, dk.hex(), leaf)
 
     def _reply_props(self, dk: bytes, tag: Optional[bytes]) -> Any:
         props = self._props.get((dk, tag))

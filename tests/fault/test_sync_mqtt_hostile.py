@@ -148,7 +148,11 @@ def test_a_hostile_client_on_the_broker_changes_nothing(tmp_path: Any, broker: B
             act(wmachine, rng, 3)
             await wait_until(lambda: live.contiguous_length == wcore.length, 60,
                              "the live reader")
-            await asyncio.sleep(GUARD_WAIT)   # the writer has restored its head by now
+            # the last word on the retained head is garbage: the writer restores its own
+            hostile.publish("%s/%s/head" % (PREFIX, wcore.discovery_key.hex()),
+                            os.urandom(300), retain=True)
+            await loop.run_in_executor(None, hostile.flush)
+            await asyncio.sleep(GUARD_WAIT)
             # the writer echoes only correlation data that came with authentic envelopes
             honest |= set(watcher._links[0]._tags.values())
             assert set(server._links[0]._reply_tags.values()) <= honest
@@ -169,7 +173,7 @@ def test_a_hostile_client_on_the_broker_changes_nothing(tmp_path: Any, broker: B
                    "link.rx_oversize"):
         assert total.get(reason, 0) > 0, (reason, sorted(total.items()))
     assert total.get("dropped_replay", 0) + total.get("duplicates", 0) > 0
-    assert c_writer["heads_clobbered"] > 0
+    assert c_writer["link.heads_clobbered"] > 0 and c_writer["link.heads_restored"] > 0
     # the retained head is the writer's again, and verifies
     assert retained is not None
     plain = wire.unseal(wire.wire_key(wcore.key), retained)
