@@ -5,12 +5,13 @@ A store (docs/format.md) is written by one ``Log`` object assembled from one
 class per concern, each in the module named like its C twin:
 
     store.py     StoreState  the state, errors, accessors, the signature
+    snapshot.py  Overlay     a read-only snapshot's records, kept in memory
     wal.py       Wal         header slots, write-ahead records, commit, replay
     treefile.py  TreeFile    tree file: node I/O, verified walks, roots
     blocks.py    Blocks      verified reads of blocks, proofs
     writer.py    Writer      append, truncate
     replica.py   Replica     apply_proof, apply_run, sanitize on open
-    opening.py   Log         opening and creating a store, the secret key, closing
+    opening.py   Log         opening, creating or snapshotting a store; closing
 
 A class uses only the ones it derives from (the C files' layers).  The pure
 backend is the reference model: both write the same files byte for byte.
