@@ -14,7 +14,8 @@ from .errors import (ArgumentTypeError, BlockNotAvailableError, ClosedError,
                      CoreMachineError, CorruptionError, DecodeError, ForkError,
                      FormatVersionError, InvalidArgumentError, InvalidProofError,
                      InvalidSignatureError, KeyMismatchError, OutOfRangeError, ReadOnlyError,
-                     StorageError, StoreLockedError, StoreNotFoundError, TooLargeError)
+                     SnapshotStaleError, StorageError, StoreLockedError, StoreNotFoundError,
+                     TooLargeError)
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,6 @@ __all__ = [
     "ArgumentTypeError", "BlockNotAvailableError", "ClosedError", "CoreMachineError",
     "CorruptionError", "DecodeError", "ForkError", "FormatVersionError",
     "InvalidArgumentError", "InvalidProofError", "InvalidSignatureError", "KeyMismatchError",
-    "OutOfRangeError", "ReadOnlyError", "StorageError", "StoreLockedError",
+    "OutOfRangeError", "ReadOnlyError", "SnapshotStaleError", "StorageError", "StoreLockedError",
     "StoreNotFoundError", "TooLargeError",
 ]
