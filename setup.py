@@ -2,7 +2,8 @@
 pyproject.toml.
 
 The extension is Cython (coremachine_embedded/_core.pyx) over csrc/*.c, linked
-against libsodium (found with pkg-config).  COREMACHINE_IMPL=python skips it.
+against libsodium (found with pkg-config), and _speedups.pyx (C twins of two
+hot Python functions of the action path).  COREMACHINE_IMPL=python skips them.
 The TOML profiles in boards/profiles are copied into the built package
 (coremachine_embedded/board_profiles) so an installed package finds them.
 """
@@ -43,7 +44,10 @@ def extensions():
         extra_compile_args=cflags,
         depends=glob.glob(os.path.join("csrc", "*.h")),
     )
-    return cythonize([ext], compiler_directives={"language_level": "3"}, quiet=True)
+    speedups = Extension("coremachine_embedded._speedups",
+                         sources=["coremachine_embedded/_speedups.pyx"],
+                         extra_compile_args=cflags)
+    return cythonize([ext, speedups], compiler_directives={"language_level": "3"}, quiet=True)
 
 
 class BuildWithProfiles(build_py):

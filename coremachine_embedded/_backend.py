@@ -9,7 +9,9 @@ the stub against the compiled extension.
 ``COREMACHINE_IMPL`` picks one: ``auto`` (default): the C extension; if it is
 missing, the pure-Python backend with a loud warning saying how to build the
 extension.  ``c``: the extension or ImportError.  ``python``: the pure-Python
-backend.  Anything else: ImportError.
+backend.  Anything else: ImportError.  With the C backend, ``speedups`` holds
+the C twins of ``snapshot.copy_json`` and ``_json``'s fast-path check (None
+with the pure-Python backend, whose Python versions are the reference).
 """
 from __future__ import annotations
 
@@ -99,6 +101,12 @@ if TYPE_CHECKING:  # the contract is for mypy; at run time it would only cost im
         def __call__(self, n_states: int, n_events: int) -> Table: ...
 
 
+    class Speedups(Protocol):
+        """_speedups.pyx: C twins of two hot Python functions of the action path."""
+
+        def copy_json(self, value: Any) -> Any: ...
+        def json_safe(self, value: Any) -> bool: ...
+
     class Backend(Protocol):
         """Everything a backend module exports."""
 
@@ -159,5 +167,16 @@ def _load() -> Backend:
         return _pure
 
 
+def _load_speedups() -> Optional[Speedups]:
+    if impl.NAME != "c":
+        return None
+    try:
+        from . import _speedups
+        return _speedups
+    except ImportError:
+        return None
+
+
 impl: Backend = _load()
 name: str = impl.NAME
+speedups: "Optional[Speedups]" = _load_speedups()

@@ -13,14 +13,16 @@ anything is written.  See docs/json.md.
   also send the value to the reference encoder, which then does everything
   (with the stdlib's C string escaper when there is one).
 * ``COREMACHINE_JSON=orjson|ujson|json|pure`` forces a library; an unknown or
-  missing one is an ImportError.  ``backend`` names the one in use.
+  missing one is an ImportError (when the library is picked: at the first
+  ``dumps`` or ``backend``, so that reading a state imports none).
+  ``backend`` names the one in use.
 """
 import sys
 
 try:  # typing exists only on CPython; the encoder never uses it at run time
-    from typing import Any, Callable, List, Optional, Tuple
-except ImportError:  # pragma: no cover - MicroPython
-    pass
+    from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+except ImportError:  # pragma: no cover - MicroPython (a plain assignment upsets mypy)
+    globals()["TYPE_CHECKING"] = False
 
 from ._json_ref import (MAX_DEPTH, MAX_SAFE_INTEGER, ArgumentTypeError, DecodeError,
                         JSONValueError, _DIGITS, _RecursionError, _is_index, _make_encoder,
@@ -90,6 +92,27 @@ def _scan(o: "Any", depth: int) -> None:
         raise _Slow
 
 
+def scan_ok(value: "Any") -> bool:
+    """True if ``_scan`` lets ``value`` by (the reference for the C twin that
+    ``_fast_ok`` is with the C backend)."""
+    try:
+        _scan(value, 0)
+    except (_Slow, _RecursionError):
+        return False
+    return True
+
+
+def _speedup() -> "Callable[[Any], bool]":
+    try:
+        from ._backend import speedups
+    except Exception:  # pragma: no cover - this file alone, or MicroPython
+        return scan_ok
+    return scan_ok if speedups is None else speedups.json_safe
+
+
+_fast_ok = _speedup()
+
+
 def _c_quote() -> "Callable[[str], str]":
     try:
         from json.encoder import encode_basestring
@@ -155,9 +178,7 @@ def encoder(name: str) -> "Callable[[Any], bytes]":
     def dumps(value: "Any") -> bytes:
         """``Buffer.from(JSON.stringify(value))``; JSONValueError if JS/JSON
         cannot carry ``value``."""
-        try:
-            _scan(value, 0)
-        except (_Slow, _RecursionError):
+        if not _fast_ok(value):
             return slow(value)
         try:
             return write(value)
@@ -198,8 +219,40 @@ def _choose() -> "Tuple[str, Callable[[Any], bytes]]":
     return "pure", _pure_dumps
 
 
-#: The library ``dumps`` uses: "orjson", "ujson", "json" or "pure".
-backend, dumps = _choose()
+# ``backend``, the library ``dumps`` uses ("orjson", "ujson", "json" or
+# "pure"), is picked and imported when first needed (``__getattr__`` below,
+# or the first dumps): reading a state needs no encoder.
+if TYPE_CHECKING:
+    backend = ""  # at run time: __getattr__ until picked
+_chosen = None  # type: Optional[Callable[[Any], bytes]]
+
+
+def _pick() -> "Callable[[Any], bytes]":
+    global backend, _chosen, dumps
+    backend, _chosen = _choose()
+    dumps = _chosen
+    return _chosen
+
+
+def _first_dumps(value: "Any") -> bytes:
+    """``Buffer.from(JSON.stringify(value))`` with the fastest library here
+    (``backend``); JSONValueError if JS/JSON cannot carry ``value``.  The
+    first call picks the library and puts its dumps in this one's place."""
+    return (_chosen or _pick())(value)
+
+
+dumps = _first_dumps  # type: Callable[[Any], bytes]
+
+
+def __getattr__(name: str) -> "Any":
+    if name == "backend":
+        _pick()
+        return backend
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
+
+
+if not _CPYTHONISH:  # pragma: no cover - MicroPython: nothing to save, pick now
+    _pick()
 
 # --------------------------------------------------------------------------
 # loads

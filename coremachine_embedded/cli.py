@@ -7,7 +7,6 @@ machine rejected the action (``act``); 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -59,6 +58,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at the top: `coremachine state` needs no event loop
+
     from . import Core
     from .sync import serve, shown_url
 
@@ -86,6 +87,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
+    import asyncio
+
     from . import Core
     from .errors import InvalidArgumentError
     from .sync import Endpoint, open_link, shown_url

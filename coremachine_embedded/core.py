@@ -236,9 +236,12 @@ class Core:
 
     # --- writing -------------------------------------------------------------
 
-    def append(self, data: Union[BytesLike, Sequence[BytesLike]]) -> int:
+    def append(self, data: Union[BytesLike, Sequence[BytesLike]], *,
+               origin: Optional[Callable[["CoreChange"], None]] = None) -> int:
         """Append one block or a list of blocks as ONE signed state.
 
+        :param origin: an :meth:`on_change` callback whose owner makes this
+            change and keeps track of it itself: it is not called for it.
         :returns: the new length.
         :raises TooLargeError: a block over ``max_block_size`` or a batch over 64 MiB.
         """
@@ -253,23 +256,27 @@ class Core:
                                     % type(data).__name__)
         with self._lock:
             log = self._log
-            before = (log.length, log.contiguous, log.fork) if self._listeners else None
+            listeners = self._listeners
+            before = (log.length, log.contiguous, log.fork) if listeners and (
+                listeners[0] is not origin or len(listeners) > 1) else None
             length = log.append(blocks)
             if self._timer is None and self._flush_interval_armed:
                 self._arm_timer()
             if before is not None:
-                self._notify("append", before, None)
+                self._notify("append", before, None, origin)
             return length
 
-    def truncate(self, length: int, fork: Optional[int] = None) -> None:
+    def truncate(self, length: int, fork: Optional[int] = None, *,
+                 origin: Optional[Callable[["CoreChange"], None]] = None) -> None:
         """Cut the log to ``length`` blocks and sign the new state with
-        ``fork`` (default: current fork + 1), as Hypercore does."""
+        ``fork`` (default: current fork + 1), as Hypercore does.  ``origin``:
+        as for :meth:`append`."""
         if not isinstance(length, int) or isinstance(length, bool):
             raise ArgumentTypeError("length must be an int")
         with self._lock:
             before = self._snapshot()
             self._log.truncate(length, self._log.fork + 1 if fork is None else fork)
-            self._notify("truncate", before, None)
+            self._notify("truncate", before, None, origin)
 
     def flush(self) -> None:
         """Make everything appended so far durable (one fdatasync)."""
@@ -476,12 +483,14 @@ class Core:
         log = self._log
         return (log.length, log.contiguous, log.fork)
 
-    def _notify(self, kind: str, before: Tuple[int, int, int], result: Any) -> None:
+    def _notify(self, kind: str, before: Tuple[int, int, int], result: Any,
+                origin: Optional[Callable[["CoreChange"], None]] = None) -> None:
         if not self._listeners:
             return
         change = CoreChange(kind, before, self._snapshot(), result)
         for callback in list(self._listeners):
-            callback(change)
+            if callback is not origin:
+                callback(change)
 
     # --- lifetime ------------------------------------------------------------
 

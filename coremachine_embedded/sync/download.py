@@ -269,7 +269,7 @@ class Download:
                 return answered
             self.ahead[index] = body
             self._mark(ask)
-            return Answered(answered.ask, early=True)
+            return Answered(answered.ask, True)
         self._apply(body)
         return answered
 
@@ -283,7 +283,7 @@ class Download:
             return NOTHING
         ask.run.add(msg.first, msg.values)
         self._mark(ask)
-        answered = Answered(ask, early=True) if msg.request == ask.id else NOTHING
+        answered = Answered(ask, True) if msg.request == ask.id else NOTHING
         self._advance()
         return answered
 

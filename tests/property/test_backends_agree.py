@@ -4,24 +4,17 @@ state after every step and byte-identical store files at the end; their proofs
 are identical and replicas fed those proofs write identical files too."""
 from __future__ import annotations
 
-import os
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
 from coremachine_embedded.caps import Durability
+from tests.compiled import extension
 from tests.fixtures.recipes import read_files
 
-try:
-    from coremachine_embedded import _core
-except ImportError as e:  # pragma: no cover - depends on the build
-    if os.environ.get("COREMACHINE_IMPL") == "python":
-        pytest.skip("the C extension is not built (COREMACHINE_IMPL=python run): %s" % e,
-                    allow_module_level=True)
-    raise
+_core = extension("_core")
 
 BACKENDS = (_pure, _core)
 
