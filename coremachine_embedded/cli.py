@@ -220,12 +220,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _version() -> str:
+    import platform
+
+    from . import __version__, backend
+    return "coremachine %s (%s backend, Python %s)" % (__version__, backend,
+                                                      platform.python_version())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coremachine",
         description="State machines on signed, append-only, Merkle-verified logs, "
                     "synced over UDP and serial lines.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="run the demo on the embedded defaults",
