@@ -1,17 +1,35 @@
 """The one place that picks the backend, from ``COREMACHINE_IMPL``.
 
-``auto`` (default): the C extension; if it is missing, the pure-Python backend
-with a loud warning saying how to build the extension.  ``c``: the extension or
-ImportError.  ``python``: the pure-Python backend.  Anything else: ImportError.
+``auto`` (default): the C extension; if it is missing or cannot load, the
+pure-Python backend with a loud warning naming the real cause.  ``c``: the
+extension or ImportError.  ``python``: the pure-Python backend.  Anything else:
+ImportError.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from types import ModuleType
 
 _BUILD_HINT = ("build it with `make build` (or `pip install .`); it needs a C compiler, "
-               "Cython and libsodium-dev")
+               "the Python headers and libsodium-dev")
+# Written by setup.py when an install left the extension out, with the reason.
+_NOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_no_extension.txt")
+
+
+def why_no_extension(error: ImportError) -> str:
+    """What went wrong importing the C extension, in words a user can act on."""
+    if isinstance(error, ModuleNotFoundError) and error.name == __package__ + "._core":
+        try:
+            with open(_NOTE) as f:
+                return "the C extension was left out at install time: " + f.read().strip()
+        except OSError:
+            return "the C extension is not built: " + _BUILD_HINT
+    cause = "the C extension is built but cannot be loaded (%s)" % error
+    if "libsodium" in str(error):
+        cause += ": install libsodium (apt-get install libsodium23)"
+    return cause
 
 
 def _load() -> ModuleType:
@@ -22,15 +40,14 @@ def _load() -> ModuleType:
     if impl not in ("auto", "c"):
         raise ImportError("COREMACHINE_IMPL must be auto, c or python, not %r" % impl)
     try:
-        from . import _core
-        return _core
+        # import_module, not `from . import`: the latter reports a missing
+        # extension as "most likely due to a circular import".
+        return importlib.import_module("._core", __package__)
     except ImportError as e:
         if impl == "c":
-            raise ImportError("COREMACHINE_IMPL=c but the C extension is not built (%s): %s"
-                              % (e, _BUILD_HINT)) from e
-        warnings.warn("coremachine_embedded: the C extension is not built (%s); using the "
-                      "much slower pure-Python backend. To fix: %s" % (e, _BUILD_HINT),
-                      RuntimeWarning, stacklevel=3)
+            raise ImportError("COREMACHINE_IMPL=c but %s" % why_no_extension(e)) from e
+        warnings.warn("coremachine_embedded: %s; using the much slower pure-Python backend"
+                      % why_no_extension(e), RuntimeWarning, stacklevel=3)
         from . import _pure
         return _pure
 
