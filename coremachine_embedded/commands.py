@@ -12,13 +12,15 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from . import Core, KeyPair, _json, caps
-from .errors import CoreMachineError, InvalidArgumentError, StorageError
+from .errors import CoreMachineError
 
 META = "coremachine.json"
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: How long ``pull`` without ``--live`` waits, unless ``--timeout`` says otherwise.
+DEFAULT_PULL_TIMEOUT = 60.0
 
 
 class CommandError(CoreMachineError):
@@ -92,7 +94,7 @@ def machine_for(store: str, ref: Optional[str]) -> Any:
 
 # --- commands -----------------------------------------------------------------------
 
-def keygen(keyfile: str, force: bool = False) -> str:
+def keygen(keyfile: str, force: bool = False) -> KeyPair:
     """Write a new key pair's secret key (hex) to ``keyfile``, mode 0600."""
     kp = KeyPair.generate()
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
@@ -103,7 +105,16 @@ def keygen(keyfile: str, force: bool = False) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(kp.secret_key.hex() + "\n")
     os.chmod(keyfile, 0o600)
-    return kp.public_key.hex()
+    return kp
+
+
+def core_key(kp: KeyPair, compat: bool = False) -> bytes:
+    """The key readers pull with for a writer with ``kp``: the hash of its
+    default manifest (Hypercore 11), or the public key in compat mode."""
+    if compat:
+        return kp.public_key
+    from . import _backend
+    return bytes(_backend.impl.manifest_hash(_backend.impl.default_manifest(kp.public_key)))
 
 
 def read_keyfile(keyfile: str) -> KeyPair:
@@ -134,22 +145,41 @@ def init(store: str, machine_ref: str, keyfile: Optional[str], compat: bool,
     return core
 
 
+def parse_value(value_json: Optional[str]) -> Any:
+    """VALUE_JSON as given on the command line (MISSING when absent)."""
+    from .coremachine import MISSING
+    if value_json is None:
+        return MISSING
+    try:
+        return _json.loads(value_json)
+    except ValueError as e:
+        raise CommandError("VALUE_JSON is not JSON: %s" % e, EXIT_USAGE) from None
+
+
+def fire(machine: Any, event: str, value: Any) -> Any:
+    """``machine.action(event, value)``; a rejection, or an exception from the
+    machine's own guards and actions, is a CommandError with exit code 4."""
+    from .coremachine import MISSING
+    from .machine import InvalidActionError
+    state = machine.state
+    try:
+        return machine.action(event) if value is MISSING else machine.action(event, value)
+    except InvalidActionError as e:
+        raise CommandError(e.message, EXIT_REJECTED) from None
+    except CoreMachineError:
+        raise
+    except Exception as e:  # raised by the definition's code: nothing was written
+        shown = event if value is MISSING else "%s %s" % (event, _json.dumps(value).decode())
+        raise CommandError("%s in state %s: the machine raised %s: %s (nothing was written)"
+                           % (shown, state, type(e).__name__, e), EXIT_REJECTED) from e
+
+
 def act(store: str, event: str, value_json: Optional[str], machine_ref: Optional[str]) -> Any:
     from .coremachine import Coremachine
-    from .machine import InvalidActionError
-    definition = machine_for(store, machine_ref)
-    value: Any = None
-    if value_json is not None:
-        try:
-            value = _json.loads(value_json)
-        except ValueError as e:
-            raise CommandError("VALUE_JSON is not JSON: %s" % e, EXIT_USAGE) from None
+    value = parse_value(value_json)
     with open_store(store) as core:
-        machine = Coremachine(core, definition)
-        try:
-            return machine.action(event) if value_json is None else machine.action(event, value)
-        except InvalidActionError as e:
-            raise CommandError(e.message, EXIT_REJECTED) from None
+        machine = Coremachine(core, machine_for(store, machine_ref))
+        return fire(machine, event, value)
 
 
 def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
@@ -161,10 +191,9 @@ def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
                 "available": machine.available_actions()}
 
 
-def history(store: str, start: Optional[int], end: Optional[int]) -> List[Dict[str, Any]]:
-    """Entries [start, end) as recorded: index, event, value, state, context, fork.
-    Reads the blocks directly: no machine definition needed."""
-    rows = []
+def history(store: str, start: Optional[int], end: Optional[int]) -> Iterator[Dict[str, Any]]:
+    """Entries [start, end) as recorded: index, event, value, state, context, fork,
+    one at a time.  Reads the blocks directly: no machine definition needed."""
     with open_store(store) as core:
         n = core.contiguous_length
         lo = max(0, start or 0)
@@ -177,10 +206,9 @@ def history(store: str, start: Optional[int], end: Optional[int]) -> List[Dict[s
                 entry = {"raw": raw.hex()}
             if not isinstance(entry, dict):
                 entry = {"value": entry}
-            rows.append({"index": i, "event": entry.get("event"), "value": entry.get("value"),
-                         "state": entry.get("state"), "context": entry.get("context"),
-                         "fork": core.fork})
-    return rows
+            yield {"index": i, "event": entry.get("event"), "value": entry.get("value"),
+                   "state": entry.get("state"), "context": entry.get("context"),
+                   "fork": core.fork}
 
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:
@@ -210,17 +238,16 @@ def _backend_name() -> str:
     return backend
 
 
-def graph(machine_ref: str, fmt: str, output: Optional[str], store: Optional[str]) -> bytes:
+def graph(machine_ref: Optional[str], fmt: str, output: Optional[str],
+          store: Optional[str]) -> bytes:
+    """A diagram of ``machine_ref`` (default: the machine ``store`` was created
+    for), with the store's current state highlighted."""
     from . import graph as graphs
-    definition = load_machine(machine_ref)
+    if machine_ref is None and store is None:
+        raise CommandError("give --machine MODULE:ATTR or --store STORE", EXIT_USAGE)
     current = None
     if store:
         current = state(store, machine_ref)["state"]
-    return graphs.render(definition, fmt, output, current=current)
-
-
-def check_store_arg(store: str) -> None:
-    if not os.path.isdir(store):
-        raise StorageError("no store directory", store)
-    if not os.path.exists(os.path.join(store, "header")):
-        raise InvalidArgumentError("%s is not a store (no header file)" % store)
+        machine_ref = machine_ref or read_meta(store)["machine"]
+    assert machine_ref is not None
+    return graphs.render(load_machine(machine_ref), fmt, output, current=current)
