@@ -7,9 +7,8 @@ ImportError.
 """
 from __future__ import annotations
 
-import importlib
 import os
-import warnings
+import sys
 from types import ModuleType
 
 _BUILD_HINT = ("build it with `make build` (or `pip install .`); it needs a C compiler, "
@@ -40,12 +39,14 @@ def _load() -> ModuleType:
     if impl not in ("auto", "c"):
         raise ImportError("COREMACHINE_IMPL must be auto, c or python, not %r" % impl)
     try:
-        # import_module, not `from . import`: the latter reports a missing
-        # extension as "most likely due to a circular import".
-        return importlib.import_module("._core", __package__)
+        # Not `from . import _core`: that reports a missing extension as "most
+        # likely due to a circular import".  (No importlib: it costs modules.)
+        __import__(__package__ + "._core")
+        return sys.modules[__package__ + "._core"]
     except ImportError as e:
         if impl == "c":
             raise ImportError("COREMACHINE_IMPL=c but %s" % why_no_extension(e)) from e
+        import warnings
         warnings.warn("coremachine_embedded: %s; using the much slower pure-Python backend"
                       % why_no_extension(e), RuntimeWarning, stacklevel=3)
         from . import _pure
