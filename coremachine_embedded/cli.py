@@ -103,7 +103,14 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _cmd_act(args: argparse.Namespace) -> int:
     from . import commands
     snap = commands.act(args.store, args.event, args.value, args.machine)
-    _emit(snap.to_dict(), args.json, lambda: [snap.state])
+    _emit(snap, args.json, lambda: [snap["state"]])
+    return EXIT_OK
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from . import commands
+    pid = commands.stop(args.store, args.timeout)
+    print("stopped process %d (it had %s open)" % (pid, args.store))
     return EXIT_OK
 
 
@@ -222,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=_cmd_init)
 
     act = command("act", help="fire one transition; prints the new state",
-                         description="Fire EVENT with an optional JSON VALUE; exit 4 if the "
-                                     "machine rejects it in its current state.")
+                  description="Fire EVENT with an optional JSON VALUE; exit 4 if the machine "
+                              "rejects it in its current state (or raises on the value). On "
+                              "a store that a running serve holds, that process does it.")
     act.add_argument("store", metavar="STORE")
     act.add_argument("event", metavar="EVENT")
     act.add_argument("value", metavar="VALUE_JSON", nargs="?")
@@ -279,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--wait-for-device", action="store_true",
                        help="a serial device that does not exist yet is waited for")
     serve.set_defaults(func=_cmd_serve)
+
+    stop = command("stop", help="stop the serve or pull --live that holds STORE",
+                   description="Ask the process holding STORE (through its control socket) "
+                               "to stop as SIGTERM would; returns once it has closed the store.")
+    stop.add_argument("store", metavar="STORE")
+    stop.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    stop.set_defaults(func=_cmd_stop)
 
     pull = command("pull", help="fill or refresh a replica from a peer",
                           description="Pull the core KEY_HEX into STORE_DIR from the peer at "

@@ -15,7 +15,7 @@ import time
 from typing import Any, Dict, Iterator, Optional
 
 from . import Core, KeyPair, _json, caps
-from .errors import CoreMachineError
+from .errors import CoreMachineError, StoreLockedError, StoreNotFoundError
 
 META = "coremachine.json"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -174,12 +174,53 @@ def fire(machine: Any, event: str, value: Any) -> Any:
                            % (shown, state, type(e).__name__, e), EXIT_REJECTED) from e
 
 
-def act(store: str, event: str, value_json: Optional[str], machine_ref: Optional[str]) -> Any:
+def act(store: str, event: str, value_json: Optional[str],
+        machine_ref: Optional[str]) -> Dict[str, Any]:
+    """Fire ``event`` on the store's machine; returns the new snapshot as a dict.
+    A store held by a running process (``serve``, ``pull --live``, a firmware
+    script with a ControlServer) is acted on by that process."""
     from .coremachine import Coremachine
     value = parse_value(value_json)
-    with open_store(store) as core:
+    try:
+        core = open_store(store)
+    except StoreLockedError as locked:
+        reply = _ask_holder(store, {"op": "act", "event": event, "value_json": value_json,
+                                    "machine": machine_ref}, locked)
+        remote: Dict[str, Any] = reply["snapshot"]
+        return remote
+    with core:
         machine = Coremachine(core, machine_for(store, machine_ref))
-        return fire(machine, event, value)
+        snap: Dict[str, Any] = fire(machine, event, value).to_dict()
+        return snap
+
+
+def stop(store: str, timeout: float) -> int:
+    """Ask the process holding ``store`` to stop; returns its pid once it has
+    closed the store."""
+    from . import control
+    if not os.path.exists(os.path.join(store, "header")):
+        raise StoreNotFoundError("no such store", os.path.join(store, "header"))
+    pid = int(_ask_holder(store, {"op": "stop"}, None)["pid"])
+    if not control.wait_gone(store, timeout):
+        raise CommandError("process %d holding %s did not stop within %gs" % (pid, store, timeout),
+                           EXIT_TIMEOUT)
+    return pid
+
+
+def _ask_holder(store: str, message: Dict[str, Any],
+                locked: Optional[StoreLockedError]) -> Dict[str, Any]:
+    from . import control
+    try:
+        reply = control.request(store, message)
+    except control.NoControlSocket:
+        if locked is None:
+            raise CommandError("no process holding %s takes commands (no %s)"
+                               % (store, control.SOCKET_NAME)) from None
+        raise CommandError("%s; the process holding it takes no commands (start it with "
+                           "coremachine serve, or act from that process)" % locked) from None
+    if not reply.get("ok"):
+        raise CommandError(str(reply.get("error")), int(reply.get("exit", EXIT_FAIL)))
+    return reply
 
 
 def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:

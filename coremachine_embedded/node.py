@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from .commands import (DEFAULT_PULL_TIMEOUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT,
-                       CommandError, open_store)
+                       CommandError, open_store, read_meta)
 from .core import Core
 from .errors import FILE_NAMES, KeyMismatchError, StoreNotFoundError
 
@@ -49,40 +49,67 @@ def check_device(url: str, wait: bool) -> None:
 
 
 class Stop:
-    """SIGTERM and SIGINT set it (and remember which) from the event loop."""
+    """Set by SIGTERM, SIGINT (remembered in ``signal``) or a ``coremachine stop``
+    (from the control socket's thread)."""
 
     def __init__(self) -> None:
         self.event = asyncio.Event()
         self.signal: Optional[int] = None
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._set, sig)
+            self._loop.add_signal_handler(sig, self._set, sig)
 
-    def _set(self, sig: int) -> None:
+    def _set(self, sig: Optional[int]) -> None:
         self.signal = sig
         self.event.set()
 
+    def request(self) -> None:
+        """Thread-safe: stop as SIGTERM would."""
+        self._loop.call_soon_threadsafe(self._set, signal.SIGTERM)
 
-def serve(store: str, url: str, wait_for_device: bool = False,
-          on_ready: Optional[Callable[[Core], None]] = None) -> int:
-    """Serve the store on ``url`` until SIGTERM/SIGINT."""
+
+def _one_machine(core: Core, store: str) -> Callable[[Optional[str]], Any]:
+    """``machine_for`` of a serve's control socket: one Coremachine on the core,
+    made on the first ``act`` (from its --machine, or the store's)."""
+    made: Dict[str, Any] = {}
+
+    def machine_for(ref: Optional[str]) -> Any:
+        from .commands import machine_for as definition_for
+        from .coremachine import Coremachine
+        ref = ref or read_meta(store).get("machine")
+        if "machine" not in made:
+            made["machine"] = Coremachine(core, definition_for(store, ref))
+            made["ref"] = ref
+        elif ref != made["ref"]:
+            raise CommandError("this process acts with the machine %s, not %s"
+                               % (made["ref"], ref))
+        return made["machine"]
+    return machine_for
+
+
+def serve(store: str, url: str, wait_for_device: bool = False) -> int:
+    """Serve the store on ``url`` until SIGTERM/SIGINT or ``coremachine stop``;
+    ``coremachine act`` on the store is carried out here."""
+    from .control import ControlServer
     from .sync import serve as serve_on
 
     check_device(url, wait_for_device)
     core = open_store(store)
+    control: Optional[ControlServer] = None
 
     async def main() -> None:
+        nonlocal control
         stop = Stop()
         try:
             ep = await serve_on(core, url)
         except OSError as e:  # bind: EADDRINUSE, EADDRNOTAVAIL, EACCES
             raise CommandError("cannot listen on %s: %s" % (url, e.strerror or e)) from None
-        print("serving %s (length %d, %s) on %s" % (core.key.hex(), core.length,
-                                                     "writer" if core.writable else "replica",
-                                                     url), flush=True)
-        if on_ready is not None:
-            on_ready(core)
         try:
+            control = ControlServer(store, machine_for=_one_machine(core, store),
+                                    on_stop=stop.request).start()
+            print("serving %s (length %d, %s) on %s" % (
+                core.key.hex(), core.length, "writer" if core.writable else "replica", url),
+                flush=True)
             await stop.event.wait()
         finally:
             await ep.close()
@@ -92,6 +119,8 @@ def serve(store: str, url: str, wait_for_device: bool = False,
         asyncio.run(main())
     finally:
         core.close()
+        if control is not None:  # last: `coremachine stop` returns once the store is free
+            control.close()
     return EXIT_OK
 
 
@@ -149,6 +178,7 @@ def _say_when_caught_up(core: Core) -> None:
 def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float],
          window: int, wait_for_device: bool, progress: Any) -> int:
     """Pull ``key_hex`` into ``store`` from ``url``; returns the exit code."""
+    from .control import ControlServer
     from .errors import InvalidArgumentError
     from .sync import Endpoint, open_link
 
@@ -167,8 +197,13 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
     core, created = open_replica(store, key)
     outcome = {"answered": False, "done": False}
 
+    control: Optional[ControlServer] = None
+
     async def main() -> int:
+        nonlocal control
         stop = Stop()
+        # `coremachine stop STORE` ends it as SIGTERM would
+        control = ControlServer(store, on_stop=stop.request).start()
         ep = Endpoint(window=window)
         link, addr = open_link(url, listen=False)
         await ep.attach(link)
@@ -212,6 +247,8 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
     finally:
         empty = _holds_nothing(core) and not outcome["done"]
         core.close()
+        if control is not None:
+            control.close()
         if created and empty:
             _remove_store_files(store, remove_dir=created_dir)
 
