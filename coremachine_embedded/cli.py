@@ -92,11 +92,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
     _board_defaults(args)
     if not args.store:
         raise commands.CommandError("give STORE (or --board)", EXIT_USAGE)
-    with commands.init(args.store, args.machine, args.key_file, args.compat,
-                       args.durability or "sync") as core:
-        print("created %s: key %s (%s, durability %s)" % (args.store, core.key.hex(),
-                                                          "compat" if core.compat else "manifest",
-                                                          core.durability))
+    core, existed = commands.init(args.store, args.machine, args.key_file, args.compat,
+                                  args.durability or "sync")
+    with core:
+        print("%s %s: key %s (%s, durability %s)" % (
+            "already there:" if existed else "created", args.store, core.key.hex(),
+            "compat" if core.compat else "manifest", core.durability))
     return EXIT_OK
 
 
@@ -155,6 +156,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import commands
     data = commands.info(args.store)
+    if args.key:
+        print(data["key"])
+        return EXIT_OK
     _emit(data, args.json, lambda: ["%-18s %s" % (k, v) for k, v in data.items()])
     return EXIT_OK
 
@@ -263,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", help="key, discovery key, length, fork, format, size")
     info.add_argument("store", metavar="STORE")
     info.add_argument("--json", action="store_true")
+    info.add_argument("--key", action="store_true",
+                      help="print only the core key (what readers pull with)")
     info.set_defaults(func=_cmd_info)
 
     graph = command("graph", help="draw a machine (Mermaid, DOT, SVG, PNG)",

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from . import Core, KeyPair, _json, caps
 from .errors import CoreMachineError, StoreLockedError, StoreNotFoundError
@@ -131,18 +131,30 @@ def read_keyfile(keyfile: str) -> KeyPair:
 
 
 def init(store: str, machine_ref: str, keyfile: Optional[str], compat: bool,
-         durability: str) -> Core:
-    """Create a writer store for a machine definition."""
+         durability: str) -> Tuple[Core, bool]:
+    """Create a writer store for a machine definition; returns it and whether it
+    was there already.  Like ``git init``, running it again on a store created
+    for the same machine (and key) changes nothing; another machine is an error."""
     from .machine import create_machine
     create_machine(load_machine(machine_ref))  # fail before creating anything
+    kp = read_keyfile(keyfile) if keyfile else None
     if os.path.exists(os.path.join(store, "header")):
-        raise CommandError("%s already holds a store" % store)
-    kp = read_keyfile(keyfile) if keyfile else KeyPair.generate()
-    core = Core(store, key_pair=kp, compat=compat, durability=durability)
+        existing = read_meta(store).get("machine")
+        if existing != machine_ref:
+            raise CommandError("%s already holds a store for %s" % (store, existing or
+                                                                   "no machine"))
+        core = open_store(store)
+        if not core.writable or (kp is not None and kp.public_key != core.public_key) \
+                or compat != core.compat:
+            core.close()
+            raise CommandError("%s already holds a store for %s with another key or mode"
+                               % (store, machine_ref))
+        return core, True
+    core = Core(store, key_pair=kp or KeyPair.generate(), compat=compat, durability=durability)
     with open(os.path.join(store, META), "w") as f:
         json.dump({"machine": machine_ref, "durability": durability,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f, indent=1)
-    return core
+    return core, False
 
 
 def parse_value(value_json: Optional[str]) -> Any:
@@ -200,11 +212,28 @@ def stop(store: str, timeout: float) -> int:
     from . import control
     if not os.path.exists(os.path.join(store, "header")):
         raise StoreNotFoundError("no such store", os.path.join(store, "header"))
-    pid = int(_ask_holder(store, {"op": "stop"}, None)["pid"])
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid = int(_ask_holder(store, {"op": "stop"}, None)["pid"])
+            break
+        except CommandError:
+            # held, but its control socket not up yet (a process just started)?
+            if time.monotonic() > deadline or not _held(store):
+                raise
+            time.sleep(0.05)
     if not control.wait_gone(store, timeout):
         raise CommandError("process %d holding %s did not stop within %gs" % (pid, store, timeout),
                            EXIT_TIMEOUT)
     return pid
+
+
+def _held(store: str) -> bool:
+    try:
+        Core(store).close()
+    except StoreLockedError:
+        return True
+    return False
 
 
 def _ask_holder(store: str, message: Dict[str, Any],

@@ -100,13 +100,13 @@ def serve(store: str, url: str, wait_for_device: bool = False) -> int:
     async def main() -> None:
         nonlocal control
         stop = Stop()
+        control = ControlServer(store, machine_for=_one_machine(core, store),
+                                on_stop=stop.request).start()
         try:
             ep = await serve_on(core, url)
         except OSError as e:  # bind: EADDRINUSE, EADDRNOTAVAIL, EACCES
             raise CommandError("cannot listen on %s: %s" % (url, e.strerror or e)) from None
         try:
-            control = ControlServer(store, machine_for=_one_machine(core, store),
-                                    on_stop=stop.request).start()
             print("serving %s (length %d, %s) on %s" % (
                 core.key.hex(), core.length, "writer" if core.writable else "replica", url),
                 flush=True)

@@ -74,7 +74,12 @@ def test_the_whole_cli(tmp_path) -> None:
     r = cm("init", store, "--machine", ref, "--key-file", keyfile)
     assert r.returncode == 0, r.stderr
     key = r.stdout.split("key ")[1].split()[0]
-    assert cm("init", store, "--machine", ref).returncode == 1       # already a store
+    r = cm("init", store, "--machine", ref)          # again, as `git init`: changes nothing
+    assert r.returncode == 0 and r.stdout.startswith("already there: %s: key %s" % (store, key))
+    assert cm("init", store, "--machine", THERMOSTAT).returncode == 1       # another machine
+    assert cm("keygen", str(tmp_path / "k2")).returncode == 0
+    r = cm("init", store, "--machine", ref, "--key-file", str(tmp_path / "k2"))
+    assert r.returncode == 1 and "another key" in r.stderr                 # another key
     assert cm("init", str(tmp_path / "x"), "--machine", "nope").returncode == 2
     assert cm("init", str(tmp_path / "x"), "--machine", ref + "_MISSING").returncode == 1
 
@@ -107,6 +112,7 @@ def test_the_whole_cli(tmp_path) -> None:
     assert info["key"] == key and info["length"] == 5 and info["format_version"] == 1
     assert info["role"] == "writer" and info["durability"] == "sync" and info["size_on_disk"] > 0
     assert info["machine"] == ref
+    assert cm("info", store, "--key").stdout == key + "\n"
 
     mermaid = cm("graph", "--machine", ref).stdout
     assert mermaid.startswith("stateDiagram-v2") and "START" in mermaid
