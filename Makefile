@@ -35,7 +35,7 @@ deps:
 	@PYTHON="$(PYTHON)" VENV="$(VENV)" sh .ci/ensure-deps.sh
 
 build: deps
-	$(PY) setup.py -q build_ext --inplace
+	COREMACHINE_IMPL=c $(PY) setup.py -q build_ext --inplace
 
 demo: build
 	$(VENV)/bin/coremachine demo
