@@ -183,15 +183,21 @@ class _Refused(Exception):
         self.exit_code = exit_code
 
 
-def _read_request(conn: socket.socket) -> Dict[str, Any]:
+def _read_line(sock: socket.socket) -> bytes:
+    """Up to and with the first newline (or what came before the peer closed)."""
     data = b""
-    while not data.endswith(b"\n"):
-        chunk = conn.recv(65536)
+    while not data.endswith(b"\n") and len(data) <= MAX_REQUEST:
+        chunk = sock.recv(65536)
         if not chunk:
             break
         data += chunk
-        if len(data) > MAX_REQUEST:
-            raise _Refused("request too large", 2)
+    return data
+
+
+def _read_request(conn: socket.socket) -> Dict[str, Any]:
+    data = _read_line(conn)
+    if len(data) > MAX_REQUEST:
+        raise _Refused("request too large", 2)
     try:
         request = json.loads(data)
     except ValueError:
@@ -220,12 +226,7 @@ def request(directory: str, message: Dict[str, Any], timeout: float = 120) -> Di
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise NoControlSocket(str(e)) from None
         sock.sendall(json.dumps(message).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = _read_line(sock)
     if not data:
         raise NoControlSocket("the process holding %s closed the connection" % directory)
     reply: Dict[str, Any] = json.loads(data)
