@@ -197,35 +197,35 @@ def build_parser() -> argparse.ArgumentParser:
         prog="coremachine",
         description="State machines on signed, append-only, Merkle-verified logs, "
                     "synced over UDP and serial lines.")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks on errors (exit codes stay the same)")
+    debug_help = "show tracebacks on errors (exit codes stay the same)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # --debug after the subcommand too (SUPPRESS: absent there keeps the value before it)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks on errors (exit codes stay the same)")
+                        help=debug_help)
 
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kw)
 
     demo = command("demo", help="run the demo on the embedded defaults",
-                          description="A writer machine and a reader following it over UDP "
-                                      "and a serial line (PTY pair).")
+                   description="A writer machine and a reader following it over UDP "
+                               "and a serial line (PTY pair).")
     demo.add_argument("--dir", help="where to put the demo stores (default: a temp dir)")
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
     keygen = command("keygen", help="write a new key pair to KEYFILE (mode 0600)",
-                            description="Generate an Ed25519 key pair; KEYFILE holds the "
-                                        "secret key in hex, readable by its owner only.")
+                     description="Generate an Ed25519 key pair; KEYFILE holds the "
+                                 "secret key in hex, readable by its owner only.")
     keygen.add_argument("keyfile", metavar="KEYFILE")
     keygen.add_argument("--force", action="store_true", help="replace an existing KEYFILE")
     keygen.set_defaults(func=_cmd_keygen)
 
     init = command("init", help="create a writer store for a machine definition",
-                          description="Create a store whose machine is MODULE:ATTR (or "
-                                      "path/to/file.py:ATTR); later commands remember it.")
+                   description="Create a store whose machine is MODULE:ATTR (or "
+                               "path/to/file.py:ATTR); later commands remember it.")
     init.add_argument("store", metavar="STORE", nargs="?")
     init.add_argument("--machine", required=True, metavar="MOD:ATTR")
     init.add_argument("--key-file", help="use this key pair (from keygen) instead of a new one")
@@ -261,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(func=_cmd_history)
 
     verify = command("verify", help="re-hash every block, check the signature",
-                            description="Exit 0 if the store verifies, 1 naming the damaged "
-                                        "file otherwise.")
+                     description="Exit 0 if the store verifies, 1 naming the damaged "
+                                 "file otherwise.")
     verify.add_argument("store", metavar="STORE")
     verify.set_defaults(func=_cmd_verify)
 
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     graph = command("graph", help="draw a machine (Mermaid, DOT, SVG, PNG)",
-                           description="SVG and PNG need Graphviz (apt-get install graphviz).")
+                    description="SVG and PNG need Graphviz (apt-get install graphviz).")
     graph.add_argument("--machine", metavar="MOD:ATTR",
                        help="default: the machine of --store (the one given to init)")
     graph.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
@@ -288,8 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     serve = command("serve", help="serve a store (writer or replica) on a link",
-                           description="Answer sync requests for the core in STORE_DIR until "
-                                       "interrupted; prints counters on exit.")
+                    description="Answer sync requests for the core in STORE_DIR until "
+                                "SIGTERM, SIGINT or coremachine stop; prints counters on "
+                                "exit. coremachine act on STORE_DIR is carried out here.")
     serve.add_argument("store", metavar="STORE_DIR")
     serve.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
     serve.add_argument("--wait-for-device", action="store_true",
@@ -304,9 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=_cmd_stop)
 
     pull = command("pull", help="fill or refresh a replica from a peer",
-                          description="Pull the core KEY_HEX into STORE_DIR from the peer at "
-                                      "URL; exits 0 once it holds the peer's signed length "
-                                      "(with --live, keeps following).")
+                   description="Pull the core KEY_HEX into STORE_DIR from the peer at "
+                               "URL; exits 0 once it holds the peer's signed length "
+                               "(with --live, keeps following).")
     pull.add_argument("store", metavar="STORE_DIR")
     pull.add_argument("key", metavar="KEY_HEX")
     pull.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
