@@ -5,6 +5,7 @@
 #                  suite on both backends
 #   make bench     benchmarks against the alternatives, as ratios
 #   make ctest     only the C core's tests, natively
+#   make wheels    wheels for x86_64 and the Pi (aarch64, armv7l) in dist/wheels
 #
 # Everything Python runs in the virtual environment $(VENV) (default .venv), made
 # from $(PYTHON) (default python3; e.g. make demo PYTHON=/usr/bin/python3): the
@@ -96,6 +97,13 @@ pytest-c:
 
 pytest-python:
 	$(VENV_PATH) COREMACHINE_IMPL=python $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# --- Wheels for the Pi: docs/wheels.md -------------------------------------
+
+.PHONY: wheels
+wheels:
+	@PYTHON="$(PYTHON)" VENV="$(VENV)" sh .ci/ensure-deps.sh --wheels
+	$(PY) tools/wheels.py --out dist/wheels
 
 bench: build
 	$(VENV_PATH) $(PY) -m bench

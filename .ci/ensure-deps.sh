@@ -6,6 +6,8 @@
 #   sh .ci/ensure-deps.sh --test   + test tools: apt (socat, graphviz, nftables, node), pip
 #                                  (pytest, hypothesis, ...) and npm packages (interop tests)
 #   sh .ci/ensure-deps.sh --cross  + armhf/aarch64 cross compilers, qemu-user, libsodium for both
+#   sh .ci/ensure-deps.sh --wheels + what `make wheels` needs: --cross and patchelf
+#                                  (--test --cross imply it: tests/interop/test_wheels.py)
 # Environment: PYTHON, the interpreter the venv is made from (default python3);
 # VENV (default .venv); COREMACHINE_NPM_CACHE (default .cache/npm).
 # Python packages only ever go into $VENV, never into the system Python (PEP 668).
@@ -19,10 +21,12 @@ case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac
 VPY="$VENV/bin/python"
 want_test=0
 want_cross=0
+want_wheels=0
 for a in "$@"; do
   case "$a" in
     --test) want_test=1 ;;
     --cross) want_cross=1 ;;
+    --wheels) want_wheels=1 ;;
     *) echo "ensure-deps: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -47,6 +51,12 @@ if [ "$want_test" = 1 ]; then
   need_pkg "command -v nft" "nftables"
   need_pkg "command -v node" "nodejs"
   need_pkg "command -v npm" "npm"
+fi
+# make wheels (tools/wheels.py): the cross toolchains, and patchelf to bundle libsodium.
+if [ "$want_test$want_cross" = 11 ]; then want_wheels=1; fi
+if [ "$want_wheels" = 1 ]; then
+  want_cross=1
+  need_pkg "command -v patchelf" "patchelf"
 fi
 arch=$(uname -m)
 cross_pkgs=""
