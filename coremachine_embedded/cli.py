@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .caps import Durability
 
+URL_HELP = ("udp://HOST:PORT, serial:///dev/ttyX?baud=N or "
+            "mqtt[s]://[USER:PASS@]BROKER[:PORT]/PREFIX (docs/protocol.md)")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
@@ -292,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "SIGTERM, SIGINT or coremachine stop; prints counters on "
                                 "exit. coremachine act on STORE_DIR is carried out here.")
     serve.add_argument("store", metavar="STORE_DIR")
-    serve.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
+    serve.add_argument("url", metavar="URL", help=URL_HELP)
     serve.add_argument("--wait-for-device", action="store_true",
                        help="a serial device that does not exist yet is waited for")
     serve.set_defaults(func=_cmd_serve)
@@ -310,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(with --live, keeps following).")
     pull.add_argument("store", metavar="STORE_DIR")
     pull.add_argument("key", metavar="KEY_HEX")
-    pull.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
+    pull.add_argument("url", metavar="URL", help=URL_HELP)
     pull.add_argument("--live", action="store_true", help="keep following the writer")
     pull.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                       help="give up after SECONDS (exit 3); default %g without --live, "

@@ -92,6 +92,7 @@ def serve(store: str, url: str, wait_for_device: bool = False) -> int:
     ``coremachine act`` on the store is carried out here."""
     from .control import ControlServer
     from .sync import serve as serve_on
+    from .sync import shown_url
 
     check_device(url, wait_for_device)
     core = open_store(store)
@@ -105,11 +106,12 @@ def serve(store: str, url: str, wait_for_device: bool = False) -> int:
         try:
             ep = await serve_on(core, url)
         except OSError as e:  # bind: EADDRINUSE, EADDRNOTAVAIL, EACCES
-            raise CommandError("cannot listen on %s: %s" % (url, e.strerror or e)) from None
+            raise CommandError("cannot listen on %s: %s" % (shown_url(url), e.strerror or e)) \
+                from None
         try:
             print("serving %s (length %d, %s) on %s" % (
-                core.key.hex(), core.length, "writer" if core.writable else "replica", url),
-                flush=True)
+                core.key.hex(), core.length, "writer" if core.writable else "replica",
+                shown_url(url)), flush=True)
             await stop.event.wait()
         finally:
             await ep.close()
@@ -180,7 +182,7 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
     """Pull ``key_hex`` into ``store`` from ``url``; returns the exit code."""
     from .control import ControlServer
     from .errors import InvalidArgumentError
-    from .sync import Endpoint, open_link
+    from .sync import Endpoint, open_link, shown_url
 
     try:
         key = bytes.fromhex(key_hex)
@@ -240,7 +242,7 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
             why = ("no peer answered for this key (discovery key %s): check the key, and that "
                    "the peer is up and serves it" % core.discovery_key.hex())
         print("coremachine: error: timed out after %gs pulling from %s: %s"
-              % (timeout or 0, url, why), file=sys.stderr)
+              % (timeout or 0, shown_url(url), why), file=sys.stderr)
         return EXIT_TIMEOUT
     try:
         return asyncio.run(main())
