@@ -53,11 +53,13 @@ AEAD_TAG = 16
 # Flags of the injectable file interface (storage.py, cm_io)
 IO_CREATE = 1                   # create the file if it is missing
 IO_PRIVATE = 2                  # create it with mode 0600
+IO_READONLY = 4                 # open it for reading only (a read-only snapshot)
 
 
-class CErrorCode(enum.IntEnum):
+class CErrorCode:
     """The C core's error codes (``cm_err`` without ``CM_ERR_``);
-    ``errors.C_ERRORS`` maps each to its exception class."""
+    ``errors.C_ERRORS`` maps each to its exception class.  (Plain ints, not an
+    enum: an enum class costs a millisecond at every import.)"""
 
     INVALID = -1
     IO = -2

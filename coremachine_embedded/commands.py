@@ -84,6 +84,13 @@ def open_store(store: str, durability: Optional[str] = None) -> Core:
     return Core(store, durability=durability or meta.get("durability", "sync"))
 
 
+def open_to_read(store: str) -> Core:
+    """A read-only snapshot of ``store``'s newest committed state: it takes no
+    lock, so reading never stops a process that holds the store (serve, pull
+    --live, a firmware script) or one that is starting, and never writes."""
+    return Core(store, readonly=True)
+
+
 def machine_for(store: str, ref: Optional[str]) -> Any:
     ref = ref or read_meta(store).get("machine")
     if not ref:
@@ -229,11 +236,15 @@ def stop(store: str, timeout: float) -> int:
 
 
 def _held(store: str) -> bool:
+    """Whether some process holds the store's lock, read from /proc/locks: the
+    check takes no lock that a process opening the store could run into."""
     try:
-        Core(store).close()
-    except StoreLockedError:
-        return True
-    return False
+        st = os.stat(os.path.join(store, "header"))
+        with open("/proc/locks") as f:
+            locks = f.read().split()
+    except OSError:
+        return False
+    return "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locks
 
 
 def _ask_holder(store: str, message: Dict[str, Any],
@@ -254,7 +265,7 @@ def _ask_holder(store: str, message: Dict[str, Any],
 
 def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
     from .coremachine import Coremachine
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         machine = Coremachine(core, machine_for(store, machine_ref))
         return {"state": machine.state, "context": machine.context, "length": core.length,
                 "fork": core.fork, "final": machine.is_final,
@@ -264,7 +275,7 @@ def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
 def history(store: str, start: Optional[int], end: Optional[int]) -> Iterator[Dict[str, Any]]:
     """Entries [start, end) as recorded: index, event, value, state, context, fork,
     one at a time.  Reads the blocks directly: no machine definition needed."""
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         n = core.contiguous_length
         lo = max(0, start or 0)
         hi = n if end is None else min(n, end)
@@ -282,7 +293,7 @@ def history(store: str, start: Optional[int], end: Optional[int]) -> Iterator[Di
 
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         checked = core.verify(progress)
         return {"blocks": checked, "length": core.length, "fork": core.fork,
                 "signature": bool(core.signature)}
@@ -290,7 +301,7 @@ def verify(store: str, progress: Any = None) -> Dict[str, Any]:
 
 def info(store: str) -> Dict[str, Any]:
     meta = read_meta(store)
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         size = sum(os.path.getsize(os.path.join(store, f)) for f in os.listdir(store)
                    if os.path.isfile(os.path.join(store, f)))
         return {"key": core.key.hex(), "discovery_key": core.discovery_key.hex(),
@@ -298,8 +309,9 @@ def info(store: str) -> Dict[str, Any]:
                 "contiguous_length": core.contiguous_length, "fork": core.fork,
                 "byte_length": core.byte_length, "format_version": caps.FORMAT_VERSION,
                 "mode": "compat (Hypercore 10)" if core.compat else "manifest (Hypercore 11)",
-                "role": "writer" if core.writable else "replica",
-                "durability": core.durability, "size_on_disk": size,
+                "role": "writer" if os.path.exists(os.path.join(store, "secret_key"))
+                else "replica",
+                "durability": meta.get("durability") or core.durability, "size_on_disk": size,
                 "machine": meta.get("machine"), "backend": _backend_name()}
 
 

@@ -132,6 +132,13 @@ class FormatVersionError(StorageError):
     code = "FORMAT_VERSION"
 
 
+class SnapshotStaleError(StorageError):
+    """A read-only snapshot cannot read what it holds any more: the writer
+    truncated the store since it was taken.  Open a new snapshot."""
+
+    code = "SNAPSHOT_STALE"
+
+
 class StoreNotFoundError(StorageError, FileNotFoundError):
     """No store in the directory and creating one was not asked for."""
 

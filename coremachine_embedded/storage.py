@@ -13,11 +13,12 @@ import errno as _errno
 import os
 from typing import Optional, Protocol
 
-from .caps import IO_CREATE, IO_PRIVATE
+from .caps import IO_CREATE, IO_PRIVATE, IO_READONLY
 from .errors import StorageError, StoreLockedError, StoreNotFoundError
 
-CREATE = IO_CREATE    #: create the file if it is missing
-PRIVATE = IO_PRIVATE  #: create it with mode 0600
+CREATE = IO_CREATE      #: create the file if it is missing
+PRIVATE = IO_PRIVATE    #: create it with mode 0600
+READONLY = IO_READONLY  #: open it for reading only (never with CREATE)
 
 
 class File(Protocol):
@@ -43,7 +44,8 @@ class File(Protocol):
 class Storage(Protocol):
     def open(self, name: str, flags: int = 0) -> File:
         """Open store file ``name``; raise StoreNotFoundError if missing and
-        ``flags`` lacks :data:`CREATE`."""
+        ``flags`` lacks :data:`CREATE`.  With :data:`READONLY` the file is
+        only read (a read-only snapshot never writes, syncs or locks)."""
 
 
 class OSFile:
@@ -107,10 +109,11 @@ class FileStorage:
     def open(self, name: str, flags: int = 0) -> OSFile:
         path = os.path.join(self.directory, name)
         mode = 0o600 if flags & PRIVATE else 0o644
+        access = os.O_RDONLY if flags & READONLY else os.O_RDWR
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, access | os.O_CLOEXEC)
         except FileNotFoundError:
-            if not flags & CREATE:
+            if not flags & CREATE or flags & READONLY:
                 raise StoreNotFoundError("no such store file", path) from None
             os.makedirs(self.directory, exist_ok=True)
             try:

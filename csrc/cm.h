@@ -317,6 +317,7 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
 
 #define CM_IO_CREATE 1   /* create if missing */
 #define CM_IO_PRIVATE 2  /* create with mode 0600 */
+#define CM_IO_READONLY 4 /* open for reading only (a read-only snapshot) */
 
 typedef struct cm_io {
     void *ctx;
@@ -373,6 +374,13 @@ typedef struct cm_open_opts {
     cm_durability durability;
     uint64_t checkpoint_bytes;       /* 0 = CM_DEFAULT_CHECKPOINT_BYTES */
     uint64_t max_block_size;         /* 0 = CM_DEFAULT_MAX_BLOCK */
+    /* A read-only snapshot of a store that another core (in this or another
+     * process) may hold open and write: no lock is taken and nothing is ever
+     * written; the state is the newest committed one (the header slot plus
+     * the write-ahead records since, kept in memory), and reads are verified
+     * against it.  `create` and `secret_key` must not be set; `key` and
+     * `manifest` are checked if given (docs/format.md, "Read-only snapshots"). */
+    int readonly;
 } cm_open_opts;
 
 typedef struct cm_core cm_core;
@@ -401,6 +409,7 @@ uint64_t cm_core_contiguous_length(const cm_core *core);
 uint64_t cm_core_fork(const cm_core *core);
 uint64_t cm_core_byte_length(const cm_core *core);
 int cm_core_writable(const cm_core *core);
+int cm_core_readonly(const cm_core *core);
 int cm_core_compat(const cm_core *core);
 const uint8_t *cm_core_key(const cm_core *core);
 const uint8_t *cm_core_discovery_key(const cm_core *core);

@@ -1,9 +1,9 @@
 /*
  * cm_io_posix.c - the default cm_io: store files in one directory.
  *
- * open(O_CLOEXEC), mode 0600 for CM_IO_PRIVATE, directory created like
- * `mkdir -p` and fsync'ed after a file is created in it, pread/pwrite loops,
- * fdatasync, ftruncate, fstat, flock(LOCK_EX|LOCK_NB).  On failure errno is
+ * open(O_CLOEXEC; O_RDONLY for CM_IO_READONLY), mode 0600 for CM_IO_PRIVATE,
+ * directory created like `mkdir -p` and fsync'ed after a file is created in
+ * it, pread/pwrite loops, fdatasync, ftruncate, fstat, flock(LOCK_EX|LOCK_NB).  On failure errno is
  * left as the failing call set it (the core reads it for cm_core_errno).
  */
 #include <errno.h>
@@ -111,10 +111,10 @@ static int px_open(void *ctx, const char *name, int flags, void **file) {
     path = join(c->dir, name);
     if (!path) return CM_ERR_NOMEM;
     do {
-        fd = open(path, O_RDWR | O_CLOEXEC);
+        fd = open(path, ((flags & CM_IO_READONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0 && errno == ENOENT) {
-        if (!(flags & CM_IO_CREATE)) {
+        if (!(flags & CM_IO_CREATE) || (flags & CM_IO_READONLY)) {
             free(path);
             return CM_ERR_NOT_FOUND;
         }

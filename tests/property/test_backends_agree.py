@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
 from coremachine_embedded.caps import Durability
+from tests.fixtures.recipes import read_files
 
 try:
     from coremachine_embedded import _core
@@ -23,7 +24,6 @@ except ImportError as e:  # pragma: no cover - depends on the build
     raise
 
 BACKENDS = (_pure, _core)
-FILES = ("header", "wal", "tree", "data", "secret_key")
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("append"), st.lists(st.binary(max_size=300), min_size=1, max_size=8)),
@@ -46,16 +46,6 @@ def outcome(fn, kwargs) -> tuple:
         return ("ok", fn(**kwargs))
     except Exception as e:  # noqa: BLE001 - comparing what each backend raises
         return ("error", type(e), getattr(e, "code", None))
-
-
-def read_files(d) -> dict:
-    out = {}
-    for name in FILES:
-        path = os.path.join(d, name)
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                out[name] = f.read()
-    return out
 
 
 def assert_same_replica_files(base) -> None:

@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _contract_names() -> set:
     names = set()
-    for node in ast.parse(open(os.path.join(ROOT, "coremachine_embedded",
-                                            "_backend.py")).read()).body:
+    for node in ast.walk(ast.parse(open(os.path.join(ROOT, "coremachine_embedded",
+                                                     "_backend.py")).read())):
         if isinstance(node, ast.ClassDef) and node.name == "Backend":
             for member in node.body:
                 if isinstance(member, ast.FunctionDef):

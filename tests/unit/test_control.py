@@ -49,13 +49,25 @@ def test_act_on_a_served_store_is_carried_out_by_the_server(tmp_path) -> None:
         assert cm("act", store, "READING", "{bad").returncode == 2
         r = cm("act", store, "READING", "1", "--machine", "coremachine_embedded.demo:NOPE")
         assert r.returncode == 1 and "acts with the machine" in r.stderr
+        # reads while serve holds the store: snapshots, the serve goes on
+        st = json.loads(cm("state", store, "--json").stdout)
+        assert st["state"] == "idle" and st["length"] == 2
+        rows = [json.loads(line) for line in cm("history", store, "--jsonl").stdout.splitlines()]
+        assert [row["state"] for row in rows] == ["heating", "idle"]
+        r = cm("verify", store)
+        assert r.returncode == 0 and "2 blocks re-hashed" in r.stdout, r.stderr
+        info = json.loads(cm("info", store, "--json").stdout)
+        assert info["length"] == 2 and info["role"] == "writer"
+        assert cm("graph", "--store", store).returncode == 0
+        assert cm("act", store, "READING", '{"t": 2, "celsius": 15}').stdout == "heating\n"
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
     assert server.returncode == 0
     assert not os.path.exists(os.path.join(store, control.SOCKET_NAME))
     r = cm("history", store, "--jsonl")
-    assert [json.loads(line)["state"] for line in r.stdout.splitlines()] == ["heating", "idle"]
+    assert [json.loads(line)["state"] for line in r.stdout.splitlines()] == [
+        "heating", "idle", "heating"]
     assert cm("verify", store).returncode == 0
 
 
@@ -70,6 +82,8 @@ def test_stop_ends_serve_and_live_pull_as_sigterm_does(tmp_path) -> None:
     assert puller.stdout is not None and "caught up at length 1" in puller.stdout.readline()
     r = cm("act", replica, "READING", "{}", "--machine", "coremachine_embedded.demo:THERMOSTAT")
     assert r.returncode == 1 and "takes no actions" in r.stderr
+    r = cm("state", replica, "--machine", "coremachine_embedded.demo:THERMOSTAT", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "heating", r.stderr
     for store_dir, proc in ((replica, puller), (store, server)):
         r = cm("stop", store_dir)
         assert r.returncode == 0 and "stopped process %d" % proc.pid in r.stdout, r.stderr
@@ -167,3 +181,46 @@ def test_malformed_requests_get_an_error_not_a_crash(tmp_path) -> None:
         assert control.request(str(store), {"op": "act", "event": "SHUTDOWN",
                                             "value_json": None})["snapshot"]["state"] == "off"
     core.close()
+
+
+def test_reads_in_a_loop_while_a_writer_acts_and_checkpoints(tmp_path) -> None:
+    """Other processes read and verify a store, over and over, while the process
+    holding it appends (checkpointing often): every read is a consistent,
+    verified state, lengths never go back, and the writer is never stopped."""
+    store, stop = str(tmp_path / "node"), str(tmp_path / "stop")
+    writer = textwrap.dedent("""
+        import os, sys
+        from coremachine_embedded import Core, Coremachine, KeyPair
+        from coremachine_embedded.demo import THERMOSTAT
+        core = Core(sys.argv[1], key_pair=KeyPair.generate(), durability="batch",
+                    checkpoint_bytes=4096)
+        machine = Coremachine(core, THERMOSTAT)
+        print("ready", flush=True)
+        t = 0
+        while not os.path.exists(sys.argv[2]):
+            machine.action("READING", {"t": t, "celsius": 15 + t % 10})
+            t += 1
+        core.close()
+        print("done", t, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", writer, store, stop], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        seen = []
+        for _ in range(5):
+            r = cm("verify", store)
+            assert r.returncode == 0, r.stderr
+            verified = int(r.stdout.split(": ")[1].split()[0])
+            st = json.loads(cm("state", store, "--json", "--machine",
+                               "coremachine_embedded.demo:THERMOSTAT").stdout)
+            assert st["length"] >= verified and st["context"]["readings"] == st["length"]
+            seen.append(st["length"])
+            assert proc.poll() is None        # the writer went on all along
+        assert seen == sorted(seen) and seen[-1] > seen[0]
+    finally:
+        open(stop, "w").close()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    written = int(out.split()[-1])
+    assert json.loads(cm("info", store, "--json").stdout)["length"] == written
