@@ -99,8 +99,7 @@ def dispatch_rates(n: int) -> dict:
 
 def js(payload: dict) -> dict:
     from tests.interop import jsenv
-    env = jsenv.ensure("coremachine", ["coremachine@1.1.0", "hypercore@11",
-                                       "hypercore-crypto@3"], legacy_peer_deps=True)
+    env = jsenv.ensure("coremachine")
     return jsenv.run(env, os.path.join(ROOT, "bench", "js", "coremachine_bench.mjs"), payload)
 
 

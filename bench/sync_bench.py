@@ -70,7 +70,7 @@ def pull(stores: List[str], key: bytes, url: str) -> List[Dict[str, Any]]:
 
 def js_replication(base: str, core: cm.Core) -> Dict[str, Any]:
     from tests.interop import jsenv
-    env = jsenv.ensure("hypercore11", ["hypercore@11", "hypercore-crypto@3"])
+    env = jsenv.ensure("hypercore11")
     blocks_file = os.path.join(base, "blocks.json")
     with open(blocks_file, "w") as f:
         json.dump([core.get(i).hex() for i in range(core.length)], f)

@@ -7,8 +7,8 @@
 the stub against the compiled extension.
 
 ``COREMACHINE_IMPL`` picks one: ``auto`` (default): the C extension; if it is
-missing, the pure-Python backend with a loud warning saying how to build the
-extension.  ``c``: the extension or ImportError.  ``python``: the pure-Python
+missing or cannot load, the pure-Python backend with a loud warning naming the
+real cause.  ``c``: the extension or ImportError.  ``python``: the pure-Python
 backend.  Anything else: ImportError.  With the C backend, ``speedups`` holds
 the C twins of ``snapshot.copy_json`` and ``_json``'s fast-path check (None
 with the pure-Python backend, whose Python versions are the reference).
@@ -16,7 +16,6 @@ with the pure-Python backend, whose Python versions are the reference).
 from __future__ import annotations
 
 import os
-import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the contract is for mypy; at run time it would only cost import time
@@ -143,7 +142,23 @@ if TYPE_CHECKING:  # the contract is for mypy; at run time it would only cost im
 
 
 _BUILD_HINT = ("build it with `make build` (or `pip install .`); it needs a C compiler, "
-               "Cython and libsodium-dev")
+               "the Python headers and libsodium-dev")
+# Written by setup.py when an install left the extension out, with the reason.
+_NOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_no_extension.txt")
+
+
+def why_no_extension(error: ImportError) -> str:
+    """What went wrong importing the C extension, in words a user can act on."""
+    if isinstance(error, ModuleNotFoundError) and error.name == __package__ + "._core":
+        try:
+            with open(_NOTE) as f:
+                return "the C extension was left out at install time: " + f.read().strip()
+        except OSError:
+            return "the C extension is not built: " + _BUILD_HINT
+    cause = "the C extension is built but cannot be loaded (%s)" % error
+    if "libsodium" in str(error):
+        cause += ": install libsodium (apt-get install libsodium23)"
+    return cause
 
 
 def _load() -> Backend:
@@ -154,15 +169,17 @@ def _load() -> Backend:
     if impl not in ("auto", "c"):
         raise ImportError("COREMACHINE_IMPL must be auto, c or python, not %r" % impl)
     try:
+        # First __import__: `from . import _core` alone reports a missing
+        # extension as "most likely due to a circular import".
+        __import__(__package__ + "._core")
         from . import _core
         return _core
     except ImportError as e:
         if impl == "c":
-            raise ImportError("COREMACHINE_IMPL=c but the C extension is not built (%s): %s"
-                              % (e, _BUILD_HINT)) from e
-        warnings.warn("coremachine_embedded: the C extension is not built (%s); using the "
-                      "much slower pure-Python backend. To fix: %s" % (e, _BUILD_HINT),
-                      RuntimeWarning, stacklevel=3)
+            raise ImportError("COREMACHINE_IMPL=c but %s" % why_no_extension(e)) from e
+        import warnings
+        warnings.warn("coremachine_embedded: %s; using the much slower pure-Python backend"
+                      % why_no_extension(e), RuntimeWarning, stacklevel=3)
         from . import _pure
         return _pure
 

@@ -68,6 +68,12 @@ class ForkError(InvalidProofError):
     code = "STALE_FORK"
 
 
+class MissingDependencyError(CoreMachineError, ImportError):
+    """A library this needs at run time is not installed (e.g. libsodium)."""
+
+    code = "MISSING_DEPENDENCY"
+
+
 class KeyMismatchError(CoreMachineError, ValueError):
     """A key, key pair or manifest does not belong to this core."""
 
