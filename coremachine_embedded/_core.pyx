@@ -945,3 +945,6 @@ cdef class Table:
         if rc == 0:
             return None
         raise _error(rc, "transition table")
+
+
+include "_stream.pxi"

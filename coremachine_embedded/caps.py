@@ -12,14 +12,15 @@ from typing import Tuple
 FORMAT_VERSION = 1
 
 
-def _namespace(name: bytes, count: int) -> Tuple[bytes, ...]:
+def namespace(name: bytes, count: int) -> Tuple[bytes, ...]:
+    """hypercore-crypto's ``namespace(name, count)``."""
     base = hashlib.blake2b(name, digest_size=32).digest()
     return tuple(hashlib.blake2b(base + bytes([i]), digest_size=32).digest()
                  for i in range(count))
 
 
 (NS_TREE, NS_REPLICATE_INITIATOR, NS_REPLICATE_RESPONDER, NS_MANIFEST,
- NS_DEFAULT, NS_ENCRYPTION) = _namespace(b"hypercore", 6)
+ NS_DEFAULT, NS_ENCRYPTION) = namespace(b"hypercore", 6)
 
 EMPTY_TREE_HASH = hashlib.blake2b(b"\x02", digest_size=32).digest()
 

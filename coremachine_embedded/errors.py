@@ -135,6 +135,30 @@ class StoreLockedError(StorageError, BlockingIOError):
     code = "STORE_LOCKED"
 
 
+class ProtocolError(CoreMachineError, ConnectionError):
+    """A replication peer broke Hypercore's protocol: its connection is closed."""
+
+    code = "PROTOCOL"
+
+
+class HandshakeError(ProtocolError):
+    """The Noise handshake failed (a malformed message or an unusable key)."""
+
+    code = "HANDSHAKE_FAILED"
+
+
+class DecryptError(ProtocolError):
+    """An encrypted frame did not authenticate (altered, replayed or misordered)."""
+
+    code = "DECRYPT_FAILED"
+
+
+class CapabilityError(ProtocolError):
+    """A peer opened a core's channel without proving it knows the core key."""
+
+    code = "INVALID_CAPABILITY"
+
+
 # C core error codes (csrc/cm.h, enum cm_err) -> exception classes.
 C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     -1: InvalidArgumentError,
@@ -154,6 +178,7 @@ C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     -15: BlockNotAvailableError,
     -16: ForkError,
     -17: ClosedError,
+    -18: DecryptError,
 }
 
 # Store file names indexed like csrc/cm.h's cm_file_id.

@@ -2306,6 +2306,8 @@ static void test_limits(void) {
     cio_free(&cio);
 }
 
+#include "test_stream.c"
+
 int main(int argc, char **argv) {
     size_t i;
     int runs = 300;
@@ -2336,6 +2338,7 @@ int main(int argc, char **argv) {
     test_get_range();
     test_hostile();
     test_limits();
+    test_stream();
     printf("store tests done, %ld checks so far\n", g_checks);
     test_power_cuts_writer(runs);
     test_power_cuts_replica(runs / 2);
