@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import Core
 from ..errors import InvalidArgumentError
-from .replicator import Counters, Endpoint
+from .counters import Counters
+from .endpoint import Endpoint
 from .udp import UDPLink
 
 __all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",
