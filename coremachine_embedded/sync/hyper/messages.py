@@ -153,7 +153,7 @@ _CODECS: Dict[int, Type[Any]] = {
 }
 
 
-def decode(kind: int, body: bytes) -> Optional[Any]:
+def decode(kind: int, body: bytes) -> Any:
     """The message of type ``kind``, or None for a type hypercore does not
     define (ignored, as a JS peer ignores it).
 

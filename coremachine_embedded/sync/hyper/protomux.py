@@ -15,7 +15,7 @@ events, the ``open``/``close``/``send`` methods return stream messages.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ...encoding import Reader, encode_buffer, encode_uint
 from ...errors import DecodeError, ProtocolError
@@ -141,7 +141,7 @@ class Channel:
         self.remote_id = 0
         self.remote_handshake = b""
         self.closed = False
-        self.user: object = None   # whatever the protocol keeps per channel
+        self.user: Any = None      # whatever the protocol keeps per channel
 
     @property
     def opened(self) -> bool:
