@@ -66,9 +66,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        where = ("tcp://%s:%d" % ep.address) if args.url.startswith("tcp://") else args.url
         print("serving %s (length %d, %s) on %s" % (core.key.hex(), core.length,
                                                      "writer" if core.writable else "replica",
-                                                     args.url), flush=True)
+                                                     where), flush=True)
         try:
             await stop.wait()
         finally:
@@ -94,6 +95,8 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     progress = Progress("pull")
 
     async def main() -> int:
+        if args.url.startswith("tcp://"):
+            return await _pull_tcp(args, core, progress)
         ep = Endpoint(window=args.window)
         link, addr = open_link(args.url, listen=False)
         await ep.attach(link)
@@ -118,6 +121,33 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     finally:
         core.close()
+
+
+async def _pull_tcp(args: argparse.Namespace, core: Any, progress: Progress) -> int:
+    """``pull`` from a Hypercore peer; with --live, reconnect whenever the
+    connection ends (the peer restarted), as a UDP pull keeps going."""
+    from .sync import Counters, hyper
+    counters = Counters()
+    task = hyper.pull(core, args.url, live=args.live, counters=counters, progress=progress)
+    try:
+        await asyncio.wait_for(task, args.timeout)
+        while args.live:
+            await asyncio.sleep(1.0)
+            try:
+                await hyper.pull(core, args.url, live=True, counters=counters)
+            except OSError as e:
+                print("coremachine: %s: %s; retrying" % (args.url, e), file=sys.stderr)
+    except asyncio.TimeoutError:
+        progress.done()
+        print("coremachine: error: timed out after %gs pulling from %s (have %d of %d)"
+              % (args.timeout, args.url, core.contiguous_length, core.length), file=sys.stderr)
+        return EXIT_TIMEOUT
+    finally:
+        core.flush()
+        _print_counters(counters)
+    progress.done()
+    print("pulled %s: length %d, fork %d, verified" % (core.key.hex(), core.length, core.fork))
+    return EXIT_OK
 
 
 def _emit(data: Any, as_json: bool, lines: Callable[[], List[str]]) -> None:
@@ -304,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Answer sync requests for the core in STORE_DIR until "
                                        "interrupted; prints counters on exit.")
     serve.add_argument("store", metavar="STORE_DIR")
-    serve.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
+    serve.add_argument("url", metavar="URL", help="udp://HOST:PORT, serial:///dev/ttyX?baud=N or "
+                       "tcp://HOST:PORT (Hypercore's protocol, for JavaScript peers)")
     serve.set_defaults(func=_cmd_serve)
 
     pull = sub.add_parser("pull", help="fill or refresh a replica from a peer",
@@ -313,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(with --live, keeps following).")
     pull.add_argument("store", metavar="STORE_DIR")
     pull.add_argument("key", metavar="KEY_HEX")
-    pull.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
+    pull.add_argument("url", metavar="URL", help="udp://HOST:PORT, serial:///dev/ttyX?baud=N or "
+                      "tcp://HOST:PORT (a Hypercore peer)")
     pull.add_argument("--live", action="store_true", help="keep following the writer")
     pull.add_argument("--timeout", type=float, default=None, help="give up after SECONDS (exit 3)")
     pull.add_argument("--window", type=int, default=128, help="block requests in flight")

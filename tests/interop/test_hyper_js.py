@@ -412,3 +412,46 @@ def test_our_coremachine_follows_a_js_coremachine_live(js, tmp_path) -> None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     run(main())
+
+
+# --- the command line -------------------------------------------------------------------------
+
+def test_the_cli_serves_and_pulls_with_hypercore_peers(js, tmp_path) -> None:
+    """``coremachine serve STORE tcp://`` answers a JS reader;
+    ``coremachine pull REPLICA KEY tcp://`` exits 0 once it holds a JS writer's
+    signed length."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    core = writer(tmp_path, 60)
+    blocks = blocks_of(70)
+    core.append(blocks)
+    core.close()
+    server = subprocess.Popen([sys.executable, "-m", "coremachine_embedded", "serve",
+                               str(tmp_path / "w60"), "tcp://127.0.0.1:0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = server.stdout.readline()
+        assert "serving" in line, server.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        peer = js()
+        peer.call("core", name="r", key=line.split()[1])
+        peer.call("connect", port=port, cores=["r"])
+        peer.call("wait", name="r", length=70)
+        assert js_blocks(peer, "r", 70) == blocks
+    finally:
+        server.terminate()
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0 and "requests_served=" in err
+
+    writer_peer = js()
+    key = writer_peer.call("core", name="w", seed="61" * 32)["key"]
+    writer_peer.call("append", name="w", blocks=hexes(blocks))
+    port = writer_peer.call("listen", cores=["w"])["port"]
+    r = subprocess.run([sys.executable, "-m", "coremachine_embedded", "pull",
+                        str(tmp_path / "replica"), key, "tcp://127.0.0.1:%d" % port,
+                        "--timeout", "60"], capture_output=True, text=True, env=env, timeout=90)
+    assert r.returncode == 0, r.stderr
+    assert "length 70" in r.stdout and "blocks=70" in r.stderr
+    replica = cm.Core(tmp_path / "replica", key=bytes.fromhex(key))
+    assert_same(replica, blocks)
