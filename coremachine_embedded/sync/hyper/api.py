@@ -16,6 +16,7 @@ from ...errors import InvalidArgumentError, ProtocolError
 from ..counters import Counters
 from .connection import Connection
 from .noise import KeyPair
+from .secretstream import MAX_FRAME
 from .peer import WINDOW, ChannelPeer, CoreReplicator
 
 Cores = Union[Core, CoreReplicator, Iterable[Union[Core, CoreReplicator]]]
@@ -53,12 +54,14 @@ class Server:
     connection) for any number of cores.  Close it when done."""
 
     def __init__(self, replicators: Dict[bytes, CoreReplicator], counters: Counters,
-                 key_pair: Optional[KeyPair], timeout: float) -> None:
+                 key_pair: Optional[KeyPair], timeout: float, max_frame: int) -> None:
         self.replicators = replicators
         self.counters = counters
         self.key_pair = key_pair
         self.timeout = timeout
+        self.max_frame = max_frame
         self.connections: Set[Connection] = set()
+        self._tasks: Set["asyncio.Task[None]"] = set()
         self._server: Optional[asyncio.base_events.Server] = None
 
     @property
@@ -76,18 +79,25 @@ class Server:
                              writer: asyncio.StreamWriter) -> None:
         self.counters.inc("connections")
         conn = Connection(reader, writer, False, self.lookup, key_pair=self.key_pair,
-                          counters=self.counters, timeout=self.timeout)
+                          counters=self.counters, timeout=self.timeout,
+                          max_frame=self.max_frame)
+        task = asyncio.current_task()
+        assert task is not None
         self.connections.add(conn)
+        self._tasks.add(task)
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self._tasks.discard(task)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
             conn.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
         if self._server is not None:
             await self._server.wait_closed()
         for rep in self.replicators.values():
@@ -96,13 +106,20 @@ class Server:
 
 async def serve(cores: Cores, url: str, *, key_pair: Optional[KeyPair] = None,
                 counters: Optional[Counters] = None, timeout: float = 30.0,
-                window: int = WINDOW) -> Server:
+                window: int = WINDOW, max_frame: int = MAX_FRAME) -> Server:
     """Serve ``cores`` to Hypercore peers connecting to ``tcp://host:port``
     (port 0: any free port, see :attr:`Server.address`).  Replicas among them
-    also pull from every peer that has more."""
+    also pull from every peer that has more.
+
+    :param timeout: close a connection silent this long (JS peers send a
+        keepalive every 5 s); 0: never.
+    :param max_frame: close a connection announcing a larger frame (at most
+        just under 16 MiB, the protocol's own limit).
+    """
     host, port = tcp_address(url)
     counters = counters if counters is not None else Counters()
-    server = Server(_replicators(cores, counters, window)[0], counters, key_pair, timeout)
+    server = Server(_replicators(cores, counters, window)[0], counters, key_pair, timeout,
+                    max_frame)
     for rep in server.replicators.values():
         if not rep.core.writable:
             rep.pull(live=True)

@@ -458,10 +458,14 @@ class ChannelPeer:
             # a peer lacking what we asked may answer with just its manifest
             self.replicator.park(dl.on_no_data(head.request), RETRY)
             return
-        before = self.counters.get("dropped_invalid_proof", 0)
+        counters = self.replicator.counters
+        before = counters.get("dropped_invalid_proof", 0)
         dl.on_data(body)
-        if self.counters.get("dropped_invalid_proof", 0) > before:
+        if counters.get("dropped_invalid_proof", 0) > before:
+            self.conn.counters.inc("rx_invalid_proof")
             self._invalid += 1
+            if ask is not None and ask is not dl.upgrade and ask.index in dl.inflight:
+                self.replicator.park([ask], RETRY)   # from someone else, or later
             if self._invalid > MAX_INVALID:
                 self.conn.close(errors.ProtocolError("more than %d proofs that do not verify"
                                                      % MAX_INVALID))
