@@ -1,6 +1,6 @@
 """One replication stream with a Hypercore peer over any asyncio stream pair
 (TCP, a Unix socket, an SSH channel, a serial byte pipe): the secret-stream,
-protomux channels, the capability check, batching, keepalives and limits.
+protomux channels, the capability check, keepalives and limits.
 
 What a channel carries is not decided here: each ``hypercore/alpha`` channel
 belongs to a *handler* (peer.py) that the connection asks for by discovery
@@ -35,7 +35,7 @@ READ_SIZE = 1 << 18            # bytes read from the stream at a time
 KEEPALIVE = 5.0                # seconds of silence before we send an empty frame (as hypercore)
 TIMEOUT = 30.0                 # seconds without a byte from the peer before we close
 MAX_MALFORMED = 64             # malformed messages tolerated on one connection
-BATCH_BYTES = 1 << 20          # outgoing messages packed into one protomux batch, at most
+BATCH_BYTES = 1 << 20          # outgoing bytes queued before they are sealed and written
 HIGH_WATER = 1 << 20           # bytes waiting to go out before we stop answering requests
 ALIASES = {alias: messages.PROTOCOL for alias in messages.ALIASES}
 
@@ -67,7 +67,7 @@ class Connection:
         self.timeout = timeout
         self.closed = asyncio.Event()
         self.error: Optional[BaseException] = None
-        self._out: List[Tuple[int, bytes]] = []     # (channel, type | body) to batch
+        self._out: List[Tuple[int, bytes]] = []     # (channel, type | body) to send
         self._out_bytes = 0
         self._flush_pending = False
         self._ready_waiters: List[Callable[[], None]] = []
@@ -288,14 +288,15 @@ class Connection:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Seal what is queued: one protomux message, or a batch of several."""
+        """Seal what is queued, one frame per message, in one call and one write.
+
+        Not a protomux batch: a JS peer handles a batch corked - it answers
+        only once every message in it is processed - so a batch of answers
+        would stall its pipeline of requests."""
         self._flush_pending = False
         out, self._out, self._out_bytes = self._out, [], 0
-        if len(out) == 1:
-            channel, item = out[0]
-            self.stream.send([encode_uint(channel) + item])
-        elif out:
-            self.stream.send([protomux.encode_batch(out)])
+        if out:
+            self.stream.send([encode_uint(channel) + item for channel, item in out])
         self._write(self.stream.take_output())  # with handshake messages, if any
 
     @property
