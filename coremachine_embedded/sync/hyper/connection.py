@@ -38,6 +38,7 @@ MAX_MALFORMED = 64             # malformed messages tolerated on one connection
 BATCH_BYTES = 1 << 20          # outgoing bytes queued before they are sealed and written
 HIGH_WATER = 1 << 20           # bytes waiting to go out before we stop answering requests
 ALIASES = {alias: messages.PROTOCOL for alias in messages.ALIASES}
+_TX = ["tx_" + name for name in messages.NAMES]
 
 
 class Connection:
@@ -172,9 +173,14 @@ class Connection:
             waiters, self._ready_waiters = self._ready_waiters, []
             for callback in waiters:
                 callback()
+        closed = self.closed
         for frame in frames:
-            if self.closed.is_set():
+            if closed.is_set():
                 return
+            if 0 < frame[0] < 0xFD and len(frame) > 1 and frame[1] < 0xFD:
+                # the common case, a message on a channel: no decoder objects
+                self._on_channel_message(frame[0], frame[1], frame[2:])
+                continue
             try:
                 events = protomux.decode(frame)
             except DecodeError as e:
@@ -184,15 +190,24 @@ class Connection:
             for event in events:
                 self._dispatch(event)
 
-    def _dispatch(self, event: protomux.Event) -> None:
+    def _on_channel_message(self, remote_id: int, kind: int, body: bytes) -> None:
+        ch = self.mux.channel(remote_id)
+        if ch is None or ch.user is None:
+            self.counters.inc("dropped_unknown_channel")
+            return
         try:
-            if isinstance(event, protomux.Message):
-                ch = self.mux.channel(event.remote_id)
-                if ch is None or ch.user is None:
-                    self.counters.inc("dropped_unknown_channel")
-                    return
-                ch.user.on_message(event.type, event.body)
-            elif isinstance(event, protomux.Open):
+            ch.user.on_message(kind, body)
+        except ProtocolError as e:
+            self.close(e)
+        except CoreMachineError as e:
+            self.malformed(e)
+
+    def _dispatch(self, event: protomux.Event) -> None:
+        if isinstance(event, protomux.Message):
+            self._on_channel_message(event.remote_id, event.type, event.body)
+            return
+        try:
+            if isinstance(event, protomux.Open):
                 self._on_open(event)
             elif isinstance(event, protomux.Close):
                 ch = self.mux.on_close(event)
@@ -273,7 +288,7 @@ class Connection:
         if ch.closed or self.closed.is_set():
             return
         self._queue(ch.local_id, encode_uint(kind) + body)
-        self.counters.inc("tx_" + messages.NAMES[kind])
+        self.counters.inc(_TX[kind])
 
     def _queue(self, channel: int, item: bytes) -> None:
         self._out.append((channel, item))

@@ -48,6 +48,7 @@ REQUEST_BURST = 4096       # ...a burst of this many (beyond: noData, dropped_fl
 MAX_INVALID = 16           # proofs that failed verification before we hang up
 RETRY = 1.0                # seconds before an unanswerable ask is tried again
 MAX_HELD_REQUESTS = 4096   # requests held back while our answers cannot go out
+_RX = ["rx_" + name for name in m.NAMES]
 
 
 class CoreReplicator:
@@ -323,7 +324,7 @@ class ChannelPeer:
     # --- messages from the peer ----------------------------------------------------------
 
     def on_message(self, kind: int, body: bytes) -> None:
-        self.counters.inc("rx_" + m.NAMES[kind] if kind < len(m.NAMES) else "rx_unknown")
+        self.counters.inc(_RX[kind] if kind < len(_RX) else "rx_unknown")
         if kind == m.DATA:
             self._on_data(body)
             return
