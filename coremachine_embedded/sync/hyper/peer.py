@@ -72,6 +72,7 @@ class CoreReplicator:
         self._unwatch: Optional[Any] = None
         self._timer: Optional["asyncio.TimerHandle"] = None
         self._update_pending = False
+        self._upgrade_after = 0.0             # no upgrade asked before (a peer refused one)
         self._loop = asyncio.get_running_loop()
         self._unwatch = serving.watch(core, self._loop, self._on_change)
 
@@ -150,19 +151,19 @@ class CoreReplicator:
         for ask in parked:
             if not self._send(ask, best, now):
                 self._parked.append(ask)
-        for ask in dl.plan(best.fork, best.length, self.window):
-            if not self._send(ask, best, now):
-                self._parked.append(ask)
-        if self._parked and self._timer is None:
+        if now >= self._upgrade_after:
+            for ask in dl.plan(best.fork, best.length, self.window):
+                if not self._send(ask, best, now):
+                    self._parked.append(ask)
+        if (self._parked or now < self._upgrade_after) and self._timer is None:
             self._timer = self._loop.call_later(RETRY, self._retry_parked)
 
     def _send(self, ask: Ask, best: "ChannelPeer", now: float) -> bool:
         if ask.deadline > now:
             return False
         dl = self.download
-        if dl is None or (ask.upgrade is None and ask.index is not None
-                          and ask.index < self.core.contiguous_length and ask.run is None):
-            return True  # answered meanwhile (by another peer)
+        if dl is None or (ask is not dl.upgrade and dl.inflight.get(ask.index or 0) is not ask):
+            return True  # answered meanwhile (by another peer), or dropped by a reorg
         if ask.upgrade is not None:
             target: Optional[ChannelPeer] = best
             if ask.index is not None and not best.has(ask.index):
@@ -183,6 +184,11 @@ class CoreReplicator:
     def _retry_parked(self) -> None:
         self._timer = None
         self.update()
+
+    def refused_upgrade(self) -> None:
+        """A peer could not give the upgrade: ask again in a while, not at once."""
+        self._upgrade_after = time.monotonic() + RETRY
+        self._progressed()
 
     def park(self, asks: List[Ask], delay: float = 0.0) -> None:
         """Asks to send again (to whichever peer can take them) after ``delay``."""
@@ -274,9 +280,13 @@ class ChannelPeer:
         if self.channel is None:
             return
         contiguous = min(self.core.contiguous_length, self.core.length)
+        if contiguous < self._told_contiguous:   # truncated: what we no longer hold
+            self._send(m.RANGE, wire.Range(contiguous, self._told_contiguous - contiguous,
+                                           drop=True).encode())
+            self._told_contiguous = contiguous
         if self.fork == self.core.fork and self.contiguous >= contiguous:
             return  # it holds all that already
-        if contiguous > self._told_contiguous or (contiguous and self._told_contiguous == 0):
+        if contiguous > self._told_contiguous:
             self._told_contiguous = contiguous
             self._send(m.RANGE, wire.Range(0, contiguous).encode())
 
@@ -457,7 +467,8 @@ class ChannelPeer:
         ask = self.asks.pop(head.request, None)
         if ask is not None and ask is dl.upgrade and not head.upgrade:
             # a peer lacking what we asked may answer with just its manifest
-            self.replicator.park(dl.on_no_data(head.request), RETRY)
+            dl.on_no_data(head.request)
+            self.replicator.refused_upgrade()
             return
         counters = self.replicator.counters
         before = counters.get("dropped_invalid_proof", 0)
@@ -479,5 +490,8 @@ class ChannelPeer:
         if dl is None or ask is None:
             self.counters.inc("no_data")
             return
-        self.replicator.park(dl.on_no_data(msg.request) or [ask], RETRY)
+        upgrade = ask is dl.upgrade
+        self.replicator.park(dl.on_no_data(msg.request), RETRY)
+        if upgrade:
+            self.replicator.refused_upgrade()
 
