@@ -277,3 +277,39 @@ def test_forged_proofs_store_nothing_and_the_forger_is_cut_off(tmp_path, forge) 
     assert stored == (1 if forge is flip_later_values else 0)
     assert pulled["dropped_invalid_proof"] > 16 and pulled["closed_protocol"] == 1
     assert honest.get("dropped_invalid_proof", 0) == 0
+
+
+def test_a_peer_refusing_every_request_is_asked_again_only_after_a_pause(tmp_path) -> None:
+    """Our replica pulls from a peer that claims a longer log but answers every
+    request with noData: it asks about once a second, not in a loop."""
+    core = make_writer(tmp_path)
+    replica = Core(tmp_path / "r", key=core.key, durability="none")
+
+    async def main() -> int:
+        server = await serve(replica)              # a replica pulls from whoever connects
+        peer = await RawPeer.connect(server.address[1])
+        peer.open(1, core.key, core.discovery_key)
+        await peer.wait_for(lambda ev: message_of(ev, m.SYNC))
+        peer.send_frames([peer.message(1, m.SYNC, wire.Sync(0, N, 0).encode()),
+                          peer.message(1, m.RANGE, wire.Range(0, N).encode())])
+        answered = 0
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.5
+        while loop.time() < until:
+            try:
+                await peer._read_once(until - loop.time())
+            except asyncio.TimeoutError:
+                break
+            for ev in peer.events:
+                if message_of(ev, m.REQUEST):
+                    req = m.decode(ev.type, ev.body)
+                    peer.send_frames([peer.message(1, m.NO_DATA,
+                                                   wire.NoData(req.id, m.NOT_AVAILABLE).encode())])
+                    answered += 1
+            peer.events.clear()
+        peer.close()
+        await server.close()
+        return answered
+    requests = run(main)
+    assert 1 <= requests <= 4
+    assert replica.length == 0
