@@ -138,12 +138,24 @@ def test_unknown_cores_protocols_and_channels_are_refused_and_counted(tmp_path) 
         # our writer answers want with what it holds
         rng = [m.decode(ev.type, ev.body) for ev in peer.events if message_of(ev, m.RANGE)]
         assert any(r.start == 0 and r.length == N for r in rng)
+        # extensions are ignored politely, cancel and unwant change nothing
+        peer.send_frames([peer.message(1, m.EXTENSION, m.Extension("ext/x", b"hi").encode()),
+                          peer.message(1, m.EXTENSION, m.Extension("", b"again").encode()),
+                          peer.message(1, m.CANCEL, m.Cancel(5).encode()),
+                          peer.message(1, m.UNWANT, m.Unwant(0, 1 << 21).encode()),
+                          peer.message(1, 42, b"a type from the future"),
+                          peer.message(1, m.REQUEST, wire.Request(6, 0, block=(4, 0),
+                                                                  upgrade=(0, N)).encode())])
+        await peer.wait_for(lambda ev: message_of(ev, m.DATA)
+                            and DataMessage.decode(ev.body).request == 6)
         peer.close()
         await server.close()
         return dict(server.counters)
     c = run(main)
     assert c["dropped_unknown_core"] == 1 and c["dropped_unknown_protocol"] == 1
-    assert c["dropped_unknown_channel"] == 2 and c["requests_served"] >= 1
+    assert c["dropped_unknown_channel"] == 2 and c["requests_served"] >= 2
+    assert c["rx_extension"] == 2 and c["rx_cancel"] == 1 and c["rx_unknown"] == 1
+    assert c.get("dropped_malformed", 0) == 0
 
 
 def test_malformed_messages_on_an_open_channel_are_dropped_then_the_peer_is_cut_off(
@@ -313,3 +325,57 @@ def test_a_peer_refusing_every_request_is_asked_again_only_after_a_pause(tmp_pat
     requests = run(main)
     assert 1 <= requests <= 4
     assert replica.length == 0
+
+
+def test_our_replica_answers_want_with_what_it_holds(tmp_path) -> None:
+    core = make_writer(tmp_path)
+    replica = Core(tmp_path / "r", key=core.key, durability="none")
+
+    async def main() -> list:
+        upstream = await serve(core)
+        await hyper.pull(replica, "tcp://127.0.0.1:%d" % upstream.address[1])
+        await upstream.close()
+        server = await serve(replica)
+        peer = await RawPeer.connect(server.address[1])
+        peer.open(1, core.key, core.discovery_key)
+        await peer.wait_for(lambda ev: message_of(ev, m.SYNC))
+        peer.events.clear()
+        peer.send_frames([peer.message(1, m.WANT, m.Want(0, 1 << 21).encode())])
+        ev = await peer.wait_for(lambda ev: message_of(ev, m.RANGE))
+        peer.close()
+        await server.close()
+        return [m.decode(ev.type, ev.body)]
+    (rng,) = run(main)
+    assert (rng.start, rng.length, rng.drop) == (0, N, False)
+
+
+def test_keepalives_keep_an_idle_connection_open_and_silence_closes_it(tmp_path) -> None:
+    from coremachine_embedded.sync.hyper.connection import Connection
+    core = make_writer(tmp_path)
+
+    async def main() -> tuple:
+        conns = []
+
+        async def accept(reader, writer) -> None:
+            conn = Connection(reader, writer, False, keepalive=0.05, timeout=0.3)
+            conns.append(conn)
+            await conn.run()
+        server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1",
+                                                       server.sockets[0].getsockname()[1])
+        client = Connection(reader, writer, True, keepalive=0.05, timeout=0.3)
+        task = asyncio.ensure_future(client.run())
+        await asyncio.sleep(1.0)              # idle, but both send keepalives
+        alive = not client.closed.is_set() and not conns[0].closed.is_set()
+        keepalives = (client.stream.keepalives, conns[0].stream.keepalives)
+        # a peer that falls silent (no keepalives) is closed after the timeout
+        silent = await RawPeer.connect(server.sockets[0].getsockname()[1])
+        closed = await silent.wait_closed(timeout=2.0)
+        client.close()
+        await task
+        server.close()
+        await server.wait_closed()
+        return alive, keepalives, closed, conns[-1].error
+    alive, keepalives, closed, error = run(main)
+    assert alive and min(keepalives) >= 5
+    assert closed and isinstance(error, errors.ProtocolError)
