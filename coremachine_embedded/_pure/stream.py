@@ -11,11 +11,9 @@ import ctypes
 import hashlib
 from typing import Any, List, Optional, Sequence, Tuple
 
+from ..caps import SS_ABYTES as ABYTES, SS_FRAME_PREFIX as PREFIX, SS_MAX_BODY as MAX_BODY
 from ..errors import DecodeError, DecryptError, KeyMismatchError, TooLargeError, need_bytes
 
-ABYTES = 17             # secretstream tag byte + Poly1305 tag
-PREFIX = 3              # uint24 LE frame length
-MAX_BODY = 0xFFFFFF
 TAG_MESSAGE = 0
 _STATE_BYTES = 52
 _lib: Any = None

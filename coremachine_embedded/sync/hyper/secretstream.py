@@ -19,15 +19,14 @@ import hashlib
 from typing import Any, Callable, List, Optional
 
 from ... import _backend
-from ...caps import namespace
+from ...caps import SS_HEADER, SS_MAX_BODY, namespace
 from ...errors import HandshakeError, ProtocolError, TooLargeError
 from .noise import KeyPair, NoiseXX, generate_keypair
 
 NS_INITIATOR, NS_RESPONDER, NS_SEND = namespace(b"hyperswarm/secret-stream", 3)
-HEADER_FRAME = 32 + 24
-MAX_FRAME = (1 << 24) - 1        # a uint24 length: just under 16 MiB
+HEADER_FRAME = 32 + SS_HEADER
+MAX_FRAME = SS_MAX_BODY          # a uint24 length: just under 16 MiB
 MAX_HANDSHAKE_FRAME = 65535      # Noise's message limit
-MESSAGE_OVERHEAD = 3 + 17        # frame length + secretstream tag byte and MAC
 
 _impl = _backend.impl
 
