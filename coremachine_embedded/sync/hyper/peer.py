@@ -40,7 +40,8 @@ from . import messages as m
 
 log = logging.getLogger("coremachine_embedded.sync.hyper")
 
-WINDOW = 1024              # blocks requested and not received, per pulled core
+WINDOW = 256               # blocks requested and not received, per pulled core (a JS writer
+                           # answers a deeper queue one request at a time: slower)
 WANT_BATCH = 2097152       # blocks per want, as hypercore asks (its segment size)
 MAX_INTERVALS = 256        # sparse ranges remembered per peer
 REQUEST_RATE = 20000.0     # requests served per second per peer, after...
@@ -472,7 +473,7 @@ class ChannelPeer:
             return
         counters = self.replicator.counters
         before = counters.get("dropped_invalid_proof", 0)
-        dl.on_data(body)
+        dl.on_data(body, head)
         if counters.get("dropped_invalid_proof", 0) > before:
             self.conn.counters.inc("rx_invalid_proof")
             self._invalid += 1
