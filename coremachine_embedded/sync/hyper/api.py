@@ -122,7 +122,7 @@ async def serve(cores: Cores, url: str, *, key_pair: Optional[KeyPair] = None,
                     max_frame)
     for rep in server.replicators.values():
         if not rep.core.writable:
-            rep.pull(live=True)
+            rep.pull()
     server._server = await asyncio.start_server(server._on_connection, host, port)
     return server
 
@@ -156,7 +156,7 @@ async def replicate(cores: Cores, reader: asyncio.StreamReader, writer: asyncio.
                       timeout=timeout)
     for dk, rep in reps.items():
         if not rep.core.writable:
-            rep.pull(live=live)
+            rep.pull()
         handler = lookup(dk)
         assert handler is not None
         conn.open_channel(handler, dk)
@@ -191,7 +191,7 @@ async def _until_caught_up(conn: Connection, reps: List[CoreReplicator],
                 raise ProtocolError("the peer does not serve core %s"
                                     % rep.discovery_key.hex()[:16])
         if progress is not None and len(pulling) == 1:
-            best = pulling[0]._best()
+            best = pulling[0].best()
             progress(pulling[0].core.contiguous_length, best.length if best else 0)
         waits = [asyncio.ensure_future(rep.progress.wait()) for rep in pulling]
         waits.append(asyncio.ensure_future(conn.closed.wait()))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from ... import _backend, errors
 from ...core import Core
@@ -67,26 +67,24 @@ class CoreReplicator:
         self.window = window
         self.peers: List["ChannelPeer"] = []
         self.download: Optional[Download] = None
-        self.live = False
         self.progress = asyncio.Event()       # set after every change; pull() waits on it
         self._parked: List[Ask] = []          # asks no peer could take yet
-        self._unwatch: Optional[Any] = None
         self._timer: Optional["asyncio.TimerHandle"] = None
         self._update_pending = False
         self._upgrade_after = 0.0             # no upgrade asked before (a peer refused one)
         self._loop = asyncio.get_running_loop()
-        self._unwatch = serving.watch(core, self._loop, self._on_change)
+        self._unwatch: Optional[Callable[[], None]] = serving.watch(core, self._loop,
+                                                                    self._on_change)
 
     # --- the core's side ------------------------------------------------------------
 
-    def pull(self, live: bool = False) -> None:
+    def pull(self) -> None:
         """Start pulling (from every peer that has what we lack)."""
         if self.core.writable:
             raise errors.InvalidArgumentError("a writer has nothing to pull")
         if self.download is None:
             self.download = Download(self.core, self.counters)
         self.download.resume()
-        self.live = self.live or live
         for peer in self.peers:
             peer.send_sync()
         self.update()
@@ -97,7 +95,7 @@ class CoreReplicator:
 
     def caught_up(self) -> bool:
         """We hold the signed length of the most advanced peer we heard from."""
-        best = self._best()
+        best = self.best()
         return (best is not None and self.download is not None
                 and self.download.caught_up(best.fork, best.length))
 
@@ -115,9 +113,9 @@ class CoreReplicator:
     def _on_change(self) -> None:
         for peer in list(self.peers):
             peer.announce()
-        self._progressed()
+        self.progressed()
 
-    def _progressed(self) -> None:
+    def progressed(self) -> None:
         """Something changed: plan and wake the waiters once, after the
         messages that arrived together are all handled."""
         if not self._update_pending:
@@ -130,7 +128,8 @@ class CoreReplicator:
         self.progress = asyncio.Event()
         self.update()
 
-    def _best(self) -> Optional["ChannelPeer"]:
+    def best(self) -> Optional["ChannelPeer"]:
+        """The peer with the newest fork and the longest signed log."""
         best = None
         for p in self.peers:
             if p.synced and p.uploading and (best is None or (p.fork, p.length) > (best.fork,
@@ -144,7 +143,7 @@ class CoreReplicator:
         """Ask peers for what we lack: the upgrade to the best peer's length,
         then blocks, each from a peer that holds it."""
         dl = self.download
-        best = self._best()
+        best = self.best()
         if dl is None or best is None:
             return
         now = time.monotonic()
@@ -189,7 +188,7 @@ class CoreReplicator:
     def refused_upgrade(self) -> None:
         """A peer could not give the upgrade: ask again in a while, not at once."""
         self._upgrade_after = time.monotonic() + RETRY
-        self._progressed()
+        self.progressed()
 
     def park(self, asks: List[Ask], delay: float = 0.0) -> None:
         """Asks to send again (to whichever peer can take them) after ``delay``."""
@@ -247,7 +246,7 @@ class ChannelPeer:
         asks, self.asks = list(self.asks.values()), {}
         if asks:
             self.replicator.park(asks)
-        self.replicator._progressed()
+        self.replicator.progressed()
 
     # --- what we tell the peer ---------------------------------------------------------
 
@@ -348,7 +347,7 @@ class ChannelPeer:
             self._on_no_data(msg)
         elif kind == m.RANGE:
             self._hold(msg.start, msg.start + msg.length, msg.drop)
-            self.replicator._progressed()
+            self.replicator.progressed()
         elif kind == m.BITFIELD:
             self._on_bitfield(msg)
         elif kind == m.WANT:
@@ -374,7 +373,7 @@ class ChannelPeer:
             if batch not in self._wanted and len(self._wanted) < 64:
                 self._wanted.add(batch)   # ask which blocks it holds (a sparse peer answers)
                 self._send(m.WANT, m.Want(batch, WANT_BATCH).encode())
-        self.replicator._progressed()
+        self.replicator.progressed()
 
     def _on_want(self, msg: m.Want) -> None:
         contiguous = min(self.core.contiguous_length, self.core.length)
@@ -392,7 +391,7 @@ class ChannelPeer:
             self._hold(pos, pos + run)
             value >>= run
             pos += run
-        self.replicator._progressed()
+        self.replicator.progressed()
 
     def _on_request(self, req: wire.Request) -> None:
         if self._held_requests or self.conn.congested:
@@ -483,7 +482,7 @@ class ChannelPeer:
                 self.conn.close(errors.ProtocolError("more than %d proofs that do not verify"
                                                      % MAX_INVALID))
                 return
-        self.replicator._progressed()
+        self.replicator.progressed()
 
     def _on_no_data(self, msg: wire.NoData) -> None:
         ask = self.asks.pop(msg.request, None)
