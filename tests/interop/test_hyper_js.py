@@ -13,11 +13,12 @@ from typing import Any, Awaitable, Callable, List
 import pytest
 
 import coremachine_embedded as cm
-from coremachine_embedded import Coremachine, create_machine, sync
+from coremachine_embedded import Coremachine, sync
 from coremachine_embedded.sync.counters import Counters
 from coremachine_embedded.sync.hyper import CoreReplicator
 from tests.interop import jsenv
 from tests.interop.jspeer import JSPeer, env
+from tests.interop.test_js_coremachine import QUICK_START   # the README's machine, as in JS
 
 TIMEOUT = 60.0
 
@@ -345,30 +346,6 @@ def test_a_js_reader_pulls_from_our_replica(js, tmp_path) -> None:
 
 # --- Coremachine ----------------------------------------------------------------------------
 
-def _start(ctx, n):
-    ctx["running"] = True
-    ctx["counter"] = n
-
-
-def _increment(ctx, _value):
-    ctx["counter"] += 1
-
-
-def _stop(ctx, n):
-    ctx["running"] = False
-    if n is not None:
-        ctx["counter"] = n
-
-
-QUICK_START = create_machine({
-    "initial": "idle",
-    "context": {"running": False, "counter": 0},
-    "states": {
-        "idle": {"on": {"START": {"target": "running", "action": _start}}},
-        "running": {"on": {"INCREMENT": {"target": "running", "action": _increment},
-                           "STOP": {"target": "idle", "action": _stop}}},
-    },
-})
 EVENTS = [("START", 5), ("INCREMENT", None), ("INCREMENT", None), ("STOP", 40),
           ("START", 1), ("INCREMENT", None)]
 
