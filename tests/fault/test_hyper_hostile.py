@@ -379,3 +379,23 @@ def test_keepalives_keep_an_idle_connection_open_and_silence_closes_it(tmp_path)
     alive, keepalives, closed, error = run(main)
     assert alive and min(keepalives) >= 5
     assert closed and isinstance(error, errors.ProtocolError)
+
+
+def test_connections_beyond_the_limit_are_closed_and_counted(tmp_path) -> None:
+    core = make_writer(tmp_path)
+
+    async def main() -> dict:
+        server = await serve(core, max_connections=3)
+        port = server.address[1]
+        idle = [await RawPeer.connect(port, handshake=False) for _ in range(3)]
+        await wait_until(lambda: server.counters.get("connections", 0) == 3)
+        extra = await RawPeer.connect(port, handshake=False)
+        assert await extra.wait_closed()
+        for peer in idle:
+            peer.close()
+        await wait_until(lambda: not server.connections)
+        await honest_pull(core, port, tmp_path / "r")    # room again
+        await server.close()
+        return dict(server.counters)
+    c = run(main)
+    assert c["dropped_connections"] == 1 and c["connections"] == 4

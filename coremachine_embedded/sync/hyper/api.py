@@ -19,6 +19,8 @@ from .noise import KeyPair
 from .secretstream import MAX_FRAME
 from .peer import WINDOW, ChannelPeer, CoreReplicator
 
+MAX_CONNECTIONS = 256   # connections a server serves at once
+
 Cores = Union[Core, CoreReplicator, Iterable[Union[Core, CoreReplicator]]]
 
 
@@ -54,12 +56,14 @@ class Server:
     connection) for any number of cores.  Close it when done."""
 
     def __init__(self, replicators: Dict[bytes, CoreReplicator], counters: Counters,
-                 key_pair: Optional[KeyPair], timeout: float, max_frame: int) -> None:
+                 key_pair: Optional[KeyPair], timeout: float, max_frame: int,
+                 max_connections: int) -> None:
         self.replicators = replicators
         self.counters = counters
         self.key_pair = key_pair
         self.timeout = timeout
         self.max_frame = max_frame
+        self.max_connections = max_connections
         self.connections: Set[Connection] = set()
         self._tasks: Set["asyncio.Task[None]"] = set()
         self._server: Optional[asyncio.base_events.Server] = None
@@ -77,6 +81,10 @@ class Server:
 
     async def _on_connection(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
+        if len(self.connections) >= self.max_connections:
+            self.counters.inc("dropped_connections")
+            writer.close()
+            return
         self.counters.inc("connections")
         conn = Connection(reader, writer, False, self.lookup, key_pair=self.key_pair,
                           counters=self.counters, timeout=self.timeout,
@@ -106,7 +114,8 @@ class Server:
 
 async def serve(cores: Cores, url: str, *, key_pair: Optional[KeyPair] = None,
                 counters: Optional[Counters] = None, timeout: float = 30.0,
-                window: int = WINDOW, max_frame: int = MAX_FRAME) -> Server:
+                window: int = WINDOW, max_frame: int = MAX_FRAME,
+                max_connections: int = MAX_CONNECTIONS) -> Server:
     """Serve ``cores`` to Hypercore peers connecting to ``tcp://host:port``
     (port 0: any free port, see :attr:`Server.address`).  Replicas among them
     also pull from every peer that has more.
@@ -115,11 +124,13 @@ async def serve(cores: Cores, url: str, *, key_pair: Optional[KeyPair] = None,
         keepalive every 5 s); 0: never.
     :param max_frame: close a connection announcing a larger frame (at most
         just under 16 MiB, the protocol's own limit).
+    :param max_connections: connections served at once; more are closed at
+        once and counted (``dropped_connections``).
     """
     host, port = tcp_address(url)
     counters = counters if counters is not None else Counters()
     server = Server(_replicators(cores, counters, window)[0], counters, key_pair, timeout,
-                    max_frame)
+                    max_frame, max_connections)
     for rep in server.replicators.values():
         if not rep.core.writable:
             rep.pull()
