@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, List, Optional
 
-from coremachine_embedded.encoding import encode_uint
 from coremachine_embedded.sync.hyper import messages, protomux
 from coremachine_embedded.sync.hyper.secretstream import SecretStream
 
@@ -58,7 +57,7 @@ class RawPeer:
                                                messages.Handshake(cap).encode())])
 
     def message(self, local_id: int, kind: int, body: bytes) -> bytes:
-        return encode_uint(local_id) + encode_uint(kind) + body
+        return protomux.encode_message(local_id, kind, body)
 
     async def wait_for(self, check: Callable[[protomux.Event], bool],
                        timeout: float = 5.0) -> protomux.Event:

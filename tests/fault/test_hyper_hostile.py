@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, List
+from typing import Any
 
 import pytest
 
@@ -349,9 +349,8 @@ def test_our_replica_answers_want_with_what_it_holds(tmp_path) -> None:
     assert (rng.start, rng.length, rng.drop) == (0, N, False)
 
 
-def test_keepalives_keep_an_idle_connection_open_and_silence_closes_it(tmp_path) -> None:
+def test_keepalives_keep_an_idle_connection_open_and_silence_closes_it() -> None:
     from coremachine_embedded.sync.hyper.connection import Connection
-    core = make_writer(tmp_path)
 
     async def main() -> tuple:
         conns = []

@@ -19,7 +19,7 @@ from ..interop import wire_sessions as ws
 
 try:
     from coremachine_embedded import _core
-except ImportError as e:  # pragma: no cover - depends on the build
+except ImportError:  # pragma: no cover - depends on the build
     if os.environ.get("COREMACHINE_IMPL") == "python":
         _core = None
     else:

@@ -276,11 +276,6 @@ class Connection:
         self.schedule_flush()
         return ch
 
-    def close_channel(self, ch: protomux.Channel) -> None:
-        if not ch.closed:
-            self._queue(0, self.mux.close(ch)[1:])
-            self.schedule_flush()
-
     # --- sending --------------------------------------------------------------------
 
     def send(self, ch: protomux.Channel, kind: int, body: bytes) -> None:

@@ -10,7 +10,7 @@ every failure is a DecodeError or TooLargeError.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, NamedTuple, Optional, Type
+from typing import Any, Dict, NamedTuple, Type
 
 from ...caps import NS_REPLICATE_INITIATOR, NS_REPLICATE_RESPONDER
 from ...encoding import DataMessage, Reader, encode_buffer, encode_uint
@@ -161,11 +161,3 @@ def decode(kind: int, body: bytes) -> Any:
     """
     codec = _CODECS.get(kind)
     return None if codec is None else codec.decode(body)
-
-
-def type_of(message: Any) -> int:
-    """The message type of a message object."""
-    for kind, codec in _CODECS.items():
-        if type(message) is codec:
-            return kind
-    raise TypeError("not a hypercore message: %r" % (message,))
