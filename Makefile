@@ -5,6 +5,7 @@
 #                  suite on both backends
 #   make bench     benchmarks against the alternatives, as ratios
 #   make ctest     only the C core's tests, natively
+#   make wheels    wheels for x86_64 and the Pi (aarch64, armv7l) in dist/wheels
 
 PYTHON ?= python3
 CC ?= cc
@@ -92,6 +93,13 @@ pytest-c:
 
 pytest-python:
 	COREMACHINE_IMPL=python $(PYTHON) -m pytest -q $(PYTEST_ARGS) tests
+
+# --- Wheels for the Pi: docs/wheels.md -------------------------------------
+
+.PHONY: wheels
+wheels:
+	@sh .ci/ensure-deps.sh --wheels
+	$(PYTHON) tools/wheels.py --out dist/wheels
 
 bench: build
 	$(PYTHON) -m bench

@@ -3,15 +3,19 @@
 #   sh .ci/ensure-deps.sh          libsodium-dev + Python build packages (make demo)
 #   sh .ci/ensure-deps.sh --test   + test tools (pytest, hypothesis, socat, graphviz, ...)
 #   sh .ci/ensure-deps.sh --cross  + armhf/aarch64 cross compilers, qemu-user, libsodium for both
+#   sh .ci/ensure-deps.sh --wheels + what `make wheels` needs: --cross and patchelf
+#                                  (--test --cross imply it: tests/interop/test_wheels.py)
 # As root, apt packages are installed; otherwise the exact command is printed.
 set -u
 PYTHON=${PYTHON:-python3}
 want_test=0
 want_cross=0
+want_wheels=0
 for a in "$@"; do
   case "$a" in
     --test) want_test=1 ;;
     --cross) want_cross=1 ;;
+    --wheels) want_wheels=1 ;;
   esac
 done
 
@@ -28,6 +32,12 @@ if [ "$want_test" = 1 ]; then
   need_pkg "command -v nft" "nftables"
   need_pkg "command -v node" "nodejs"
   need_pkg "command -v npm" "npm"
+fi
+# make wheels (tools/wheels.py): the cross toolchains, and patchelf to bundle libsodium.
+if [ "$want_test$want_cross" = 11 ]; then want_wheels=1; fi
+if [ "$want_wheels" = 1 ]; then
+  want_cross=1
+  need_pkg "command -v patchelf" "patchelf"
 fi
 arch=$(uname -m)
 cross_pkgs=""

@@ -49,7 +49,7 @@ cdef int64_t _io_read(void *ctx, void *file, uint8_t *buf, size_t size, uint64_t
     cdef bytes data
     try:
         data = bytes((<object>file).read(size, off))
-        n = min(len(data), size)
+        n = min(<size_t>len(data), size)
         memcpy(buf, PyBytes_AS_STRING(data), n)
         return n
     except BaseException as e:
