@@ -6,9 +6,10 @@ other's writer.  JS's own audit finds nothing wrong in what it got from us."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from typing import Any, Awaitable, Callable, List
+from typing import Any, AsyncIterator, Awaitable, Callable, List, Tuple
 
 import pytest
 
@@ -69,6 +70,16 @@ def writer(tmp_path, seed: int = 7) -> cm.Core:
                    durability="none")
 
 
+@contextlib.asynccontextmanager
+async def served(cores: Any) -> AsyncIterator[Any]:
+    """Our Hypercore-protocol server for ``cores`` on a free loopback port."""
+    server = await sync.serve(cores, "tcp://127.0.0.1:0")
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
 async def until(check: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
@@ -86,12 +97,18 @@ def assert_same(core: cm.Core, blocks: List[bytes]) -> None:
 
 # --- JS writer -> our reader --------------------------------------------------------------
 
-def test_js_writer_to_our_reader_we_connect(js, tmp_path) -> None:
+def js_writer(js, seed: int, blocks: List[bytes]) -> Tuple[JSPeer, bytes, int]:
+    """A JS writer ``w`` holding ``blocks`` and listening on TCP: (peer, key, port)."""
     peer = js()
+    key = bytes.fromhex(peer.call("core", name="w", seed="%02x" % seed * 32)["key"])
+    if blocks:
+        peer.call("append", name="w", blocks=hexes(blocks))
+    return peer, key, peer.call("listen", cores=["w"])["port"]
+
+
+def test_js_writer_to_our_reader_we_connect(js, tmp_path) -> None:
     blocks = blocks_of(300)
-    key = bytes.fromhex(peer.call("core", name="w", seed="11" * 32)["key"])
-    peer.call("append", name="w", blocks=hexes(blocks))
-    port = peer.call("listen", cores=["w"])["port"]
+    _, key, port = js_writer(js, 0x11, blocks)
     replica = cm.Core(tmp_path / "r", key=key)
     counters = run(sync.pull(replica, "tcp://127.0.0.1:%d" % port))
     assert_same(replica, blocks)
@@ -106,8 +123,7 @@ def test_js_writer_to_our_reader_js_connects_and_appends_live(js, tmp_path) -> N
     replica = cm.Core(tmp_path / "r", key=key)
 
     async def main() -> dict:
-        server = await sync.serve(replica, "tcp://127.0.0.1:0")   # a replica: it pulls too
-        try:
+        async with served(replica) as server:   # a replica: it pulls too
             await peer.acall("connect", port=server.address[1], cores=["w"])
             await until(lambda: replica.contiguous_length == 20, "the first 20 blocks")
             requests = server.counters.get("tx_request", 0)
@@ -117,19 +133,14 @@ def test_js_writer_to_our_reader_js_connects_and_appends_live(js, tmp_path) -> N
             # live: the upgrade and the new block in one request, one round trip
             assert server.counters["tx_request"] - requests == 30
             return dict(server.counters)
-        finally:
-            await server.close()
     counters = run(main())
     assert_same(replica, blocks)
     assert counters.get("dropped_invalid_proof", 0) == 0
 
 
 def test_a_js_writers_truncation_is_followed(js, tmp_path) -> None:
-    peer = js()
     blocks = blocks_of(40)
-    key = bytes.fromhex(peer.call("core", name="w", seed="13" * 32)["key"])
-    peer.call("append", name="w", blocks=hexes(blocks))
-    port = peer.call("listen", cores=["w"])["port"]
+    peer, key, port = js_writer(js, 0x13, blocks)
     replica = cm.Core(tmp_path / "r", key=key)
     new = [b"new-%d" % i for i in range(25, 45)]
 
@@ -177,16 +188,13 @@ def test_our_writer_to_js_reader_js_connects_live(js, tmp_path) -> None:
     peer.call("core", name="r", key=core.key.hex())
 
     async def main() -> dict:
-        server = await sync.serve(core, "tcp://127.0.0.1:0")
-        try:
+        async with served(core) as server:
             await peer.acall("connect", port=server.address[1], cores=["r"])
             await peer.acall("wait", name="r", length=150)
             for i in range(150, 200, 10):   # live appends reach the JS reader
                 core.append(blocks[i:i + 10])
                 await peer.acall("wait", name="r", length=i + 10)
             return dict(server.counters)
-        finally:
-            await server.close()
     counters = run(main())
     assert js_blocks(peer, "r", 200) == blocks
     js_audit(peer, "r", 200)
@@ -224,15 +232,12 @@ def test_our_writers_truncation_reaches_a_js_reader(js, tmp_path) -> None:
     peer.call("core", name="r", key=core.key.hex())
 
     async def main() -> None:
-        server = await sync.serve(core, "tcp://127.0.0.1:0")
-        try:
+        async with served(core) as server:
             await peer.acall("connect", port=server.address[1], cores=["r"])
             await peer.acall("wait", name="r", length=64)
             core.truncate(30)
             core.append([b"after-%d" % i for i in range(10)])
             await peer.acall("wait", name="r", length=40, fork=1)
-        finally:
-            await server.close()
     run(main())
     assert js_blocks(peer, "r", 40) == blocks[:30] + [b"after-%d" % i for i in range(10)]
     js_audit(peer, "r", 40)
@@ -249,15 +254,12 @@ def test_a_js_corestore_replicates_several_cores_from_our_server(js, tmp_path) -
         peer.call("core", name="r%d" % k, key=core.key.hex(), store="s")
 
     async def main() -> None:
-        server = await sync.serve(cores, "tcp://127.0.0.1:0")   # several cores, one port
-        try:
+        async with served(cores) as server:   # several cores, one port
             await peer.acall("connect", port=server.address[1], cores=["r0", "r1", "r2"])
             for k in range(3):
                 await peer.acall("wait", name="r%d" % k, length=30 + 10 * k)
             assert server.counters["connections"] == 1
             assert server.counters["channels_opened"] == 3
-        finally:
-            await server.close()
     run(main())
     for k in range(3):
         assert js_blocks(peer, "r%d" % k, 30 + 10 * k) == blocks_of(30 + 10 * k, 1000 * k)
@@ -328,16 +330,12 @@ def test_a_js_reader_pulls_from_our_replica(js, tmp_path) -> None:
     peer.call("core", name="r", key=core.key.hex())
 
     async def main() -> dict:
-        upstream = await sync.serve(core, "tcp://127.0.0.1:0")
-        await sync.pull(replica, "tcp://127.0.0.1:%d" % upstream.address[1])
-        await upstream.close()
-        server = await sync.serve(replica, "tcp://127.0.0.1:0")
-        try:
+        async with served(core) as upstream:
+            await sync.pull(replica, "tcp://127.0.0.1:%d" % upstream.address[1])
+        async with served(replica) as server:
             await peer.acall("connect", port=server.address[1], cores=["r"])
             await peer.acall("wait", name="r", length=80)
             return dict(server.counters)
-        finally:
-            await server.close()
     counters = run(main())
     assert js_blocks(peer, "r", 80) == blocks
     assert counters["tx_range"] >= 1 and counters["requests_served"] >= 80
@@ -357,23 +355,18 @@ def test_the_js_coremachine_follows_our_machine_live(js, tmp_path) -> None:
     peer.call("core", name="r", key=core.key.hex())
 
     async def main() -> None:
-        server = await sync.serve(core, "tcp://127.0.0.1:0")
-        try:
+        async with served(core) as server:
             await peer.acall("connect", port=server.address[1], cores=["r"])
             for n, (event, value) in enumerate(EVENTS, 1):
                 snap = machine.action(event, value) if value is not None else machine.action(event)
                 await peer.acall("wait", name="r", length=n)
                 theirs = await peer.acall("machine", name="r")
                 assert (theirs["state"], theirs["context"]) == (snap.state, snap.context)
-        finally:
-            await server.close()
     run(main())
 
 
 def test_our_coremachine_follows_a_js_coremachine_live(js, tmp_path) -> None:
-    peer = js()
-    key = bytes.fromhex(peer.call("core", name="w", seed="51" * 32)["key"])
-    port = peer.call("listen", cores=["w"])["port"]
+    peer, key, port = js_writer(js, 0x51, [])
     replica = cm.Core(tmp_path / "r", key=key)
     machine = Coremachine(replica, QUICK_START)
 
@@ -421,14 +414,11 @@ def test_the_cli_serves_and_pulls_with_hypercore_peers(js, tmp_path) -> None:
         _, err = server.communicate(timeout=20)
     assert server.returncode == 0 and "requests_served=" in err
 
-    writer_peer = js()
-    key = writer_peer.call("core", name="w", seed="61" * 32)["key"]
-    writer_peer.call("append", name="w", blocks=hexes(blocks))
-    port = writer_peer.call("listen", cores=["w"])["port"]
+    _, key, port = js_writer(js, 0x61, blocks)
     r = subprocess.run([sys.executable, "-m", "coremachine_embedded", "pull",
-                        str(tmp_path / "replica"), key, "tcp://127.0.0.1:%d" % port,
+                        str(tmp_path / "replica"), key.hex(), "tcp://127.0.0.1:%d" % port,
                         "--timeout", "60"], capture_output=True, text=True, env=env, timeout=90)
     assert r.returncode == 0, r.stderr
     assert "length 70" in r.stdout and "blocks=70" in r.stderr
-    replica = cm.Core(tmp_path / "replica", key=bytes.fromhex(key))
+    replica = cm.Core(tmp_path / "replica", key=key)
     assert_same(replica, blocks)
