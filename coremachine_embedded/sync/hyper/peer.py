@@ -214,9 +214,7 @@ class ChannelPeer:
         self.synced = False
         self.fork = 0
         self.length = 0
-        self.length_acked = 0         # our length as the peer last told us
         self.uploading = True
-        self.downloading = True
         self.contiguous = 0           # blocks it holds from 0
         self.held: List[Tuple[int, int]] = []   # and further [start, end) ranges (sparse)
         self.asks: Dict[int, Ask] = {}          # ours in flight to it, by request id
@@ -226,7 +224,6 @@ class ChannelPeer:
         self._tokens = float(REQUEST_BURST)
         self._tokens_at = time.monotonic()
         self._invalid = 0
-        self._last_extension = ""
         self._held_requests: List[wire.Request] = []   # while the connection is congested
 
     # --- lifetime (called by the connection) ------------------------------------------
@@ -255,14 +252,15 @@ class ChannelPeer:
         self._send_range()
         self.send_sync()
 
-    def send_sync(self, force: bool = False) -> None:
+    def send_sync(self) -> None:
+        """Our state, when it differs from what we told the peer last."""
         if self.channel is None:
             return
         core = self.core
         remote_length = self.length if self.fork == core.fork else 0
         state = (core.fork, core.length, remote_length, self._can_upgrade(),
                  self.replicator.downloading)
-        if state == self._told_sync and not force:
+        if state == self._told_sync:
             return
         self._told_sync = state
         self._send(m.SYNC, wire.Sync(core.fork, core.length, remote_length,
@@ -312,8 +310,13 @@ class ChannelPeer:
         if drop:
             if start < self.contiguous:
                 self.contiguous = start
-            self.held = [(a, b) for a, b in ((a, min(b, start)) if a < start else
-                                             (max(a, end), b) for a, b in self.held) if a < b]
+            kept = []
+            for a, b in self.held:
+                if a < start:
+                    kept.append((a, min(b, start)))
+                if b > end:
+                    kept.append((max(a, end), b))
+            self.held = [(a, b) for a, b in kept if a < b]
             return
         if start <= self.contiguous:
             self.contiguous = max(self.contiguous, end)
@@ -352,8 +355,7 @@ class ChannelPeer:
             self._on_bitfield(msg)
         elif kind == m.WANT:
             self._on_want(msg)
-        elif kind == m.EXTENSION:
-            self._last_extension = msg.name or self._last_extension  # none is registered
+        # extension: no extension is registered (decoded, so a malformed one counts);
         # cancel: answers go out as requests arrive, so there is nothing to cancel;
         # unwant: we send nothing unasked; unknown types: ignored, as hypercore does
 
@@ -364,8 +366,7 @@ class ChannelPeer:
         self.synced = True
         self.fork, self.length = msg.fork, msg.length
         self.contiguous = min(self.contiguous, msg.length)
-        self.length_acked = msg.remote_length if msg.fork == core.fork else 0
-        self.uploading, self.downloading = msg.uploading, msg.downloading
+        self.uploading = msg.uploading
         self.send_sync()  # when it is behind, this echoes its new length: JS then asks
         dl = self.replicator.download
         if dl is not None and msg.length > self.contiguous:
