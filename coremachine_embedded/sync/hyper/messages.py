@@ -10,7 +10,7 @@ every failure is a DecodeError or TooLargeError.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict, NamedTuple, Type
+from typing import Any, Dict, Iterator, NamedTuple, Tuple, Type
 
 from ...caps import NS_REPLICATE_INITIATOR, NS_REPLICATE_RESPONDER
 from ...encoding import DataMessage, Reader, encode_buffer, encode_uint
@@ -105,30 +105,22 @@ class Bitfield(NamedTuple):
             raise DecodeError("a bitfield of %d words in %d bytes" % (count, len(body)))
         return cls(start, r.fixed(4 * count))
 
-    @classmethod
-    def of(cls, start: int, held: range) -> "Bitfield":
-        """The bitfield from ``start`` (a multiple of 32) covering ``held``."""
-        end = max(held.stop, start)
-        bits = 0
-        lo, hi = max(held.start, start), held.stop
-        if hi > lo:
-            bits = ((1 << (hi - lo)) - 1) << (lo - start)
-        words = (end - start + 31) // 32
-        return cls(start, bits.to_bytes(4 * words, "little"))
-
     def has(self, index: int) -> bool:
         i = index - self.start
         return 0 <= i < 8 * len(self.words) and bool(self.words[i >> 3] >> (i & 7) & 1)
 
-    def held(self) -> range:
-        """The blocks this bitfield marks from its first set bit while they are
-        contiguous (what a contiguous replica can take from it)."""
+    def runs(self) -> Iterator[Tuple[int, int]]:
+        """The ``[start, end)`` runs of blocks it marks, in order."""
         value = int.from_bytes(self.words, "little")
-        if value == 0:
-            return range(self.start, self.start)
-        first = (value & -value).bit_length() - 1
-        run = (~(value >> first) & ((value >> first) + 1)).bit_length() - 1
-        return range(self.start + first, self.start + first + run)
+        pos = self.start
+        while value:
+            skip = (value & -value).bit_length() - 1    # zeros below the next set bit
+            value >>= skip
+            pos += skip
+            run = (~value & (value + 1)).bit_length() - 1   # ones from here
+            yield pos, pos + run
+            value >>= run
+            pos += run
 
 
 class Extension(NamedTuple):

@@ -377,21 +377,16 @@ class ChannelPeer:
         self.replicator.progressed()
 
     def _on_want(self, msg: m.Want) -> None:
+        """We hold a prefix: that is the whole answer, whatever was asked."""
         contiguous = min(self.core.contiguous_length, self.core.length)
-        if contiguous and msg.start < max(contiguous, msg.start + 1):
+        if contiguous:
             self._send(m.RANGE, wire.Range(0, contiguous).encode())
 
     def _on_bitfield(self, msg: m.Bitfield) -> None:
-        value = int.from_bytes(msg.words, "little")
-        pos = msg.start
-        while value and len(self.held) < MAX_INTERVALS:
-            skip = (value & -value).bit_length() - 1
-            value >>= skip
-            pos += skip
-            run = (~value & (value + 1)).bit_length() - 1
-            self._hold(pos, pos + run)
-            value >>= run
-            pos += run
+        for start, end in msg.runs():
+            if len(self.held) >= MAX_INTERVALS:
+                break
+            self._hold(start, end)
         self.replicator.progressed()
 
     def _on_request(self, req: wire.Request) -> None:
