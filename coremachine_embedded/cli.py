@@ -17,6 +17,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .caps import Durability
 
+URL_HELP = ("udp://HOST:PORT, serial:///dev/ttyX?baud=N, "
+            "mqtt[s]://[USER:PASS@]BROKER[:PORT]/PREFIX or tcp://HOST:PORT (Hypercore's "
+            "protocol, for JavaScript peers) (docs/protocol.md)")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
@@ -58,7 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from . import Core
-    from .sync import serve
+    from .sync import serve, shown_url
 
     core = Core(args.store, durability="batch")
 
@@ -68,7 +71,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        where = ("tcp://%s:%d" % ep.address) if args.url.startswith("tcp://") else args.url
+        where = ("tcp://%s:%d" % ep.address) if args.url.startswith("tcp://") \
+            else shown_url(args.url)
         print("serving %s (length %d, %s) on %s" % (core.key.hex(), core.length,
                                                      "writer" if core.writable else "replica",
                                                      where), flush=True)
@@ -87,7 +91,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_pull(args: argparse.Namespace) -> int:
     from . import Core
     from .errors import InvalidArgumentError
-    from .sync import Endpoint, open_link
+    from .sync import Endpoint, open_link, shown_url
 
     try:
         key = bytes.fromhex(args.key)
@@ -108,7 +112,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
         except asyncio.TimeoutError:
             progress.done()
             print("coremachine: error: timed out after %gs pulling from %s (have %d of %d)"
-                  % (args.timeout, args.url, core.contiguous_length, core.length),
+                  % (args.timeout, shown_url(args.url), core.contiguous_length, core.length),
                   file=sys.stderr)
             return EXIT_TIMEOUT
         finally:
@@ -336,8 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Answer sync requests for the core in STORE_DIR until "
                                        "interrupted; prints counters on exit.")
     serve.add_argument("store", metavar="STORE_DIR")
-    serve.add_argument("url", metavar="URL", help="udp://HOST:PORT, serial:///dev/ttyX?baud=N or "
-                       "tcp://HOST:PORT (Hypercore's protocol, for JavaScript peers)")
+    serve.add_argument("url", metavar="URL", help=URL_HELP)
     serve.set_defaults(func=_cmd_serve)
 
     pull = sub.add_parser("pull", help="fill or refresh a replica from a peer",
@@ -346,8 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(with --live, keeps following).")
     pull.add_argument("store", metavar="STORE_DIR")
     pull.add_argument("key", metavar="KEY_HEX")
-    pull.add_argument("url", metavar="URL", help="udp://HOST:PORT, serial:///dev/ttyX?baud=N or "
-                      "tcp://HOST:PORT (a Hypercore peer)")
+    pull.add_argument("url", metavar="URL", help=URL_HELP)
     pull.add_argument("--live", action="store_true", help="keep following the writer")
     pull.add_argument("--timeout", type=float, default=None, help="give up after SECONDS (exit 3)")
     pull.add_argument("--window", type=int, default=128, help="block requests in flight")

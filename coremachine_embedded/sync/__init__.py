@@ -1,5 +1,5 @@
-"""Verified log replication over UDP and serial lines, and with Hypercore
-peers (JavaScript ``core.replicate()``, Corestores) over TCP or any stream.
+"""Verified log replication over UDP, serial lines and MQTT brokers, and with
+Hypercore peers (JavaScript ``core.replicate()``, Corestores) over TCP or any stream.
 
 asyncio::
 
@@ -7,6 +7,7 @@ asyncio::
     endpoint = await sync.serve(core, "udp://0.0.0.0:7000")          # writer or replica
     await sync.pull(replica, "udp://10.0.0.5:7000")                   # until it holds the signed length
     await sync.pull(replica, "serial:///dev/ttyAMA0?baud=115200", live=True)   # follow forever
+    await sync.pull(replica, "mqtts://user:pw@broker.example/fleet", live=True)  # through a broker
     server = await sync.serve([core_a, core_b], "tcp://0.0.0.0:7001")  # Hypercore's protocol
     await sync.pull(replica, "tcp://10.0.0.5:7001", live=True)
     await sync.replicate(core, reader, writer, initiator=True)        # any asyncio stream pair
@@ -33,7 +34,7 @@ from .endpoint import Endpoint
 from .udp import UDPLink
 
 __all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "replicate",
-           "serve_forever", "pull_blocking"]
+           "serve_forever", "pull_blocking", "shown_url"]
 
 
 def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
@@ -43,12 +44,23 @@ def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
     return parts.hostname, parts.port, parse_qs(parts.query)
 
 
+def shown_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc="%s:***@%s" % (parts.username, host)).geturl()
+
+
 def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:
     """A link for ``url`` and the peer address on it.
 
     ``udp://host:port`` with ``listen``: bind there (peer None); without:
     bind any local port and talk to host:port.  ``serial://...``: the port
     (its single peer is None).  ``?mtu=N`` sets the UDP datagram size.
+    ``mqtt://[user:pass@]broker[:port]/PREFIX`` or ``mqtts://``: a broker
+    connection; the peer is whoever serves the core there (sync/mqtt.py).
     """
     scheme = urlsplit(url).scheme
     if scheme == "udp":
@@ -66,8 +78,11 @@ def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:
     if scheme == "serial":
         from .serial import SerialLink
         return SerialLink.from_url(url), None
-    raise InvalidArgumentError("unknown link %r (use udp://host:port or serial:///dev/tty...)"
-                               % url)
+    if scheme in ("mqtt", "mqtts"):
+        from .mqtt import SERVERS, MQTTLink
+        return MQTTLink.from_url(url), None if listen else SERVERS
+    raise InvalidArgumentError("unknown link %r (use udp://host:port, serial:///dev/tty... or "
+                               "mqtt://broker/PREFIX)" % url)
 
 
 async def serve(cores: Union[Core, Iterable[Core]], url: str,

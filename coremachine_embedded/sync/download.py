@@ -288,6 +288,15 @@ class Download:
         self._advance()
         return answered
 
+    def on_broadcast(self, body: bytes) -> None:
+        """A DATA message nobody asked for that proves itself: a writer's live
+        block or signed head (sync/broadcast.py).  Applied if it verifies,
+        with what it unblocks; otherwise counted and dropped."""
+        if self.core.writable:
+            self.counters.inc("dropped_unsolicited")
+            return
+        self._apply(body, upgrade=True)
+
     def on_no_data(self, request: int) -> List[Ask]:
         """The peer has no answer to ``request``: the asks that carried it
         (ask them again later)."""

@@ -32,6 +32,7 @@ from .. import errors
 from ..core import Core
 from ..encoding import Reader
 from . import flow, serving, sessions, wire
+from .broadcast import BROADCAST, Fanout
 from .counters import Counters
 from .download import Ask, Download
 from .outbox import Message, Outbox, Reassembly, budget, fragments
@@ -120,6 +121,7 @@ class Endpoint:
         self._frag_id = 1
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
+        self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
 
     # --- setup ----------------------------------------------------------------------
 
@@ -128,12 +130,13 @@ class Endpoint:
         self._loop = asyncio.get_running_loop()
         self._links.append(link)
         await link.start(lambda data, addr: self.receive(link, data, addr))
+        self._fanout.attach(link)
         if self._timer is None:
             self._timer = self._loop.create_task(self._tick())
 
     def serve(self, core: Core) -> None:
         """Answer requests for ``core`` from anyone who knows its key."""
-        self._entry(core)
+        self._fanout.serve(self._entry(core))
 
     def download(self, core: Core) -> Optional[Download]:
         """The state of pulling ``core`` here (None if it is not served here)."""
@@ -170,6 +173,7 @@ class Endpoint:
                 progress(contiguous, max(0, peer.length if peer else 0))
             entry.download.on_progress = report
         entry.download.resume()
+        self._fanout.watch(entry)
         self._hello(entry, link, addr)
         try:
             if live:
@@ -178,6 +182,7 @@ class Endpoint:
         finally:
             if not live:
                 entry.pulling = False
+                self._fanout.watch(entry)
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -192,35 +197,20 @@ class Endpoint:
 
     # --- receiving -------------------------------------------------------------------
 
-    def receive(self, link: Any, data: bytes, addr: Any) -> None:
-        """One envelope from ``addr`` on ``link``; everything invalid is dropped and counted."""
-        c = self.counters
-        c.inc("rx_envelopes")
-        c.inc("rx_bytes", len(data))
-        dk = wire.peek(data)
-        if dk is None:
-            c.inc("dropped_malformed")
-            return
-        entry = self._entries.get(dk)
-        if entry is None:
-            c.inc("dropped_unknown_core")
-            return
-        plain = wire.unseal(entry.wire_key, data)
-        if plain is None:
-            c.inc("dropped_auth")
-            return
-        try:
-            payload = wire.decode_payload(plain)
-        except errors.CoreMachineError:
-            c.inc("dropped_malformed")
-            return
-        if payload.session == self.session:
-            c.inc("dropped_own")  # our own envelope, looped back
-            return
+    def receive(self, link: Any, data: bytes, addr: Any) -> bool:
+        """One envelope from ``addr`` on ``link``; everything invalid is dropped
+        and counted.  True if it was authentic, new, and fresh or a greeting."""
+        if addr == BROADCAST:
+            return self._fanout.receive(data)
+        opened = self.open_envelope(data)
+        if opened is None:
+            return False
+        entry, payload = opened
+        dk, c = entry.dk, self.counters
         verdict = self.sessions.check(dk, payload.session, payload.counter, payload.echo)
         if verdict == sessions.REPLAY:
             c.inc("dropped_replay")
-            return
+            return False
         fresh = verdict == sessions.FRESH
         if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
             # No state for a sender that does not know our cookie (so that many
@@ -231,7 +221,7 @@ class Endpoint:
                 peer = _Peer(link, addr, payload.session)
             if time.monotonic() - peer.hello_sent > flow.HELLO_AGAIN:
                 self._hello(entry, link, addr, peer)
-            return
+            return False
         peer = self._peer(entry, link, addr, payload.session)
         for kind, body in payload.messages:
             if kind != wire.HELLO and not fresh:
@@ -246,6 +236,36 @@ class Endpoint:
             # exchange ends when both echo right).
             self._hello(entry, link, addr, peer)
         self._pump(entry)
+        return True
+
+    def open_envelope(self, data: bytes) -> Optional[Tuple[_Entry, wire.Payload]]:
+        """Count ``data`` and open it: its core and payload, or None (dropped
+        and counted: not an envelope, a core we do not have, not sealed with
+        its key, malformed, or our own)."""
+        c = self.counters
+        c.inc("rx_envelopes")
+        c.inc("rx_bytes", len(data))
+        dk = wire.peek(data)
+        if dk is None:
+            c.inc("dropped_malformed")
+            return None
+        entry = self._entries.get(dk)
+        if entry is None:
+            c.inc("dropped_unknown_core")
+            return None
+        plain = wire.unseal(entry.wire_key, data)
+        if plain is None:
+            c.inc("dropped_auth")
+            return None
+        try:
+            payload = wire.decode_payload(plain)
+        except errors.CoreMachineError:
+            c.inc("dropped_malformed")
+            return None
+        if payload.session == self.session:
+            c.inc("dropped_own")  # our own envelope, looped back
+            return None
+        return entry, payload
 
     def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
         key = (id(link), addr)
@@ -326,6 +346,7 @@ class Endpoint:
             self._send_sync(entry, peer, force=answer.resync)
 
     def _announce(self, entry: _Entry) -> None:
+        self._fanout.announce(entry)
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
