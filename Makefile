@@ -23,6 +23,7 @@ CSRC = $(filter-out csrc/tests/%,$(wildcard csrc/*.c))
 CHDR = $(wildcard csrc/*.h)
 BUILD = build/c
 VECTORS = tests/interop/vectors/hypercore-v11.json
+WIRE_VECTORS = $(wildcard tests/interop/vectors/wire/*.json)
 PYTEST_ARGS ?=
 
 .PHONY: all deps test-deps build demo test ctest ctest-native ctest-asan ctest-armhf ctest-aarch64 \
@@ -52,21 +53,25 @@ $(BUILD)/vectors.h: $(VECTORS) csrc/tests/gen_vectors.py
 	@mkdir -p $(BUILD)
 	$(PYTHON) csrc/tests/gen_vectors.py $(VECTORS) $@
 
+$(BUILD)/wire_vectors.h: $(WIRE_VECTORS) csrc/tests/gen_wire_vectors.py
+	@mkdir -p $(BUILD)
+	$(PYTHON) csrc/tests/gen_wire_vectors.py tests/interop/vectors/wire $@
+
 ctest: ctest-native
 
-ctest-native: $(BUILD)/vectors.h
+ctest-native: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	$(CC) $(CFLAGS_COMMON) -g -I csrc -I $(BUILD) -o $(BUILD)/test_cm_native \
 	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
 	$(BUILD)/test_cm_native $(BUILD)/tmp-native
 
 # Native build with AddressSanitizer + UndefinedBehaviorSanitizer (not part of `test`).
-ctest-asan: $(BUILD)/vectors.h
+ctest-asan: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	$(CC) $(CFLAGS_COMMON) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	    -I csrc -I $(BUILD) -o $(BUILD)/test_cm_asan \
 	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
 	$(BUILD)/test_cm_asan $(BUILD)/tmp-asan
 
-ctest-armhf: $(BUILD)/vectors.h
+ctest-armhf: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	@if command -v arm-linux-gnueabihf-gcc >/dev/null && command -v qemu-arm >/dev/null \
 	    && [ -e /usr/lib/arm-linux-gnueabihf/libsodium.so ]; then \
 	  echo "arm-linux-gnueabihf-gcc + qemu-arm (32-bit Raspberry Pi OS)"; \
@@ -77,7 +82,7 @@ ctest-armhf: $(BUILD)/vectors.h
 	  echo "SKIPPED ctest-armhf: no cross toolchain. As root: sh .ci/ensure-deps.sh --cross"; \
 	fi
 
-ctest-aarch64: $(BUILD)/vectors.h
+ctest-aarch64: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	@if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null \
 	    && [ -e /usr/lib/aarch64-linux-gnu/libsodium.so ]; then \
 	  echo "aarch64-linux-gnu-gcc + qemu-aarch64 (64-bit Raspberry Pi OS)"; \

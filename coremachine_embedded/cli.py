@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .caps import Durability
 
-URL_HELP = ("udp://HOST:PORT, serial:///dev/ttyX?baud=N or "
-            "mqtt[s]://[USER:PASS@]BROKER[:PORT]/PREFIX (docs/protocol.md)")
+URL_HELP = ("udp://HOST:PORT, serial:///dev/ttyX?baud=N, "
+            "mqtt[s]://[USER:PASS@]BROKER[:PORT]/PREFIX or tcp://HOST:PORT (Hypercore's "
+            "protocol, for JavaScript peers) (docs/protocol.md)")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 

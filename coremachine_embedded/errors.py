@@ -151,6 +151,30 @@ class StoreLockedError(StorageError, BlockingIOError):
     code = "STORE_LOCKED"
 
 
+class ProtocolError(CoreMachineError, ConnectionError):
+    """A replication peer broke Hypercore's protocol: its connection is closed."""
+
+    code = "PROTOCOL"
+
+
+class HandshakeError(ProtocolError):
+    """The Noise handshake failed (a malformed message or an unusable key)."""
+
+    code = "HANDSHAKE_FAILED"
+
+
+class DecryptError(ProtocolError):
+    """An encrypted frame did not authenticate (altered, replayed or misordered)."""
+
+    code = "DECRYPT_FAILED"
+
+
+class CapabilityError(ProtocolError):
+    """A peer opened a core's channel without proving it knows the core key."""
+
+    code = "INVALID_CAPABILITY"
+
+
 # The C core's error codes (caps.CErrorCode, csrc/cm.h's cm_err) -> exception classes.
 C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     CErrorCode.INVALID: InvalidArgumentError,
@@ -170,6 +194,7 @@ C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     CErrorCode.UNAVAILABLE: BlockNotAvailableError,
     CErrorCode.FORK: ForkError,
     CErrorCode.CLOSED: ClosedError,
+    CErrorCode.AUTH: DecryptError,
 }
 
 # Store file names indexed like csrc/cm.h's cm_file_id (cm_file_names in cm_store.c).

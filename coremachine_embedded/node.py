@@ -14,13 +14,16 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from .commands import (DEFAULT_PULL_TIMEOUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT,
                        CommandError, open_store, read_meta)
 from .core import Core
 from .errors import FILE_NAMES, KeyMismatchError, StoreNotFoundError
+
+if TYPE_CHECKING:
+    from .sync import Counters
 
 
 def print_counters(counters: Dict[str, int], stream: Any = None) -> None:
@@ -109,9 +112,11 @@ def serve(store: str, url: str, wait_for_device: bool = False) -> int:
             raise CommandError("cannot listen on %s: %s" % (shown_url(url), e.strerror or e)) \
                 from None
         try:
+            # tcp://host:0 listens on a free port: say which
+            where = ("tcp://%s:%d" % ep.address) if url.startswith("tcp://") else shown_url(url)
             print("serving %s (length %d, %s) on %s" % (
                 core.key.hex(), core.length, "writer" if core.writable else "replica",
-                shown_url(url)), flush=True)
+                where), flush=True)
             await stop.event.wait()
         finally:
             await ep.close()
@@ -161,10 +166,25 @@ def open_replica(store: str, key: bytes) -> Tuple[Core, bool]:
 
 
 def _answered(counters: Dict[str, int]) -> bool:
-    """Did any envelope authenticated under the core's key arrive?"""
+    """Did any envelope authenticated under the core's key arrive (or, over
+    Hypercore's protocol, a channel open with the key's capability)?"""
     dropped = sum(counters.get(k, 0) for k in ("dropped_malformed", "dropped_unknown_core",
                                                 "dropped_auth"))
-    return counters.get("rx_envelopes", 0) > dropped
+    return counters.get("rx_envelopes", 0) > dropped or counters.get("channels_opened", 0) > 0
+
+
+async def _pull_stream(core: Core, url: str, live: bool, counters: "Counters",
+                       progress: Any) -> None:
+    """Pull from a Hypercore peer; live, reconnect whenever the connection ends
+    (the peer restarted), as a datagram pull keeps going."""
+    from .sync import hyper
+    await hyper.pull(core, url, live=live, counters=counters, progress=progress)
+    while live:
+        await asyncio.sleep(1.0)
+        try:
+            await hyper.pull(core, url, live=True, counters=counters)
+        except OSError as e:
+            print("coremachine: %s: %s; retrying" % (url, e), file=sys.stderr)
 
 
 def _say_when_caught_up(core: Core) -> None:
@@ -182,7 +202,7 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
     """Pull ``key_hex`` into ``store`` from ``url``; returns the exit code."""
     from .control import ControlServer
     from .errors import InvalidArgumentError
-    from .sync import Endpoint, open_link, shown_url
+    from .sync import Counters, Endpoint, open_link, shown_url
 
     try:
         key = bytes.fromhex(key_hex)
@@ -206,12 +226,18 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
         stop = Stop()
         # `coremachine stop STORE` ends it as SIGTERM would
         control = ControlServer(store, on_stop=stop.request).start()
-        ep = Endpoint(window=window)
-        link, addr = open_link(url, listen=False)
-        await ep.attach(link)
+        ep: Optional[Endpoint] = None
+        if url.startswith("tcp://"):
+            counters = Counters()
+            task = asyncio.ensure_future(_pull_stream(core, url, live, counters, progress))
+        else:
+            ep = Endpoint(window=window)
+            counters = ep.counters
+            link, addr = open_link(url, listen=False)
+            await ep.attach(link)
+            task = asyncio.ensure_future(ep.pull(core, link, addr, live=live, progress=progress))
         if live:
             _say_when_caught_up(core)
-        task = asyncio.ensure_future(ep.pull(core, link, addr, live=live, progress=progress))
         stopped = asyncio.ensure_future(stop.event.wait())
         try:
             await asyncio.wait([task, stopped], timeout=timeout,
@@ -220,11 +246,12 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
             for t in (task, stopped):
                 t.cancel()
             await asyncio.gather(task, stopped, return_exceptions=True)
-            await ep.close()
+            if ep is not None:
+                await ep.close()
             core.flush()
             progress.done()
-            print_counters(ep.counters)
-            outcome["answered"] = _answered(ep.counters)
+            print_counters(counters)
+            outcome["answered"] = _answered(counters)
         if task.done() and not task.cancelled() and task.exception() is None:
             outcome["done"] = True
             print("pulled %s: length %d, fork %d, verified" % (core.key.hex(), core.length,

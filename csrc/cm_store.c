@@ -31,6 +31,7 @@ const char *cm_strerror(int err) {
     case CM_ERR_UNAVAILABLE: return "not held locally (yet)";
     case CM_ERR_FORK: return "the proof is for another fork";
     case CM_ERR_CLOSED: return "the core is closed";
+    case CM_ERR_AUTH: return "an encrypted message failed authentication";
     default: return "unknown error";
     }
 }

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import errors
 from ..core import Core
-from ..encoding import DataMessage
+from ..encoding import DataHead, DataMessage
 from . import batch, wire
 from .counters import Counters
 
@@ -234,15 +234,16 @@ class Download:
 
     # --- answers -----------------------------------------------------------------------
 
-    def on_data(self, body: bytes) -> Answered:
+    def on_data(self, body: bytes, head: Optional[DataHead] = None) -> Answered:
         """A DATA message (a Hypercore proof): applied if it is the next block
         or an upgrade we asked for, kept if it builds on a block still to come,
-        otherwise counted and dropped."""
+        otherwise counted and dropped.  ``head``: its head, if the caller
+        peeked already."""
         if self.core.writable:
             self.counters.inc("dropped_unsolicited")
             return NOTHING
         try:
-            head = DataMessage.peek(body)
+            head = head or DataMessage.peek(body)
         except errors.DecodeError:
             self.counters.inc("dropped_malformed")
             return NOTHING
@@ -323,7 +324,7 @@ class Download:
             if nxt is not None:
                 self._apply_one(nxt, False)
             else:
-                ask = self._run_at(c)
+                ask = self._run_at(c) if self.max_run > 1 else None
                 if ask is None or ask.run is None or c == ask.index or not ask.run.complete:
                     return
                 self._apply_run(ask)

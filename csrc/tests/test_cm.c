@@ -2423,6 +2423,7 @@ static void test_snapshot(void) {
     free(tmp);
     free(rd);
 }
+#include "test_stream.c"
 
 int main(int argc, char **argv) {
     size_t i;
@@ -2455,6 +2456,7 @@ int main(int argc, char **argv) {
     test_hostile();
     test_limits();
     test_snapshot();
+    test_stream();
     printf("store tests done, %ld checks so far\n", g_checks);
     test_power_cuts_writer(runs);
     test_power_cuts_replica(runs / 2);
