@@ -105,22 +105,25 @@ class BuildExtOrFallBack(build_ext):
     probe compile shows that the compiler or a header is missing."""
 
     def build_extensions(self):
-        for ext in list(self.extensions):
-            note = os.path.join(os.path.dirname(self.get_ext_fullpath(ext.name)), NOTE)
-            missing = self.first_missing(ext)
+        core = next((e for e in self.extensions if e.name.endswith("._core")), None)
+        if core is not None:
+            note = os.path.join(os.path.dirname(self.get_ext_fullpath(core.name)), NOTE)
+            missing = self.first_missing(core)
             if missing is None:
                 if os.path.exists(note):
                     os.remove(note)
-                continue
-            reason, fix = missing
-            without_extension(reason, fix)
-            self.extensions.remove(ext)
-            stale = self.get_ext_fullpath(ext.name)  # from an earlier build: not this one
-            if os.path.exists(stale):
-                os.remove(stale)
-            os.makedirs(os.path.dirname(note), exist_ok=True)
-            with open(note, "w") as f:
-                f.write("%s (%s, then reinstall)\n" % (reason, fix))
+            else:
+                # _speedups alone is no C backend: the pure one is installed whole.
+                reason, fix = missing
+                without_extension(reason, fix)
+                for ext in list(self.extensions):
+                    self.extensions.remove(ext)
+                    stale = self.get_ext_fullpath(ext.name)  # from an earlier build
+                    if os.path.exists(stale):
+                        os.remove(stale)
+                os.makedirs(os.path.dirname(note), exist_ok=True)
+                with open(note, "w") as f:
+                    f.write("%s (%s, then reinstall)\n" % (reason, fix))
         super().build_extensions()
 
     def first_missing(self, ext):

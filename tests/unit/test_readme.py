@@ -4,8 +4,8 @@ The folder is a copy of the repository's files (the Install block installs
 ``.`` from it).  ``sh`` blocks run with ``sh -e`` and ``python`` blocks with the
 Python this suite runs on, whose folder is first on PATH (as after
 ``. .venv/bin/activate``); each block's lines ending in ``# prints: X`` must
-print X, in order.  As root, the blocks that use the README's fixed port 7000
-share a network namespace of their own, so that port cannot meet anything else
+print X, in order.  As root, the blocks that use the README's fixed ports (7000, 7001)
+share a network namespace of their own, so those ports cannot meet anything else
 on this machine (the others need the internet: pip).
 
 The set-up blocks are the exception: ``make demo`` and ``make test`` are what
@@ -115,7 +115,7 @@ def test_every_readme_block_runs_as_written_twice(tmp_path, netns) -> None:
                 out_path = str(tmp_path / ("run%d-block%d.out" % (run, number)))
                 # to files: a block's background job (serve &) keeps them open
                 with open(out_path, "w") as out, open(out_path + ".err", "w+") as errors:
-                    isolated = netns if "udp://127.0.0.1:" in code else []
+                    isolated = netns if "://127.0.0.1:7" in code else []
                     proc = subprocess.Popen(isolated + cmd, cwd=folder, env=env, stdout=out,
                                             stderr=errors, start_new_session=True)
                     groups.append(proc.pid)
