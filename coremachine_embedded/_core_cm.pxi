@@ -23,6 +23,7 @@ cdef extern from "cm.h":
         CM_MAX_RUN
         CM_IO_CREATE
         CM_IO_PRIVATE
+        CM_IO_READONLY
 
     const char *cm_strerror(int err)
     int cm_init()
@@ -78,6 +79,7 @@ cdef extern from "cm.h":
         int (*size)(void *ctx, void *file, uint64_t *size) noexcept
         int (*lock)(void *ctx, void *file) noexcept
         void (*close)(void *ctx, void *file) noexcept
+        int (*flush)(void *ctx, void *file) noexcept
 
     int cm_io_posix_new(const char *directory, cm_io **out)
     void cm_io_posix_free(cm_io *io)
@@ -98,6 +100,7 @@ cdef extern from "cm.h":
         cm_durability durability
         uint64_t checkpoint_bytes
         uint64_t max_block_size
+        int readonly
 
     ctypedef struct cm_core:
         pass
@@ -121,6 +124,7 @@ cdef extern from "cm.h":
     uint64_t cm_core_fork(const cm_core *core)
     uint64_t cm_core_byte_length(const cm_core *core)
     int cm_core_writable(const cm_core *core)
+    int cm_core_readonly(const cm_core *core)
     int cm_core_compat(const cm_core *core)
     const uint8_t *cm_core_key(const cm_core *core)
     const uint8_t *cm_core_discovery_key(const cm_core *core)

@@ -19,6 +19,7 @@ cdef class _PyIO:
         self.io.size = _io_size
         self.io.lock = _io_lock
         self.io.close = _io_close
+        self.io.flush = _io_flush
 
     cdef int fail(self, exc) noexcept:
         if self.error is None:
@@ -36,10 +37,14 @@ cdef int _io_open(void *ctx, const char *name, int flags, void **file) noexcept 
     cdef _PyIO self = <_PyIO>ctx
     try:
         f = self.storage.open(name.decode(), (CREATE if flags & CM_IO_CREATE else 0)
-                              | (PRIVATE if flags & CM_IO_PRIVATE else 0))
+                              | (PRIVATE if flags & CM_IO_PRIVATE else 0)
+                              | (READONLY if flags & CM_IO_READONLY else 0))
     except BaseException as e:
         if isinstance(e, StoreNotFoundError):
             return CM_ERR_NOT_FOUND  # an expected answer, not an error to re-raise
+        if flags & CM_IO_READONLY and isinstance(e, StorageError) and e.errno == EACCES:
+            c_errno.errno = EACCES  # a snapshot may not read the secret key: an answer
+            return CM_ERR_IO
         return self.fail(e)
     Py_INCREF(f)
     file[0] = <void *>f
@@ -71,6 +76,17 @@ cdef int _io_sync(void *ctx, void *file) noexcept with gil:
     cdef _PyIO self = <_PyIO>ctx
     try:
         (<object>file).sync()
+        return 0
+    except BaseException as e:
+        return self.fail(e)
+
+
+cdef int _io_flush(void *ctx, void *file) noexcept with gil:
+    cdef _PyIO self = <_PyIO>ctx
+    try:
+        flush = getattr(<object>file, "flush", None)   # optional: write-behind only
+        if flush is not None:
+            flush()
         return 0
     except BaseException as e:
         return self.fail(e)

@@ -13,20 +13,69 @@ parsers) serves both.
 """
 from __future__ import annotations
 
+import os
 import struct
-from typing import Callable, Dict, List, Optional, Tuple
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .errors import CorruptionError
+from .storage import READONLY
 
 Read = Callable[[str], bytes]     # a store file's bytes, by name
+SNAPSHOT_TRIES = 16                    # reads of a snapshot's files (as cm_opening.c)
 _GENERATION = struct.Struct("<Q")
 _HEAD = struct.Struct("<IQQ")          # a frame's payload length, generation, seq
 _RECORD_FIXED = 144                    # a record payload's fixed part (REC_FIXED)
 
 
-def check_files(read: Read, path: Callable[[str], Optional[str]]) -> List[str]:
+def check_store(directory: Optional[str], storage: Any, snapshot: bool) -> List[str]:
+    """:func:`check_files` on a store's files, in ``directory`` or through
+    ``storage``.  A ``snapshot``'s files may be changing under the read
+    (another process appending or checkpointing): a failure counts when the
+    files read the same again a moment later."""
+    def read_file(name: str) -> bytes:
+        if directory is not None:
+            with open(os.path.join(directory, name), "rb") as f:
+                return f.read()
+        f = storage.open(name, READONLY if snapshot else 0)
+        try:
+            return bytes(f.read(f.size(), 0))
+        finally:
+            f.close()
+
+    def path(name: str) -> Optional[str]:
+        return os.path.join(directory, name) if directory is not None else name
+
+    attempt = 1
+    while True:
+        files: Dict[str, bytes] = {}
+
+        def read(name: str) -> bytes:
+            if name not in files:
+                files[name] = read_file(name)
+            return files[name]
+        try:
+            return check_files(read, path, settled=not snapshot)
+        except CorruptionError:
+            if not snapshot or attempt == SNAPSHOT_TRIES:
+                raise
+            time.sleep(0.01)
+            if all(read_file(name) == got for name, got in files.items()):
+                raise
+        attempt += 1
+
+
+def check_files(read: Read, path: Callable[[str], Optional[str]],
+                settled: bool = True) -> List[str]:
     """Check what ``read`` returns of ``header`` and ``wal``; the warnings
     about older copies.  ``path(name)`` is what errors name.
+
+    ``settled``: the store is open here, locked, so every record of its
+    generation was written whole and any that does not check is damage.
+    Otherwise (a read-only snapshot) the files may be a crash image or being
+    written: a record that does not check where the live ones end is a torn
+    tail (a warning; opening drops it) unless a later record of the
+    generation says it had been synced - as opening judges.
 
     :raises CorruptionError: damage in the header slot or wal records in use.
     """
@@ -59,12 +108,23 @@ def check_files(read: Read, path: Callable[[str], Optional[str]]) -> List[str]:
             break
         off, seq, prev = rec.end, seq + 1, rec.crc
     # Where the live records end, only older generations (or nothing) follow.
+    unchecked = False     # a frame of the generation right there that does not check
+    later = []            # records of the generation further on that check
     for at in range(off, len(wal) - 15, 8):     # (a frame's generation: bytes 8..16)
         if _GENERATION.unpack_from(wal, at + 8)[0] == generation:
             rec = _parse_record(wal, at)
-            if at == off or (rec is not None and rec.generation == generation):
-                raise CorruptionError("wal record %d (in use) does not check" % seq,
-                                      path("wal"))
+            if rec is not None and rec.generation == generation:
+                later.append(rec)
+            elif at == off:
+                unchecked = True
+    if settled and (unchecked or later):
+        raise CorruptionError("wal record %d (in use) does not check" % seq, path("wal"))
+    if any(rec.durable_count > seq for rec in later):
+        raise CorruptionError("wal record %d does not check but had been synced" % seq,
+                              path("wal"))
+    if unchecked:
+        warnings.append("wal record %d is incomplete (a torn write, or one under way): "
+                        "the writer's next open drops it" % seq)
     for at in _damaged_stale(wal, off, generation):
         warnings.append("a wal record of an earlier generation (an older copy) at offset %d "
                         "does not check" % at)

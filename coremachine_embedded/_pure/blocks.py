@@ -21,17 +21,30 @@ class Blocks(Wal, TreeFile):
         """A writer hands out only signatures of durable states: a state it
         could lose in a power cut and sign differently afterwards would
         contradict what it published.  So the wal is synced first (one
-        fdatasync, batch or none durability only)."""
-        if self._secret_key is not None and self._unsynced:
-            self.flush()
+        fdatasync, batch or none durability only), and the tree and data
+        files get what write-behind holds (no sync): if the wal is lost
+        later, they show that records were there (opening re-forks)."""
+        if self._secret_key is not None:
+            if self._unsynced:
+                self.flush()
+            for f in (self._tree, self._data):
+                held_back = getattr(f, "flush", None)   # optional: write-behind only
+                if held_back is not None:
+                    held_back()
         return super().signature()
 
     def block_size(self, index: int) -> int:
         return self._locate(index)[1][1]
 
+    def _read_data(self, size: int, offset: int) -> bytes:
+        """Data bytes as the state has them (under a snapshot's overlay)."""
+        if self._overlay is not None:
+            return self._overlay.read_data(self._data, size, offset)
+        return self._data.read(size, offset)
+
     def get(self, index: int) -> bytes:
         offset, leaf = self._locate(index)
-        data = self._data.read(leaf[1], offset)
+        data = self._read_data(leaf[1], offset)
         if len(data) != leaf[1] or hash_leaf(index, data)[2] != leaf[2]:
             raise self._damaged("block %d does not match its tree node" % index, "data")
         return data

@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import errors
 from ..core import Core
-from ..encoding import DataMessage
+from ..encoding import DataHead, DataMessage
 from . import batch, wire
 from .counters import Counters
 
@@ -262,15 +262,16 @@ class Download:
 
     # --- answers -----------------------------------------------------------------------
 
-    def on_data(self, body: bytes) -> Answered:
+    def on_data(self, body: bytes, head: Optional[DataHead] = None) -> Answered:
         """A DATA message (a Hypercore proof): applied if it is the next block
         or an upgrade we asked for, kept if it builds on a block still to come,
-        otherwise counted and dropped."""
+        otherwise counted and dropped.  ``head``: its head, if the caller
+        peeked already."""
         if self.core.writable:
             self.counters.inc("dropped_unsolicited")
             return NOTHING
         try:
-            head = DataMessage.peek(body)
+            head = head or DataMessage.peek(body)
         except errors.DecodeError:
             self.counters.inc("dropped_malformed")
             return NOTHING
@@ -300,7 +301,7 @@ class Download:
                 return answered
             if self._wait(index, body, answered.ask is not None):
                 self._mark(ask)
-            return Answered(answered.ask, early=True)
+            return Answered(answered.ask, True)
         self._apply(body)
         return answered
 
@@ -314,9 +315,18 @@ class Download:
             return NOTHING
         ask.run.add(msg.first, msg.values)
         self._mark(ask)
-        answered = Answered(ask, early=True) if msg.request == ask.id else NOTHING
+        answered = Answered(ask, True) if msg.request == ask.id else NOTHING
         self._advance()
         return answered
+
+    def on_broadcast(self, body: bytes) -> None:
+        """A DATA message nobody asked for that proves itself: a writer's live
+        block or signed head (sync/broadcast.py).  Applied if it verifies,
+        with what it unblocks; otherwise counted and dropped."""
+        if self.core.writable:
+            self.counters.inc("dropped_unsolicited")
+            return
+        self._apply(body, upgrade=True)
 
     def on_no_data(self, request: int) -> List[Ask]:
         """The peer has no answer to ``request``: the asks that carried it
@@ -368,7 +378,7 @@ class Download:
                     if core.contiguous_length != c:
                         break
             else:
-                ask = self._run_at(c)
+                ask = self._run_at(c) if self.max_run > 1 else None
                 if ask is None or ask.run is None or c == ask.index or not ask.run.complete:
                     return
                 self._apply_run(ask)

@@ -13,6 +13,7 @@ and ties together one module per concern:
 - ``memory.py``: one budget for all that others make us hold;
 - ``serving.py``: the answers to requests and runs, announcements, rate limits;
 - ``download.py``: what to request next for a pulled core, and applying answers;
+- ``broadcast.py``: signed heads and live blocks on links that fan out (MQTT);
 - ``flow.py``: round-trip estimates and retry timing.
 
 Every envelope is authenticated with the core's wire key.  An envelope that
@@ -31,12 +32,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import errors
 from ..core import Core
 from ..encoding import Reader
 from . import flow, serving, sessions, wire
+from .broadcast import BROADCAST, Fanout
 from .counters import Counters
 from .download import Ask, Download
 from .memory import COUNT_PERIOD, PEER_COST, Memory, default_budget, sizes
@@ -80,6 +82,7 @@ class Endpoint:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
         self._counted = 0.0   # when what is held was last counted
+        self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
 
     # --- setup ----------------------------------------------------------------------
 
@@ -88,12 +91,13 @@ class Endpoint:
         self._loop = asyncio.get_running_loop()
         self._links.append(link)
         await link.start(lambda data, addr: self.receive(link, data, addr))
+        self._fanout.attach(link)
         if self._timer is None:
             self._timer = self._loop.create_task(self._tick())
 
     def serve(self, core: Core) -> None:
         """Answer requests for ``core`` from anyone who knows its key."""
-        self._entry(core)
+        self._fanout.serve(self._entry(core))
 
     def download(self, core: Core) -> Optional[Download]:
         """The state of pulling ``core`` here (None if it is not served here)."""
@@ -131,6 +135,7 @@ class Endpoint:
                 progress(contiguous, max(0, peer.length if peer else 0))
             entry.download.on_progress = report
         entry.download.resume()
+        self._fanout.watch(entry)
         self._hello(entry, link, addr)
         try:
             if live:
@@ -139,6 +144,7 @@ class Endpoint:
         finally:
             if not live:
                 entry.pulling = False
+                self._fanout.watch(entry)
         proved = entry.download.proved
         assert proved is not None  # caught_up is set only then
         return Pulled(addr, core.fork, core.length, proved[1])
@@ -156,38 +162,26 @@ class Endpoint:
 
     # --- receiving -------------------------------------------------------------------
 
-    def receive(self, link: Any, data: bytes, addr: Any) -> None:
-        """One envelope from ``addr`` on ``link``; everything invalid is dropped and counted."""
-        c = self.counters
-        c.inc("rx_envelopes")
-        c.inc("rx_bytes", len(data))
-        dk = wire.peek(data)
-        if dk is None:
-            c.inc("dropped_malformed")
-            return
-        entry = self._entries.get(dk)
-        if entry is None:
-            c.inc("dropped_unknown_core")
-            return
-        plain = wire.unseal(entry.wire_key, data)
-        if plain is None:
-            c.inc("dropped_auth")
-            return
-        try:
-            payload = wire.decode_payload(plain)
-        except errors.CoreMachineError:
-            c.inc("dropped_malformed")
-            return
-        if payload.session == self.session:
-            c.inc("dropped_own")  # our own envelope, looped back
-            return
+    def receive(self, link: Any, data: bytes, addr: Any) -> bool:
+        """One envelope from ``addr`` on ``link``; everything invalid is dropped
+        and counted.  True if it was authentic, and new from a validated
+        address or a greeting we answer."""
+        if addr == BROADCAST:
+            return self._fanout.receive(data)
+        opened = self.open_envelope(data)
+        if opened is None:
+            return False
+        entry, payload = opened
+        dk, c = entry.dk, self.counters
         where = origin(link, addr)
         if not self.sessions.valid(dk, where, payload.echo):
-            self._stateless_answer(entry, link, addr, where, payload, len(data))
-            return
+            if self.sessions.replayed(dk, payload.session, payload.counter):
+                c.inc("dropped_replay")   # (from another address, or before a restart)
+                return False
+            return self._stateless_answer(entry, link, addr, where, payload, len(data))
         if not self.sessions.fresh(dk, payload.session, payload.counter):
             c.inc("dropped_replay")
-            return
+            return False
         peer, first = entry.peer(link, addr, payload.session, self.memory)
         greeted = False
         for kind, body in payload.messages:
@@ -204,16 +198,49 @@ class Endpoint:
         elif peer.outbox.messages and not peer.outbox.scheduled:
             self._flush(entry, peer)  # answers held while its cookie was unknown
         self._pump(entry)
+        return True
+
+    def open_envelope(self, data: bytes) -> Optional[Tuple[Entry, wire.Payload]]:
+        """Count ``data`` and open it: its core and payload, or None (dropped
+        and counted: not an envelope, a core we do not have, not sealed with
+        its key, malformed, or our own)."""
+        c = self.counters
+        c.inc("rx_envelopes")
+        c.inc("rx_bytes", len(data))
+        dk = wire.peek(data)
+        if dk is None:
+            c.inc("dropped_malformed")
+            return None
+        entry = self._entries.get(dk)
+        if entry is None:
+            c.inc("dropped_unknown_core")
+            return None
+        plain = wire.unseal(entry.wire_key, data)
+        if plain is None:
+            c.inc("dropped_auth")
+            return None
+        try:
+            payload = wire.decode_payload(plain)
+        except errors.CoreMachineError:
+            c.inc("dropped_malformed")
+            return None
+        if payload.session == self.session:
+            c.inc("dropped_own")  # our own envelope, looped back
+            return None
+        return entry, payload
 
     def _stateless_answer(self, entry: Entry, link: Any, addr: Any, where: bytes,
-                          payload: wire.Payload, received: int) -> None:
+                          payload: wire.Payload, received: int) -> bool:
         """An authentic envelope without our cookie for its source address
         (a first contact, a restart, a spoofed address): nothing is kept.  A
         HELLO is answered with ours, echoing its cookie, and our state (SYNC,
         RANGE); anything else with our HELLO alone, echoing the cookie of the
         peer we know there if any (our secret rotated: it learns the new
         cookie), else nothing (it greets us again).  Never more than
-        AMPLIFICATION x its size, nor more than ANSWER_RATE a second."""
+        AMPLIFICATION x its size, nor more than ANSWER_RATE a second.  The
+        answer goes out once the carrier has taken the envelope (an MQTT link
+        then knows it was authentic and tags the answer for its sender).
+        True if it was a greeting that gets an answer."""
         their = None
         for kind, body in payload.messages:
             if kind == wire.HELLO:
@@ -221,11 +248,11 @@ class Endpoint:
                     their = wire.Hello.decode(body).cookie
                 except errors.DecodeError:
                     self.counters.inc("dropped_malformed")
-                    return
+                    return False
         self.counters.inc("dropped_stale_cookie" if their is None else "hellos")
         if not self.sessions.may_answer():
             self.counters.inc("unanswered")
-            return
+            return False
         messages = [self._hello_message(entry, where)]
         if their is None:
             known = entry.peers.get((id(link), addr))
@@ -234,8 +261,11 @@ class Endpoint:
             echo = their
             messages += entry.announcement()
         envelope = self._seal(entry, echo, messages)
-        if len(envelope) <= sessions.AMPLIFICATION * received:
-            self._count_sent(link.send, envelope, addr)
+        if len(envelope) > sessions.AMPLIFICATION * received:
+            return False
+        loop = self._loop or asyncio.get_running_loop()
+        loop.call_soon(self._count_sent, link.send, envelope, addr)
+        return their is not None
 
     def _handle(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
@@ -309,6 +339,7 @@ class Endpoint:
             self._send_sync(entry, peer, force=answer.resync)
 
     def _announce(self, entry: Entry) -> None:
+        self._fanout.announce(entry)
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:

@@ -53,11 +53,15 @@ class ReplayWindow:
                 self.mask = 1
             self.high = counter
             return True
-        behind = self.high - counter
-        if behind >= REPLAY_WINDOW or self.mask >> behind & 1:
+        if self.seen(counter):
             return False
-        self.mask |= 1 << behind
+        self.mask |= 1 << (self.high - counter)
         return True
+
+    def seen(self, counter: int) -> bool:
+        """Whether ``counter`` would be refused (seen, or older than the window)."""
+        behind = self.high - counter
+        return behind >= 0 and (behind >= REPLAY_WINDOW or bool(self.mask >> behind & 1))
 
 
 class Sessions:
@@ -100,6 +104,13 @@ class Sessions:
         self._tokens -= 1
         return True
 
+    def replayed(self, dk: bytes, session: bytes, counter: int) -> bool:
+        """Whether envelope ``counter`` of ``session`` is one a validated
+        session sent before (nothing is created or changed: an envelope from
+        an address not validated may be a replay of one)."""
+        window = self.windows.get((dk, session))
+        return window is not None and window.seen(counter)
+
     def fresh(self, dk: bytes, session: bytes, counter: int) -> bool:
         """Whether envelope ``counter`` of ``session`` (about core ``dk``, from
         a validated address) is new; false for a replay."""
@@ -109,6 +120,11 @@ class Sessions:
             window = self.windows[key] = ReplayWindow()
             while len(self.windows) > MAX_SESSIONS:
                 self.windows.popitem(last=False)
+            # The window starts here, at the session's first envelope from a
+            # validated address: what it sent before (greetings answered
+            # statelessly) counts as seen, so a replay of it is dropped.
+            window.high, window.mask = counter, (1 << REPLAY_WINDOW) - 1
+            return True
         else:
             self.windows.move_to_end(key)
         return window.accept(counter)

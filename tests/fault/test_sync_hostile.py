@@ -409,10 +409,12 @@ def _echoes_a_cookie(key: bytes, envelope: bytes) -> bool:
 
 
 def test_replayed_envelopes_do_nothing(tmp_path: Any) -> None:
-    """Replayed envelopes change nothing.  Those that passed address
-    validation are replays (dropped); the others (a first HELLO, or anything
-    from another address, to which the cookies are not bound) get a stateless
-    HELLO at most, to the address they came from, no larger than 3x."""
+    """Replayed envelopes change nothing and get no answer, from wherever
+    they come: the sessions they belong to have replay windows, and a window
+    starts at its session's first envelope from a validated address, so what
+    the session sent before (its first HELLO) counts as seen too.  (An
+    envelope of a session never validated gets a stateless HELLO at most, no
+    larger than 3x: test_session_flood_stays_bounded.)"""
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
         w = net.writer
@@ -434,33 +436,22 @@ def test_replayed_envelopes_do_nothing(tmp_path: Any) -> None:
         before_s, before_c = dict(sc), dict(cc)
         await deliver_via(relay.to_server, c2s, lambda: sc.get("rx_envelopes", 0))
         await deliver_via(relay.to_client, s2c, lambda: cc.get("rx_envelopes", 0))
-        assert drops(sc, before_s) == {"dropped_replay": len(c2s) - 1}
+        assert drops(sc, before_s) == {"dropped_replay": len(c2s)}
         assert drops(cc, before_c) == {"dropped_replay": len(s2c)}
-        # nothing applied; one HELLO answered (statelessly), nothing else
-        assert delta(sc, before_s).get("hellos") == 1
-        assert sc.get("tx_envelopes") == before_s.get("tx_envelopes", 0) + 1
+        # nothing applied, nothing answered
+        assert sc.get("tx_envelopes") == before_s.get("tx_envelopes")
         assert cc.get("tx_envelopes") == before_c.get("tx_envelopes")
         assert cc.get("blocks") == before_c.get("blocks")
 
-        # ... from another address; and reflected back to their own sender
+        # ... from another address (to which the cookies are not bound)
         att = Attacker()
-        sent = sum(len(e) for e in c2s + s2c)
         before_s, before_c = dict(sc), dict(cc)
         await deliver(att, c2s, net.addr, lambda: sc.get("rx_envelopes", 0))
         await deliver(att, s2c, client._links[0].address, lambda: cc.get("rx_envelopes", 0))
-        hellos = sum(_has_hello(wkey, e) for e in c2s + s2c)
-        assert drops(sc, before_s) == {"dropped_stale_cookie": sum(
-            not _has_hello(wkey, e) for e in c2s)}
-        assert drops(cc, before_c) == {"dropped_stale_cookie": sum(
-            not _has_hello(wkey, e) for e in s2c)}
-        assert delta(sc, before_s).get("hellos", 0) + delta(cc, before_c).get(
-            "hellos", 0) == hellos
-        answers = await att.drain(0.2)
-        assert len(answers) == len(c2s) + len(s2c)
-        assert sum(len(a) for a in answers) <= 3 * sent
-        for a in answers:   # HELLO, with SYNC and RANGE when answering one
-            kinds = [k for k, _ in wire.decode_payload(wire.unseal(wkey, a)).messages]
-            assert kinds in ([wire.HELLO], [wire.HELLO, wire.SYNC, wire.RANGE]), kinds
+        assert drops(sc, before_s) == {"dropped_replay": len(c2s)}
+        assert drops(cc, before_c) == {"dropped_replay": len(s2c)}
+        assert await att.drain(0.2) == []
+        # ... and reflected back to their own sender
         before_s, before_c = dict(sc), dict(cc)
         await deliver(att, s2c, net.addr, lambda: sc.get("rx_envelopes", 0))
         await deliver(att, c2s, client._links[0].address, lambda: cc.get("rx_envelopes", 0))
@@ -685,7 +676,9 @@ def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
         elapsed = time.monotonic() - t0
         got = delta(c, before)
         served, dropped = got.get("requests_served", 0), got.get("dropped_flood", 0)
-        assert sent > 2 * (served + dropped), (sent, got)
+        # the limit decided, not the CPU: a thousand refused, and no more
+        # answered or refused than were sent
+        assert dropped >= 1000 and served + dropped <= sent, (sent, got)
         assert served <= rate * elapsed + serving.REQUEST_BURST + 1, (served, elapsed)
         await net.honest_pull()
         net.alive()

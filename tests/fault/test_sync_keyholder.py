@@ -152,18 +152,26 @@ def test_a_key_holder_cannot_amplify_through_the_server_to_a_spoofed_address(
                 sent += len(env)
         await settle(lambda: (victim.bytes, c.get("rx_envelopes", 0)), quiet=0.5)
         assert c.get("requests_served", 0) == 0 and not c.get("dropped_flood")
+        print("amplification: %d bytes spoofed, %d bytes to the victim (%.2fx)"
+              % (sent, victim.bytes, victim.bytes / sent))
         assert victim.bytes <= 3 * sent, "%d bytes spoofed, %d bytes to the victim (%.0fx)" % (
             sent, victim.bytes, victim.bytes / sent)
         # the same first attack from the attacker's own address: a big answer
         env = s.envelope([run_message(2, 0)])
         att.send(env, net.addr)
         answer = sum(len(d) for d in await att.drain(0.3))
+        print("the same RUN from its own address: %d bytes answered (%.0fx)"
+              % (answer, answer / len(env)))
         assert answer > 50 * len(env), answer
         spoof.close()
         victim.close()
         att.close()
         await net.close()
     run(main)
+
+
+def _seconds(times: List[float]) -> str:
+    return "/".join("%.2f" % t for t in times)
 
 
 async def timed_pull(net: Net, timeout: float = 90.0) -> float:
@@ -204,6 +212,8 @@ def test_a_hello_flood_from_400_addresses_keeps_nothing_and_barely_slows_a_pull(
             assert answered > 500, answered
             # the honest pullers are all the server keeps
             assert len(entry.peers) <= pulls and len(net.server.sessions.windows) <= pulls
+        print("20k pull alone %s s, under a HELLO flood %s s (%.2fx)"
+              % (_seconds(alone), _seconds(flooded), min(flooded) / min(alone)))
         assert min(flooded) <= 2 * min(alone), (alone, flooded)
         await net.close()
     run(main, timeout=600)
@@ -249,6 +259,8 @@ def test_a_data_spray_for_blocks_in_flight_barely_slows_a_pull(tmp_path: Any) ->
             net.check_replica(core)
             assert ep.counters.get("dropped_unsolicited", 0) > 1000, dict(ep.counters)
             att.close()
+        print("20k pull alone %s s, under a DATA spray %s s (%.2fx)"
+              % (_seconds(alone), _seconds(sprayed), min(sprayed) / min(alone)))
         assert min(sprayed) <= 2 * min(alone), (alone, sprayed)
         await net.close()
     run(main, timeout=600)
@@ -292,6 +304,9 @@ def test_a_fragment_flood_from_32_addresses_stays_within_the_memory_budget(
             assert mem.fragments <= mem.limit, (round_, mem.fragments)
         grown = rss_bytes() - rss0
         await asyncio.wait_for(honest, 120)
+        print("fragment flood: %.0f MB sent, held at most %.1f MiB (budget %d MiB), "
+              "RSS +%.1f MiB, %d dropped_memory" % (sent / 1e6, peak / 2**20, budget >> 20,
+                                                  grown / 2**20, c.get("dropped_memory", 0)))
         assert sent > 4 * budget
         assert peak <= mem.limit + 8192, peak
         assert c.get("dropped_memory", 0) > 0, dict(c)
