@@ -159,7 +159,7 @@ class Core:
         if create is None:
             create = not readonly and (key_pair is not None or key is not None)
         self.directory = None if directory is None else os.fspath(directory)
-        self._storage = storage   # (a path, or a storage object)
+        self._storage = storage
         self._lock = threading.RLock()
         self._listeners: List[Callable[["CoreChange"], None]] = []
         self._in_order = InOrder()
@@ -469,7 +469,9 @@ class Core:
         :param progress: optional callable ``progress(done, total)``.
         :param warnings: a list that gets what is wrong with older copies
             nothing reads (the other header slot, wal records of earlier
-            generations): damage there loses nothing.
+            generations): damage there loses nothing; and, on a read-only
+            snapshot, a last record not completely written (a torn write,
+            or one under way), which the writer's next open drops.
         :raises CorruptionError: naming the damaged file.
         :raises InvalidSignatureError: the signature does not sign the tree.
         """

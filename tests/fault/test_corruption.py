@@ -179,3 +179,44 @@ def test_verify_checks_header_slots_and_wal_records(tmp_path) -> None:
             flip(file, offset)
             assert got == expected, (file, offset, got, warnings)
         assert core.verify() == 11
+
+
+def test_verify_of_a_snapshot_judges_the_wal_as_opening_does(tmp_path) -> None:
+    """A read-only snapshot's files may be a crash image: a last record cut
+    short is a torn write (a warning, and the writer's open drops it), while
+    a damaged record that a later one says had been synced is a
+    CorruptionError naming the wal - on the snapshot and on the writer's open."""
+    from coremachine_embedded._pure.wal import _parse_record
+    path = str(tmp_path / "s")
+    make_store(path, clean=False)         # sync durability: each record says the last was synced
+    wal = open(os.path.join(path, "wal"), "rb").read()
+    first = _parse_record(wal, 0)
+    second = _parse_record(wal, first.end)
+    assert second is not None and second.durable_count > first.seq
+    ends = [first.end]
+    while (rec := _parse_record(wal, ends[-1])) is not None and rec.generation == first.generation:
+        ends.append(rec.end)
+    torn, damaged = str(tmp_path / "torn"), str(tmp_path / "damaged")
+    for copy in (torn, damaged):
+        shutil.copytree(path, copy)
+    with open(os.path.join(torn, "wal"), "r+b") as f:
+        f.truncate(ends[-2] + 100)        # the last record, cut short
+    with open(os.path.join(damaged, "wal"), "r+b") as f:
+        f.seek(first.end - 20)
+        byte = f.read(1)
+        f.seek(first.end - 20)
+        f.write(bytes([byte[0] ^ 0x01]))   # inside the first record
+    with cm.Core(torn, readonly=True) as snap:
+        warnings: List[str] = []
+        assert snap.verify(warnings=warnings) == snap.length
+        assert any("incomplete" in w for w in warnings), warnings
+    with cm.Core(torn) as core:
+        assert core.recovery["bytes_discarded"] > 0 and core.verify() == core.length
+
+    def snapshot_verify() -> None:
+        with cm.Core(damaged, readonly=True) as snap:
+            snap.verify()
+    for opening in (snapshot_verify, lambda: cm.Core(damaged).close()):
+        with pytest.raises(cm.CorruptionError) as e:
+            opening()
+        assert os.path.basename(str(e.value.filename)) == "wal"
