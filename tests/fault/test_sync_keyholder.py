@@ -232,11 +232,10 @@ def test_a_data_spray_for_blocks_in_flight_barely_slows_a_pull(tmp_path: Any) ->
             alone.append(await timed_pull(net))
             core = net.replica()
             ep, link = await net.endpoint()
-            t0 = time.perf_counter()
-            pull = asyncio.ensure_future(ep.pull(core, link, net.addr))
+            ep.serve(core)   # the replica serves what it holds, to anyone
             att = Attacker()
             s = net.session(att)
-            await s.handshake(link.address)   # the replica serves what it holds, to anyone
+            await s.handshake(link.address)
             stop = asyncio.Event()
 
             async def spray() -> None:   # 1,000 envelopes of 10 forged proofs a second
@@ -250,14 +249,17 @@ def test_a_data_spray_for_blocks_in_flight_barely_slows_a_pull(tmp_path: Any) ->
                         k += 10
                     await asyncio.sleep(0.002)
             task = asyncio.ensure_future(spray())
-            try:
-                await asyncio.wait_for(pull, 90)
+            try:   # the spray is under way (a thousand forged proofs refused) before the pull
+                assert await wait_until(
+                    lambda: ep.counters.get("dropped_unsolicited", 0) >= 1000, 30), \
+                    dict(ep.counters)
+                t0 = time.perf_counter()
+                await asyncio.wait_for(ep.pull(core, link, net.addr), 90)
+                sprayed.append(time.perf_counter() - t0)
             finally:
                 stop.set()
                 await task
-            sprayed.append(time.perf_counter() - t0)
             net.check_replica(core)
-            assert ep.counters.get("dropped_unsolicited", 0) > 1000, dict(ep.counters)
             att.close()
         print("20k pull alone %s s, under a DATA spray %s s (%.2fx)"
               % (_seconds(alone), _seconds(sprayed), min(sprayed) / min(alone)))
