@@ -7,7 +7,6 @@ these agree with them.  Used with the C backend only (``_backend.speedups``).
 """
 from libc.math cimport floor
 from cpython.dict cimport PyDict_Next
-from cpython.list cimport PyList_New
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.ref cimport PyObject
 from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
@@ -41,7 +40,7 @@ cdef object _copy(object value, int depth):
         return out
     if t is list:
         n = len(<list>value)
-        items = PyList_New(0)
+        items = []
         for i in range(n):
             items.append(_copy_item((<list>value)[i], depth))
         return items
