@@ -74,10 +74,12 @@ def test_ensure_deps_on_an_externally_managed_python(tmp_path) -> None:
 def test_setup_py_with_an_old_setuptools_names_the_fix() -> None:
     """Debian 12's setuptools (66) cannot read pyproject.toml's PEP 639 license:
     setup.py says so in one line, naming what works, before touching the tree."""
-    found = subprocess.run([SYSTEM_PYTHON, "-c", "import setuptools; print(setuptools.__version__)"],
-                           capture_output=True, text=True) if os.access(SYSTEM_PYTHON, os.X_OK) \
-        else None
-    if found is None or found.returncode != 0 or int(found.stdout.split(".")[0]) >= 77:
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip("no %s here" % SYSTEM_PYTHON)
+    found = subprocess.run([SYSTEM_PYTHON, "-c",
+                            "import setuptools; print(setuptools.__version__)"],
+                           capture_output=True, text=True)
+    if found.returncode != 0 or int(found.stdout.split(".")[0]) >= 77:
         pytest.skip("%s has no setuptools older than 77" % SYSTEM_PYTHON)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "COREMACHINE_IMPL")}
