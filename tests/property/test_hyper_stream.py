@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure, errors
+from coremachine_embedded.encoding import Reader, encode_uint
 from coremachine_embedded.sync.hyper import messages, protomux
 from coremachine_embedded.sync.hyper.secretstream import SecretStream
 
@@ -163,3 +164,27 @@ def test_a_stream_fed_a_mutated_recording_refuses_it_cleanly(name, which, change
         pass
     assert got == genuine[:len(got)]
     assert mutated == data or len(got) < len(genuine) or mutated.startswith(data)
+
+
+queued = st.lists(st.one_of(
+    st.tuples(st.integers(1, 300), st.integers(0, 9), st.binary(max_size=40)),
+    st.tuples(st.just(0), st.just(protomux.CLOSE), st.integers(1, 300).map(encode_uint))),
+    max_size=60)
+
+
+@given(queued, st.integers(1, 20))
+def test_queued_messages_leave_in_order_in_bounded_batches(items, batch) -> None:
+    """What a connection flushes: every item once, in order; control items
+    alone in their frame; at most ``batch`` channel messages per frame."""
+    frames = protomux.encode_frames([(ch, encode_uint(kind) + body) for ch, kind, body in items],
+                                    batch)
+    got = []
+    for frame in frames:
+        events = protomux.decode(frame)
+        assert 1 <= len(events) <= batch
+        if any(not isinstance(ev, protomux.Message) for ev in events):
+            assert len(events) == 1 and frame[0] == 0 and frame[1] == protomux.CLOSE
+        got += events
+    want = [protomux.Close(Reader(body).uint()) if ch == 0 else protomux.Message(ch, kind, body)
+            for ch, kind, body in items]
+    assert got == want

@@ -37,6 +37,7 @@ TIMEOUT = 30.0                 # seconds without a byte from the peer before we 
 MAX_MALFORMED = 64             # malformed messages tolerated on one connection
 BATCH_BYTES = 1 << 20          # outgoing bytes queued before they are sealed and written
 HIGH_WATER = 1 << 20           # bytes waiting to go out before we stop answering requests
+BATCH_MESSAGES = 16            # channel messages per protomux batch frame (see flush)
 ALIASES = {alias: messages.PROTOCOL for alias in messages.ALIASES}
 _TX = ["tx_" + name for name in messages.NAMES]
 
@@ -298,15 +299,17 @@ class Connection:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Seal what is queued, one frame per message, in one call and one write.
+        """Seal what is queued, in one call and one write.
 
-        Not a protomux batch: a JS peer handles a batch corked - it answers
-        only once every message in it is processed - so a batch of answers
-        would stall its pipeline of requests."""
+        Runs of channel messages go out as protomux batches of at most
+        BATCH_MESSAGES: a JS peer answers a batch corked (its next requests
+        leave in one frame and one socket write, not one each), and a bounded
+        batch still leaves most of its 48 requests in flight while it
+        processes one.  Control messages (open, close, reject) go alone."""
         self._flush_pending = False
         out, self._out, self._out_bytes = self._out, [], 0
         if out:
-            self.stream.send([encode_uint(channel) + item for channel, item in out])
+            self.stream.send(protomux.encode_frames(out, BATCH_MESSAGES))
         self._write(self.stream.take_output())  # with handshake messages, if any
 
     @property

@@ -125,6 +125,32 @@ def encode_batch(items: Sequence[Tuple[int, bytes]]) -> bytes:
     return b"".join(out)
 
 
+def encode_frames(items: Sequence[Tuple[int, bytes]], batch: int) -> List[bytes]:
+    """Stream messages for ``(channel, type-and-body)`` items, in order: runs
+    of channel messages as batches of at most ``batch`` items (a run of one
+    as a plain message), each control item (channel 0) on its own."""
+    frames: List[bytes] = []
+    run: List[Tuple[int, bytes]] = []
+    for item in items:
+        if item[0] != 0:
+            run.append(item)
+            if len(run) < batch:
+                continue
+        _add_run(frames, run)
+        run = []
+        if item[0] == 0:
+            frames.append(b"\x00" + item[1])
+    _add_run(frames, run)
+    return frames
+
+
+def _add_run(frames: List[bytes], run: List[Tuple[int, bytes]]) -> None:
+    if len(run) == 1:
+        frames.append(encode_uint(run[0][0]) + run[0][1])
+    elif run:
+        frames.append(encode_batch(run))
+
+
 # --- channel table --------------------------------------------------------------------------
 
 class Channel:
