@@ -222,6 +222,34 @@ def test_our_writer_to_js_reader_we_connect(js, tmp_path) -> None:
     js_audit(peer, "r", 120)
 
 
+def test_any_stream_pair_carries_it_both_ways_over_a_unix_socket(js, tmp_path) -> None:
+    """sync.replicate over a transport that is not TCP: one Unix-socket stream
+    carries our writer's core to a JS reader and a JS writer's core to us."""
+    ours = writer(tmp_path, 12)
+    our_blocks, their_blocks = blocks_of(90), blocks_of(70, 500)
+    ours.append(our_blocks)
+    peer, their_key, _ = js_writer(js, 13, their_blocks)
+    peer.call("core", name="r", key=ours.key.hex())
+    path = str(tmp_path / "hyper.sock")
+    peer.call("listen", cores=["w", "r"], path=path)
+    replica = cm.Core(tmp_path / "replica", key=their_key, durability="none")
+
+    async def main() -> None:
+        reader, writer_ = await asyncio.open_unix_connection(path)
+        task = asyncio.ensure_future(sync.replicate([ours, replica], reader, writer_,
+                                                    initiator=True))
+        try:
+            await peer.acall("wait", name="r", length=90)
+            await until(lambda: replica.contiguous_length == 70, "the JS writer's blocks")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    run(main())
+    assert js_blocks(peer, "r", 90) == our_blocks
+    js_audit(peer, "r", 90)
+    assert_same(replica, their_blocks)
+
+
 def test_our_writers_truncation_reaches_a_js_reader(js, tmp_path) -> None:
     """A JS reader follows our fork: it finds where the histories diverge
     with hash requests, which we answer from the blocks' proofs."""

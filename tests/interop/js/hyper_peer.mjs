@@ -5,7 +5,8 @@
 //
 //   {op: "core", name, seed?, key?, store?}   open a core (writer from a seed,
 //        replica from a key; `store`: inside a Corestore of that name)
-//   {op: "listen", cores: [names]}       TCP server replicating those cores
+//   {op: "listen", cores: [names], path?} TCP server replicating those cores
+//                                        (on a Unix socket at path if given)
 //        (responder), answers {port}
 //   {op: "connect", port, cores: [names]} replicate with a TCP server (initiator)
 //   {op: "append", name, blocks: [hex]}   one append of these blocks
@@ -130,6 +131,10 @@ async function run (cmd) {
         sock.pipe(s).pipe(sock)
         sock.on('error', () => {})
       })
+      if (cmd.path) {
+        await new Promise((resolve) => server.listen(cmd.path, resolve))
+        return {}
+      }
       await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
       return { port: server.address().port }
     }
