@@ -450,3 +450,37 @@ def test_the_cli_serves_and_pulls_with_hypercore_peers(js, tmp_path) -> None:
     assert "length 70" in r.stdout and "blocks=70" in r.stderr
     replica = cm.Core(tmp_path / "replica", key=key)
     assert_same(replica, blocks)
+    replica.close()
+
+
+def test_the_cli_pulls_live_from_a_js_writer(js, tmp_path) -> None:
+    """``coremachine pull REPLICA KEY tcp:// --live`` reports the catch-up,
+    then holds what the JS writer appends while it runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    blocks = blocks_of(60)
+    peer, key, port = js_writer(js, 0x62, blocks[:40])
+    store = str(tmp_path / "live")
+    puller = subprocess.Popen([sys.executable, "-m", "coremachine_embedded", "pull", store,
+                               key.hex(), "tcp://127.0.0.1:%d" % port, "--live"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert puller.stdout is not None
+        assert puller.stdout.readline().startswith("caught up at length 40; following live")
+        peer.call("append", name="w", blocks=hexes(blocks[40:]))
+        deadline = time.monotonic() + TIMEOUT
+        while "contiguous_length  60" not in subprocess.run(
+                [sys.executable, "-m", "coremachine_embedded", "info", store],
+                capture_output=True, text=True, env=env).stdout:   # a read-only snapshot
+            assert time.monotonic() < deadline, "the live pull never got the appends"
+            time.sleep(0.1)
+    finally:
+        puller.send_signal(signal.SIGTERM)
+        out, err = puller.communicate(timeout=30)
+    assert puller.returncode == 0, err
+    assert "have 60 of 60, verified" in out
+    replica = cm.Core(store, key=key)
+    assert_same(replica, blocks)
