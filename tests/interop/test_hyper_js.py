@@ -139,32 +139,35 @@ def test_js_writer_to_our_reader_js_connects_and_appends_live(js, tmp_path) -> N
 
 
 def test_a_js_writers_truncation_is_followed(js, tmp_path) -> None:
+    """Our replica and a JS replica both follow the JS writer live through its
+    truncation and end the same: same fork, same blocks."""
     blocks = blocks_of(40)
     peer, key, port = js_writer(js, 0x13, blocks)
     replica = cm.Core(tmp_path / "r", key=key)
     new = [b"new-%d" % i for i in range(25, 45)]
+    other = js()
+    other.call("core", name="r", key=key.hex())
 
     async def main() -> None:
         task = asyncio.ensure_future(sync.pull(replica, "tcp://127.0.0.1:%d" % port, live=True))
         try:
+            await other.acall("connect", port=port, cores=["r"])
             await until(lambda: replica.contiguous_length == 40, "the first 40 blocks")
+            await other.acall("wait", name="r", length=40)
             await peer.acall("truncate", name="w", length=25)
             await peer.acall("append", name="w", blocks=hexes(new))
             await until(lambda: replica.fork == 1 and replica.contiguous_length == 45,
                         "the new fork")
+            await other.acall("wait", name="r", length=45, fork=1)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     run(main())
     assert replica.fork == 1
     assert_same(replica, blocks[:25] + new)
-    # a JS replica of the same writer ends the same way
-    other = js()
-    other.call("core", name="r", key=key.hex())
-    other.call("connect", port=port, cores=["r"])
-    other.call("wait", name="r", length=45, fork=1)
-    assert [bytes.fromhex(other.call("get", name="r", index=i)["value"]) for i in range(45)] \
-        == blocks[:25] + new
+    theirs = other.call("info", name="r")
+    assert (theirs["fork"], theirs["length"]) == (replica.fork, replica.length)
+    assert js_blocks(other, "r", 45) == blocks[:25] + new
 
 
 # --- our writer -> JS reader ----------------------------------------------------------------
