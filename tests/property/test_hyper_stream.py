@@ -172,19 +172,29 @@ queued = st.lists(st.one_of(
     max_size=60)
 
 
-@given(queued, st.integers(1, 20))
-def test_queued_messages_leave_in_order_in_bounded_batches(items, batch) -> None:
+@given(queued, st.integers(1, 20), st.sets(st.integers(0, 9)))
+def test_queued_messages_leave_in_order_in_bounded_batches(items, batch, batched) -> None:
     """What a connection flushes: every item once, in order; control items
-    alone in their frame; at most ``batch`` channel messages per frame."""
+    and types not batched alone in their frame; at most ``batch`` batched
+    channel messages per frame."""
     frames = protomux.encode_frames([(ch, encode_uint(kind) + body) for ch, kind, body in items],
-                                    batch)
+                                    batch, batched)
     got = []
     for frame in frames:
         events = protomux.decode(frame)
         assert 1 <= len(events) <= batch
-        if any(not isinstance(ev, protomux.Message) for ev in events):
-            assert len(events) == 1 and frame[0] == 0 and frame[1] == protomux.CLOSE
+        if len(events) > 1:
+            assert frame[:2] == b"\x00\x00"
+            assert all(isinstance(ev, protomux.Message) and ev.type in batched for ev in events)
         got += events
     want = [protomux.Close(Reader(body).uint()) if ch == 0 else protomux.Message(ch, kind, body)
             for ch, kind, body in items]
     assert got == want
+    expected, run = 0, 0     # frames: one per item alone, ceil(run / batch) per run
+    for ch, kind, _ in items + [(0, 0, b"")]:
+        if ch and kind in batched:
+            run += 1
+            continue
+        expected += -(-run // batch) + 1
+        run = 0
+    assert len(frames) == expected - 1

@@ -37,7 +37,8 @@ TIMEOUT = 30.0                 # seconds without a byte from the peer before we 
 MAX_MALFORMED = 64             # malformed messages tolerated on one connection
 BATCH_BYTES = 1 << 20          # outgoing bytes queued before they are sealed and written
 HIGH_WATER = 1 << 20           # bytes waiting to go out before we stop answering requests
-BATCH_MESSAGES = 16            # channel messages per protomux batch frame (see flush)
+BATCH_MESSAGES = 16            # answers per protomux batch frame (see flush)
+BATCHED = frozenset((messages.DATA, messages.NO_DATA))   # the answers to requests
 ALIASES = {alias: messages.PROTOCOL for alias in messages.ALIASES}
 _TX = ["tx_" + name for name in messages.NAMES]
 
@@ -301,15 +302,17 @@ class Connection:
     def flush(self) -> None:
         """Seal what is queued, in one call and one write.
 
-        Runs of channel messages go out as protomux batches of at most
-        BATCH_MESSAGES: a JS peer answers a batch corked (its next requests
-        leave in one frame and one socket write, not one each), and a bounded
-        batch still leaves most of its 48 requests in flight while it
-        processes one.  Control messages (open, close, reject) go alone."""
+        Runs of answers (data, noData) go out as protomux batches of at most
+        BATCH_MESSAGES: a JS reader processes a batch corked, so its next
+        requests leave in one frame and one socket write, not one each (half
+        its socket writes per block), and a bounded batch leaves most of its
+        48 requests in flight meanwhile.  Everything else goes alone: a JS
+        writer answers a batch of our requests corked too, all at once when
+        the last is ready, which slowed our pulls in the bench."""
         self._flush_pending = False
         out, self._out, self._out_bytes = self._out, [], 0
         if out:
-            self.stream.send(protomux.encode_frames(out, BATCH_MESSAGES))
+            self.stream.send(protomux.encode_frames(out, BATCH_MESSAGES, BATCHED))
         self._write(self.stream.take_output())  # with handshake messages, if any
 
     @property

@@ -15,7 +15,7 @@ events, the ``open``/``close``/``send`` methods return stream messages.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ...encoding import Reader, encode_buffer, encode_uint
 from ...errors import DecodeError, ProtocolError
@@ -125,21 +125,24 @@ def encode_batch(items: Sequence[Tuple[int, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def encode_frames(items: Sequence[Tuple[int, bytes]], batch: int) -> List[bytes]:
+def encode_frames(items: Sequence[Tuple[int, bytes]], batch: int,
+                  batched: AbstractSet[int]) -> List[bytes]:
     """Stream messages for ``(channel, type-and-body)`` items, in order: runs
-    of channel messages as batches of at most ``batch`` items (a run of one
-    as a plain message), each control item (channel 0) on its own."""
+    of channel messages whose type (one byte) is in ``batched`` as batches of
+    at most ``batch`` items (a run of one as a plain message), every other
+    item - control items (channel 0) included - on its own."""
     frames: List[bytes] = []
     run: List[Tuple[int, bytes]] = []
     for item in items:
-        if item[0] != 0:
+        alone = item[0] == 0 or item[1][0] not in batched
+        if not alone:
             run.append(item)
             if len(run) < batch:
                 continue
         _add_run(frames, run)
         run = []
-        if item[0] == 0:
-            frames.append(b"\x00" + item[1])
+        if alone:
+            frames.append(encode_uint(item[0]) + item[1])
     _add_run(frames, run)
     return frames
 
