@@ -125,24 +125,26 @@ def encode_batch(items: Sequence[Tuple[int, bytes]]) -> bytes:
     return b"".join(out)
 
 
-def encode_frames(items: Sequence[Tuple[int, bytes]], batch: int,
+def encode_frames(items: Sequence[Tuple[int, bytes]], batch: int, max_bytes: int,
                   batched: AbstractSet[int]) -> List[bytes]:
     """Stream messages for ``(channel, type-and-body)`` items, in order: runs
     of channel messages whose type (one byte) is in ``batched`` as batches of
-    at most ``batch`` items (a run of one as a plain message), every other
-    item - control items (channel 0) included - on its own."""
+    at most ``batch`` items and about ``max_bytes`` (a run of one as a plain
+    message), every other item - control items (channel 0) included - on its
+    own.  The byte bound keeps a batch of big blocks under the frame limit."""
     frames: List[bytes] = []
     run: List[Tuple[int, bytes]] = []
+    size = 0
     for item in items:
         alone = item[0] == 0 or item[1][0] not in batched
-        if not alone:
-            run.append(item)
-            if len(run) < batch:
-                continue
-        _add_run(frames, run)
-        run = []
+        if run and (alone or len(run) == batch or size + len(item[1]) > max_bytes):
+            _add_run(frames, run)
+            run, size = [], 0
         if alone:
             frames.append(encode_uint(item[0]) + item[1])
+        else:
+            run.append(item)
+            size += len(item[1])
     _add_run(frames, run)
     return frames
 
