@@ -138,6 +138,18 @@ def test_js_writer_to_our_reader_js_connects_and_appends_live(js, tmp_path) -> N
     assert counters.get("dropped_invalid_proof", 0) == 0
 
 
+def test_a_js_writer_that_wants_nothing_keeps_serving_while_we_download(js, tmp_path) -> None:
+    """A JS core closes a channel where neither side downloads; our sync says
+    we download while we pull, so a JS writer that wants nothing serves us."""
+    blocks = blocks_of(60)
+    peer, key, port = js_writer(js, 0x14, blocks)
+    assert peer.call("idle", name="w")["downloading"] is False
+    replica = cm.Core(tmp_path / "r", key=key, durability="none")
+    counters = run(sync.pull(replica, "tcp://127.0.0.1:%d" % port))
+    assert_same(replica, blocks)
+    assert counters.get("channels_opened", 0) == 1
+
+
 def test_a_js_writers_truncation_is_followed(js, tmp_path) -> None:
     """Our replica and a JS replica both follow the JS writer live through its
     truncation and end the same: same fork, same blocks."""

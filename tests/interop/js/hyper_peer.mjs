@@ -20,6 +20,7 @@
 //   {op: "machine", name, action?, value?}  the README quick-start Coremachine on
 //        the core (reopened each time: JS's machine does not follow appends);
 //        with `action`, run it; answers {state, context}
+//   {op: "idle", name}                    the core stops downloading (closes idle channels)
 //   {op: "disconnect"}                   destroy every replication stream
 import Hypercore from 'hypercore'
 import Corestore from 'corestore'
@@ -166,6 +167,10 @@ async function run (cmd) {
       return { audit: await core.core.audit() }
     case 'machine':
       return machine(core, cmd.action, cmd.value)
+    case 'idle':   // the core wants nothing: it closes channels where no side downloads
+      core.core.replicator._notDownloadingLinger = 0   // now, not after its linger timer
+      core.core.replicator.setDownloading(false)
+      return { downloading: core.core.replicator.isDownloading() }
     case 'disconnect':
       for (const s of streams) s.destroy()
       return {}
