@@ -54,30 +54,53 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run(args.dir, quiet=args.quiet)
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    from . import logs
+    logs.setup(args.log_level or "warning", args.log_format or "text")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from . import Core
     from .sync import serve
 
-    core = Core(args.store, durability="batch")
-
-    async def main() -> None:
-        ep = await serve(core, args.url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        print("serving %s (length %d, %s) on %s" % (core.key.hex(), core.length,
-                                                     "writer" if core.writable else "replica",
-                                                     args.url), flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await ep.close()
-            _print_counters(ep.counters)
+    _setup_logging(args)
+    cores: List[Any] = []
     try:
+        for store in args.stores:
+            cores.append(Core(store, durability="batch"))
+
+        async def main() -> None:
+            ep = await serve(cores, args.url)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            for core in cores:
+                print("serving %s (length %d, %s) on %s" % (
+                    core.key.hex(), core.length, "writer" if core.writable else "replica",
+                    args.url), flush=True)
+            try:
+                await stop.wait()
+            finally:
+                await ep.close()
+                _print_counters(ep.counters)
         asyncio.run(main())
     finally:
-        core.close()
+        for core in cores:
+            core.close()
+    return EXIT_OK
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from .gateway.service import run
+    return run(args.config, args.metrics, args.log_level, args.log_format, args.check)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import commands
+    count = commands.export(args.store, args.format, args.output)
+    if args.output:
+        print("%s: %d entries written to %s" % (args.store, count, args.output), file=sys.stderr)
     return EXIT_OK
 
 
@@ -86,6 +109,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     from .errors import InvalidArgumentError
     from .sync import Endpoint, open_link
 
+    _setup_logging(args)
     try:
         key = bytes.fromhex(args.key)
     except ValueError:
@@ -221,6 +245,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import logs
     parser = argparse.ArgumentParser(
         prog="coremachine",
         description="State machines on signed, append-only, Merkle-verified logs, "
@@ -300,11 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_cmd_bench)
 
-    serve = sub.add_parser("serve", help="serve a store (writer or replica) on a link",
-                           description="Answer sync requests for the core in STORE_DIR until "
-                                       "interrupted; prints counters on exit.")
-    serve.add_argument("store", metavar="STORE_DIR")
+    serve = sub.add_parser("serve", help="serve stores (writers or replicas) on a link",
+                           description="Answer sync requests for the cores in the STORE_DIRs "
+                                       "until interrupted; prints counters on exit.")
+    serve.add_argument("stores", metavar="STORE_DIR", nargs="+")
     serve.add_argument("url", metavar="URL", help="udp://HOST:PORT or serial:///dev/ttyX?baud=N")
+    logs.add_arguments(serve)
     serve.set_defaults(func=_cmd_serve)
 
     pull = sub.add_parser("pull", help="fill or refresh a replica from a peer",
@@ -317,7 +343,30 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--live", action="store_true", help="keep following the writer")
     pull.add_argument("--timeout", type=float, default=None, help="give up after SECONDS (exit 3)")
     pull.add_argument("--window", type=int, default=128, help="block requests in flight")
+    logs.add_arguments(pull)
     pull.set_defaults(func=_cmd_pull)
+
+    gateway = sub.add_parser("gateway", help="follow a fleet of devices (gateway.toml)",
+                             description="Pull every device in the configuration live, write "
+                                         "its local machines, bridge to MQTT; SIGHUP reloads "
+                                         "the file, SIGTERM stops. See docs/gateway.md.")
+    gateway.add_argument("--config", required=True, metavar="FILE", help="the TOML file")
+    gateway.add_argument("--metrics", metavar="HOST:PORT",
+                         help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    gateway.add_argument("--check", action="store_true",
+                         help="check the configuration and exit (0: valid)")
+    logs.add_arguments(gateway)
+    gateway.set_defaults(func=_cmd_gateway)
+
+    export = sub.add_parser("export", help="write a log as JSON lines, CSV or SQLite",
+                            description="Columns: index, fork, event, value, state, context "
+                                        "(value and context as JSON). SQLite: one table, "
+                                        "'entries', keyed by index.")
+    export.add_argument("store", metavar="STORE")
+    export.add_argument("--format", choices=["jsonl", "csv", "sqlite"], default="jsonl")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write here (default: standard output; SQLite needs a file)")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

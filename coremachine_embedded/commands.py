@@ -164,23 +164,25 @@ def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
 def history(store: str, start: Optional[int], end: Optional[int]) -> List[Dict[str, Any]]:
     """Entries [start, end) as recorded: index, event, value, state, context, fork.
     Reads the blocks directly: no machine definition needed."""
-    rows = []
+    from . import export as exporting
     with open_store(store) as core:
-        n = core.contiguous_length
-        lo = max(0, start or 0)
-        hi = n if end is None else min(n, end)
-        for i in range(lo, hi):
-            raw = core.get(i)
-            try:
-                entry = _json.loads(raw)
-            except ValueError:
-                entry = {"raw": raw.hex()}
-            if not isinstance(entry, dict):
-                entry = {"value": entry}
-            rows.append({"index": i, "event": entry.get("event"), "value": entry.get("value"),
-                         "state": entry.get("state"), "context": entry.get("context"),
-                         "fork": core.fork})
-    return rows
+        return list(exporting.rows(core, start or 0, end))
+
+
+def export(store: str, fmt: str, output: Optional[str]) -> int:
+    """Write the store's entries as ``fmt`` (jsonl, csv, sqlite) to ``output``
+    (None: standard output); returns how many."""
+    from . import export as exporting
+    if fmt == "sqlite" and output is None:
+        raise CommandError("an SQLite export needs a file: give -o FILE", EXIT_USAGE)
+    with open_store(store) as core:
+        rows = exporting.rows(core)
+        if fmt == "sqlite":
+            return exporting.write(rows, fmt, path=output)
+        if output is None:
+            return exporting.write(rows, fmt, sys.stdout)
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            return exporting.write(rows, fmt, f)
 
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:

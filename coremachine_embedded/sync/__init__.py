@@ -19,50 +19,123 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from ..core import Core
 from ..errors import InvalidArgumentError
-from .replicator import Counters, Endpoint
+from .replicator import Counters, Endpoint, SourceStatus
 from .udp import UDPLink
 
-__all__ = ["Endpoint", "Counters", "UDPLink", "open_link", "serve", "pull", "serve_forever",
-           "pull_blocking"]
+__all__ = ["Endpoint", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",
+           "link_schemes", "serve", "pull", "serve_forever", "pull_blocking"]
 
 
 def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
     parts = urlsplit(url)
-    if parts.scheme != "udp" or not parts.hostname or parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "udp" or not parts.hostname or port is None:
         raise InvalidArgumentError("a UDP address looks like udp://host:port, not %r" % url)
-    return parts.hostname, parts.port, parse_qs(parts.query)
+    return parts.hostname, port, parse_qs(parts.query)
 
 
-def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:
+def _udp_mtu(url: str, query: Dict[str, List[str]]) -> int:
+    try:
+        mtu = int(query.get("mtu", ["1200"])[0])
+    except ValueError:
+        mtu = 0
+    if not 256 <= mtu <= 65000:
+        raise InvalidArgumentError("mtu in %r must be a number of bytes from 256 to 65000" % url)
+    return mtu
+
+
+def _open_udp(url: str, listen: bool, shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    host, port, query = _udp_parts(url)
+    mtu = _udp_mtu(url, query)
+    if listen:
+        return UDPLink(host, port, mtu=mtu), None
+    # Resolve once: answers come from an address, and the peer is known by it.
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except OSError as e:
+        raise InvalidArgumentError("cannot resolve %s: %s" % (host, e)) from None
+    addr = tuple(sockaddr[:2])
+    share = ("udp", family, mtu)  # one socket talks to any number of peers
+    if shared is not None and share in shared:
+        return shared[share], addr
+    link = UDPLink("::" if family == socket.AF_INET6 else "0.0.0.0", 0, mtu=mtu)
+    if shared is not None:
+        shared[share] = link
+    return link, addr
+
+
+def _check_udp(url: str) -> None:
+    _udp_mtu(url, _udp_parts(url)[2])
+
+
+def _open_serial(url: str, listen: bool,
+                 shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    from .serial import SerialLink
+    link = SerialLink.from_url(url)
+    share = ("serial", link.path)  # a port opens once; every core on the line shares it
+    if shared is not None:
+        link = shared.setdefault(share, link)
+    return link, None
+
+
+def _check_serial(url: str) -> None:
+    from .serial import SerialLink
+    try:
+        SerialLink.from_url(url)
+    except ValueError as e:
+        raise InvalidArgumentError("%s: %s" % (url, e)) from None
+
+
+#: scheme -> (open(url, listen, shared) -> (link, peer address), check(url))
+_SCHEMES: Dict[str, Tuple[Callable[[str, bool, Optional[Dict[Hashable, Any]]], Tuple[Any, Any]],
+                          Callable[[str], None]]] = {
+    "udp": (_open_udp, _check_udp),
+    "serial": (_open_serial, _check_serial),
+}
+
+
+def link_schemes() -> Tuple[str, ...]:
+    """The URL schemes :func:`open_link` opens."""
+    return tuple(sorted(_SCHEMES))
+
+
+def _scheme(url: str) -> Tuple[Callable[[str, bool, Optional[Dict[Hashable, Any]]],
+                                        Tuple[Any, Any]], Callable[[str], None]]:
+    scheme = _SCHEMES.get(urlsplit(url).scheme)
+    if scheme is None:
+        raise InvalidArgumentError("unknown link %r (use %s)" % (url, " or ".join(
+            "%s://..." % name for name in link_schemes())))
+    return scheme
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`InvalidArgumentError` if ``url`` is not a link URL that
+    :func:`open_link` could open (checks the syntax only; opens nothing)."""
+    _scheme(url)[1](url)
+
+
+def open_link(url: str, listen: bool = True,
+              shared: Optional[Dict[Hashable, Any]] = None) -> Tuple[Any, Any]:
     """A link for ``url`` and the peer address on it.
 
     ``udp://host:port`` with ``listen``: bind there (peer None); without:
     bind any local port and talk to host:port.  ``serial://...``: the port
     (its single peer is None).  ``?mtu=N`` sets the UDP datagram size.
+
+    ``shared``: a dict the caller keeps, holding the links opened so far; a
+    link that can carry this peer too is reused rather than opened again (one
+    UDP socket per address family for every ``udp://`` peer, one link per
+    serial port).  The links are not started: attach new ones to an endpoint.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "udp":
-        host, port, query = _udp_parts(url)
-        mtu = int(query.get("mtu", ["1200"])[0])
-        if listen:
-            return UDPLink(host, port, mtu=mtu), None
-        # Resolve once: answers come from an address, and the peer is known by it.
-        try:
-            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        except OSError as e:
-            raise InvalidArgumentError("cannot resolve %s: %s" % (host, e)) from None
-        local = "::" if family == socket.AF_INET6 else "0.0.0.0"
-        return UDPLink(local, 0, mtu=mtu), tuple(sockaddr[:2])
-    if scheme == "serial":
-        from .serial import SerialLink
-        return SerialLink.from_url(url), None
-    raise InvalidArgumentError("unknown link %r (use udp://host:port or serial:///dev/tty...)"
-                               % url)
+    return _scheme(url)[0](url, listen, shared)
 
 
 async def serve(cores: Union[Core, Iterable[Core]], url: str,

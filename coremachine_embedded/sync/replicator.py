@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .. import errors
 from ..core import Core, CoreChange
@@ -60,6 +60,15 @@ class Counters(Dict[str, int]):
 
     def inc(self, name: str, n: int = 1) -> None:
         self[name] = self.get(name, 0) + n
+
+
+class SourceStatus(NamedTuple):
+    """The peer a core is pulled from, as last heard (see :meth:`Endpoint.source_status`)."""
+
+    length: int                   # its signed length (-1: not heard yet)
+    fork: int
+    last_seen: Optional[float]    # time.monotonic() of its last valid envelope (None: never)
+    caught_up: bool               # this replica held its signed length at least once
 
 
 class _Window:
@@ -265,6 +274,42 @@ class Endpoint:
         finally:
             if not live:
                 entry.pulling = False
+
+    def remove(self, core: Core) -> None:
+        """Stop serving and pulling ``core`` here (a task awaiting its
+        :meth:`pull` is the caller's to cancel); its peers are forgotten."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core:
+            return
+        del self._entries[entry.dk]
+        if entry.unsubscribe:
+            entry.unsubscribe()
+        entry.pulling = False
+        entry.inflight.clear()
+        entry.ahead.clear()
+
+    def ping(self, core: Core) -> bool:
+        """Ask the peer ``core`` is pulled from for an answer now (a HELLO,
+        which it answers with its SYNC), so that :meth:`source_status` shows
+        whether an idle source is still there.  False if not pulled here."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core or not entry.pulling or entry.source is None:
+            return False
+        link, addr = entry.source
+        self._hello(entry, link, addr, self._source_peer(entry))
+        return True
+
+    def source_status(self, core: Core) -> Optional[SourceStatus]:
+        """What the peer ``core`` is pulled from last said, or None if it is
+        not pulled here."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core or not entry.pulling:
+            return None
+        peer = self._source_peer(entry)
+        if peer is None or not peer.session:
+            return SourceStatus(-1, -1, None, False)
+        return SourceStatus(peer.length, peer.fork, peer.last_seen,
+                            entry.caught_up.is_set())
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -632,10 +677,13 @@ class Endpoint:
                 and core.contiguous_length >= core.length and entry.upgrade is None):
             if not entry.caught_up.is_set():
                 entry.caught_up.set()
-            try:
-                core.flush()
-            except errors.CoreMachineError:
-                pass
+                # What pull() returns on is durable; a live pull's later updates
+                # are as durable as the core's setting makes them (batch: within
+                # its flush interval) - not one fdatasync per update.
+                try:
+                    core.flush()
+                except errors.CoreMachineError:
+                    pass
 
     def _on_data(self, entry: _Entry, peer: _Peer, body: bytes) -> None:
         core = entry.core
