@@ -75,6 +75,7 @@ class MqttBridge:
         self.gateway = gateway
         self.prefix = config.topic_prefix
         self.connected = False
+        self.listening = False    # the broker confirmed our subscription to the action topics
         self.counters: Dict[str, int] = dict.fromkeys(
             ("connects", "disconnects", "connect_failures", "events", "states", "discovery",
              "actions_ok", "actions_rejected", "actions_refused", "publish_errors"), 0)
@@ -114,6 +115,7 @@ class MqttBridge:
         client.on_connect_fail = self._paho_connect_fail
         client.on_publish = self._paho_publish
         client.on_message = self._paho_message
+        client.on_subscribe = self._paho_subscribe
         self._client = client
         for member in self.gateway.members():
             self._member(member, True)
@@ -168,6 +170,10 @@ class MqttBridge:
                       properties: Any) -> None:
         self._call(self._on_ack, client, mid)
 
+    def _paho_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any,
+                        properties: Any) -> None:
+        self._call(self._on_subscribed, client, all(not r.is_failure for r in reasons))
+
     def _paho_message(self, client: Any, userdata: Any, message: Any) -> None:
         props = getattr(message, "properties", None)
         self._call(self._on_action, client, message.topic, bytes(message.payload),
@@ -196,10 +202,17 @@ class MqttBridge:
             feed.availability = None
         self._schedule_pump()
 
+    def _on_subscribed(self, client: Any, ok: bool) -> None:
+        if client is self._client:
+            self.listening = ok
+            if not ok:
+                log.error("MQTT: the broker refused the subscription to %s/+/action: actions "
+                          "will not arrive", self.prefix)
+
     def _on_disconnect(self, client: Any, reason: str) -> None:
         if client is not self._client or not self.connected:
             return
-        self.connected = False
+        self.connected = self.listening = False
         self.counters["disconnects"] += 1
         log.warning("MQTT: lost the broker (%s); reconnecting, publishing resumes from the "
                     "logs", reason)

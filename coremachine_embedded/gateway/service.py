@@ -7,7 +7,7 @@ import asyncio
 import logging
 import resource
 import signal
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .. import logs
 from ..errors import ConfigError
@@ -19,8 +19,10 @@ log = logging.getLogger("coremachine_embedded.gateway")
 
 
 def run(path: str, metrics: Optional[str] = None, log_level: Optional[str] = None,
-        log_format: Optional[str] = None, check: bool = False) -> int:
+        log_format: Optional[str] = None, check: bool = False,
+        on_start: Optional[Callable[[Gateway], None]] = None) -> int:
     """Run the gateway until SIGTERM or SIGINT; returns the exit code.
+    ``on_start(gateway)`` is called once it runs (the benchmark's probe uses it).
 
     :raises ConfigError: the configuration file is unreadable or invalid.
     """
@@ -33,11 +35,13 @@ def run(path: str, metrics: Optional[str] = None, log_level: Optional[str] = Non
     logs.setup(log_level or cfg.log_level, log_format or cfg.log_format)
     raise_fd_limit()
     address = metrics or cfg.metrics
-    asyncio.run(_main(cfg, configuration.parse_host_port(address) if address else None))
+    asyncio.run(_main(cfg, configuration.parse_host_port(address) if address else None,
+                      on_start))
     return 0
 
 
-async def _main(cfg: configuration.GatewayConfig, metrics_at: Optional[Any]) -> None:
+async def _main(cfg: configuration.GatewayConfig, metrics_at: Optional[Any],
+                on_start: Optional[Callable[[Gateway], None]]) -> None:
     loop = asyncio.get_running_loop()
     gateway = Gateway(cfg)
     stop = asyncio.Event()
@@ -54,6 +58,8 @@ async def _main(cfg: configuration.GatewayConfig, metrics_at: Optional[Any]) -> 
         if metrics_at is not None:
             server = MetricsServer(metrics_at[0], metrics_at[1], lambda: render(gateway))
             await server.start()
+        if on_start is not None:
+            on_start(gateway)
         waiter = loop.create_task(stop.wait())
         while True:
             reload = loop.create_task(reloads.get())

@@ -50,8 +50,9 @@ RUN_ENVELOPES = 4            # a batched run's values fill about this many envel
 WAITING = 8                   # blocks received and waiting for earlier ones: x window
 MIN_RTO, MAX_RTO = 0.01, 3.0  # retry timeout bounds (seconds), adaptive in between
 TICK_BUSY, TICK_IDLE = 0.005, 0.05  # timer period with requests in flight / without
-HELLO_MAX = 1.0               # seconds between HELLOs to a silent source, at most
-KEEPALIVE = 2.0               # seconds between SYNCs to a source while pulling live
+SWEEP = 0.5                   # seconds between visits of every pull (keepalives)
+HELLO_FIRST, HELLO_MAX = 0.05, 1.0  # seconds between HELLOs to a silent source: doubling
+KEEPALIVE = 2.0               # a live pull SYNCs a source quiet for this long
 PEER_TIMEOUT = 60.0           # a live puller that was silent this long gets no announcements
 
 
@@ -142,7 +143,8 @@ class _Peer:
 
 
 class _Req:
-    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "run", "missing")
+    __slots__ = ("id", "index", "upgrade", "sent", "tries", "nodes", "deadline", "run", "missing",
+                 "prev_id", "prev_sent")
 
     def __init__(self, rid: int, index: Optional[int], upgrade: Optional[Tuple[int, int]],
                  nodes: List[int], run: Optional[batch.Run] = None) -> None:
@@ -155,6 +157,15 @@ class _Req:
         self.deadline = 0.0
         self.run = run           # a batched run starting at index
         self.missing = self.size  # blocks of the answer not here yet (0: it waits for an earlier block)
+        self.prev_id, self.prev_sent = 0, 0.0   # the transmission before this one
+
+    def sent_at(self, rid: int) -> Optional[float]:
+        """When the transmission answered by ``rid`` went out: each has its
+        own id, so a late answer to the one before a retry is still an RTT
+        sample (Karn's ambiguity does not arise)."""
+        if rid == self.id:
+            return self.sent
+        return self.prev_sent if rid == self.prev_id and self.prev_id else None
 
     @property
     def size(self) -> int:
@@ -218,6 +229,7 @@ class Endpoint:
         self._flush_scheduled: Set[Tuple[int, Any, bytes]] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
+        self._active: Set[_Entry] = set()    # pulls the timer visits every tick
 
     # --- setup ----------------------------------------------------------------------
 
@@ -266,6 +278,7 @@ class Endpoint:
         entry.progress = progress
         entry.caught_up.clear()
         entry.next = core.contiguous_length
+        self._active.add(entry)
         self._hello(entry, link, addr)
         try:
             if live:
@@ -282,6 +295,7 @@ class Endpoint:
         if entry is None or entry.core is not core:
             return
         del self._entries[entry.dk]
+        self._active.discard(entry)
         if entry.unsubscribe:
             entry.unsubscribe()
         entry.pulling = False
@@ -393,7 +407,9 @@ class Endpoint:
         peer = entry.peers.get(key)
         if peer is None or peer.session != session:
             fresh = _Peer(link, addr, session)
-            if peer is not None:  # the peer restarted: keep nothing but its address
+            if peer is not None and not peer.session:  # our greeting's placeholder
+                fresh.hello_sent, fresh.hellos = peer.hello_sent, peer.hellos
+            elif peer is not None:  # the peer restarted: keep nothing but its address
                 self._forget_source_state(entry, key)
             peer = fresh
             entry.peers[key] = peer
@@ -573,7 +589,9 @@ class Endpoint:
                  lost: bool = False) -> None:
         rid = self._next_id
         self._next_id += 1
+        req.prev_id, req.prev_sent = req.id, req.sent
         req.id = rid
+        self._active.add(entry)
         req.tries += 1
         req.sent = time.monotonic()
         # back off after a timeout (the peer may be gone or swamped), not after a loss
@@ -701,16 +719,18 @@ class Endpoint:
             if up is None:  # a late answer to a retried upgrade: we have it already
                 self.counters.inc("duplicates")
                 return
-            if rid == up.id:
-                peer.sample_rtt(time.monotonic() - up.sent)
+            sent = up.sent_at(rid)
+            if sent is not None:
+                peer.sample_rtt(time.monotonic() - sent)
             self._apply(entry, body, upgrade=True)
             return
         if index is None:
             self.counters.inc("dropped_unsolicited")
             return
         req = entry.inflight.get(index)
-        if req is not None and rid == req.id and req.tries == 1:
-            peer.sample_rtt(time.monotonic() - req.sent)
+        sent = req.sent_at(rid) if req is not None else None
+        if sent is not None:
+            peer.sample_rtt(time.monotonic() - sent)
         if index < core.contiguous_length:
             self.counters.inc("duplicates")
             return
@@ -1004,22 +1024,43 @@ class Endpoint:
     # --- timers ----------------------------------------------------------------------
 
     async def _tick(self) -> None:
+        """Timers of the pulls with something pending (``_active``), and every
+        SWEEP seconds of every pull (keepalives): an endpoint pulling a
+        thousand idle cores does not visit each of them every tick."""
+        swept = 0.0
         while True:
             # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
-            busy = any(e.inflight or e.upgrade or (e.pulling and not e.caught_up.is_set())
-                       for e in self._entries.values())
-            await asyncio.sleep(TICK_BUSY if busy else TICK_IDLE)
+            await asyncio.sleep(TICK_BUSY if self._active else TICK_IDLE)
             now = time.monotonic()
             if now - self._secret_time > COOKIE_EPOCH:
                 self._secrets = [os.urandom(32), self._secrets[0]]
                 self._epoch += 1
                 self._secret_time = now
-            for entry in list(self._entries.values()):
+            if now - swept >= SWEEP:
+                swept = now
+                entries = [e for e in self._entries.values() if e.pulling]
+            else:
+                entries = list(self._active)
+            for entry in entries:
                 try:
                     self._timeouts(entry, now)
                 except errors.CoreMachineError as e:  # a core that failed: report, go on
                     self.counters.inc("errors")
                     log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
+                if not self._pending(entry):
+                    self._active.discard(entry)
+
+    def _pending(self, entry: _Entry) -> bool:
+        """Does pulling ``entry`` need the fine timer: requests in flight, or
+        a greeting whose retry is due sooner than the next sweep?"""
+        if not entry.pulling:
+            return False
+        if entry.inflight or entry.upgrade:
+            return True
+        peer = self._source_peer(entry)
+        if peer is None:
+            return True
+        return (not peer.ready or peer.length < 0) and _hello_backoff(peer) < SWEEP
 
     def _timeouts(self, entry: _Entry, now: float) -> None:
         if not entry.pulling or entry.source is None:
@@ -1028,10 +1069,13 @@ class Endpoint:
         peer = self._source_peer(entry)
         if peer is None or not peer.ready or peer.length < 0:
             # no answer to our HELLO yet, or the SYNC answering it was lost
-            if peer is None or now - peer.hello_sent > min(HELLO_MAX, 0.05 * 2 ** peer.hellos):
+            if peer is None or now - peer.hello_sent > _hello_backoff(peer):
                 self._hello(entry, link, addr, peer)
             return
-        if entry.live and now - entry.last_keepalive > KEEPALIVE:
+        # a source heard from lately has not lost our announcements' answers: only
+        # a quiet one needs asking (thousands of live pulls, each appending every
+        # second, send no keepalives at all)
+        if entry.live and now - max(entry.last_keepalive, peer.last_seen) > KEEPALIVE:
             entry.last_keepalive = now
             self._send_sync(entry, peer, force=True)
         up = entry.upgrade
@@ -1052,6 +1096,11 @@ class Endpoint:
                     self.counters.inc("timeouts")
                     self._retry(entry, peer, req)
         self._pump(entry)
+
+
+def _hello_backoff(peer: _Peer) -> float:
+    """Seconds to wait for an answer before greeting a silent source again."""
+    return min(HELLO_MAX, HELLO_FIRST * 2 ** peer.hellos)
 
 
 def _peek_data(body: bytes) -> Tuple[Optional[int], bool, int]:
