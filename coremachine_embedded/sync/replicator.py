@@ -1100,7 +1100,7 @@ class Endpoint:
 
 def _hello_backoff(peer: _Peer) -> float:
     """Seconds to wait for an answer before greeting a silent source again."""
-    return min(HELLO_MAX, HELLO_FIRST * 2 ** peer.hellos)
+    return min(HELLO_MAX, HELLO_FIRST * 2.0 ** peer.hellos)
 
 
 def _peek_data(body: bytes) -> Tuple[Optional[int], bool, int]:
