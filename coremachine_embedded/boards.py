@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+from .caps import Durability
 from .errors import InvalidArgumentError
 
 __all__ = ["BoardProfile", "SerialSettings", "UdpSettings", "StoreSettings", "MemorySettings",
@@ -40,7 +41,7 @@ ENV_DIR = "COREMACHINE_BOARDS_DIR"
 STANDARD_BAUD_RATES = (1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400,
                        460800, 500000, 576000, 921600, 1000000, 1152000, 1500000, 2000000,
                        2500000, 3000000, 3500000, 4000000)
-DURABILITIES = ("sync", "batch", "none")
+DURABILITIES = tuple(d.value for d in Durability)
 #: ``pl011`` (full UART), ``mini-uart`` (Broadcom mini UART: baud follows the core
 #: clock), ``usb-serial`` (a USB adapter).
 UART_KINDS = ("pl011", "mini-uart", "usb-serial")

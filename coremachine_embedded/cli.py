@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from .caps import Durability
+
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--machine", required=True, metavar="MOD:ATTR")
     init.add_argument("--key-file", help="use this key pair (from keygen) instead of a new one")
     init.add_argument("--compat", action="store_true", help="Hypercore 10 compat mode")
-    init.add_argument("--durability", choices=["sync", "batch", "none"])
+    init.add_argument("--durability", choices=[d.value for d in Durability])
     init.add_argument("--board", help="take the store path and durability from a board profile")
     init.set_defaults(func=_cmd_init)
 

@@ -11,8 +11,10 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _backend
+from .caps import Durability
 from .encoding import Node
 from .errors import ArgumentTypeError, InvalidArgumentError, need_bytes
+from .proofs import ApplyResult
 
 BytesLike = Union[bytes, bytearray, memoryview]
 _impl = _backend.impl
@@ -99,7 +101,8 @@ class Core:
     def __init__(self, directory: Optional[Union[str, "os.PathLike[str]"]] = None, *,
                  key_pair: Optional[KeyPair] = None, key: Optional[BytesLike] = None,
                  compat: bool = False, manifest: Optional[BytesLike] = None,
-                 durability: str = "sync", flush_interval: float = 1.0,
+                 durability: Union[str, Durability] = Durability.SYNC,
+                 flush_interval: float = 1.0,
                  checkpoint_bytes: int = 0, max_block_size: int = 0,
                  storage: Any = None, create: Optional[bool] = None) -> None:
         if key_pair is not None and not isinstance(key_pair, KeyPair):
@@ -109,8 +112,7 @@ class Core:
             key = need_bytes("key", key, 32)
         if manifest is not None:
             manifest = need_bytes("manifest", manifest)
-        if not isinstance(durability, str):
-            raise ArgumentTypeError("durability must be a string")
+        durability = Durability.parse(durability)
         if storage is None:
             if directory is None:
                 raise InvalidArgumentError("give a directory or a storage")
@@ -124,64 +126,74 @@ class Core:
         self._listeners: List[Callable[["CoreChange"], None]] = []
         self._timer: Optional[threading.Timer] = None
         self._flush_interval = float(flush_interval)
-        self._flush_interval_armed = durability == "batch"
-        self._log = _impl.Log(storage, create=create,
-                              secret_key=key_pair.secret_key if key_pair else None,
-                              key=key, manifest=manifest, compat=compat,
-                              durability=durability, checkpoint_bytes=checkpoint_bytes,
-                              max_block_size=max_block_size)
+        self._flush_interval_armed = durability is Durability.BATCH
+        self._log: _backend.Log = _impl.Log(
+            storage, create=create, secret_key=key_pair.secret_key if key_pair else None,
+            key=key, manifest=manifest, compat=compat, durability=durability,
+            checkpoint_bytes=checkpoint_bytes, max_block_size=max_block_size)
+
+    @property
+    def lock(self) -> "threading.RLock":
+        """The re-entrant lock every call on this core holds while it runs.
+
+        Hold it (``with core.lock:``) to make several calls one step that no
+        other thread interleaves with, e.g. read the state and append after it.
+        A :class:`Coremachine` shares its core's lock, so there is no lock
+        order to get wrong; :meth:`on_change` callbacks run with it held."""
+        return self._lock
 
     # --- state ---------------------------------------------------------------
 
     @property
     def length(self) -> int:
         """Signed length: the number of blocks the latest signature covers."""
-        return self._log.length  # type: ignore[no-any-return]
+        return self._log.length
 
     @property
     def contiguous_length(self) -> int:
         """Blocks held from 0 (equals ``length`` on a writer)."""
-        return self._log.contiguous  # type: ignore[no-any-return]
+        return self._log.contiguous
 
     @property
     def fork(self) -> int:
-        return self._log.fork  # type: ignore[no-any-return]
+        return self._log.fork
 
     @property
     def byte_length(self) -> int:
-        return self._log.byte_length  # type: ignore[no-any-return]
+        return self._log.byte_length
 
     @property
     def key(self) -> bytes:
         """The core key: the manifest hash, or the public key in compat mode."""
-        return self._log.key  # type: ignore[no-any-return]
+        return self._log.key
 
     @property
     def discovery_key(self) -> bytes:
         """``BLAKE2b-256(key=core key, "hypercore")``: names the core on the wire."""
-        return self._log.discovery_key  # type: ignore[no-any-return]
+        return self._log.discovery_key
 
     @property
     def public_key(self) -> bytes:
-        return self._log.public_key  # type: ignore[no-any-return]
+        return self._log.public_key
 
     @property
     def manifest(self) -> Optional[bytes]:
         """The encoded manifest (None in compat mode or while a replica has not
         learned it)."""
-        return self._log.manifest  # type: ignore[no-any-return]
+        return self._log.manifest
 
     @property
     def writable(self) -> bool:
-        return self._log.writable  # type: ignore[no-any-return]
+        return self._log.writable
 
     @property
     def compat(self) -> bool:
-        return self._log.compat  # type: ignore[no-any-return]
+        return self._log.compat
 
     @property
-    def durability(self) -> str:
-        return self._log.durability  # type: ignore[no-any-return]
+    def durability(self) -> Durability:
+        """When an append is durable (a :class:`Durability`, equal to its string)."""
+        return self._log.durability
 
     @property
     def recovery(self) -> Dict[str, int]:
@@ -194,11 +206,11 @@ class Core:
         sends it (68-byte container in manifest mode, 64 bytes in compat mode);
         None for an empty, never truncated log."""
         with self._lock:
-            return self._log.signature()  # type: ignore[no-any-return]
+            return self._log.signature()
 
     def tree_hash(self) -> bytes:
         """The 32-byte Merkle tree hash of the current state."""
-        return self._log.tree_hash()  # type: ignore[no-any-return]
+        return self._log.tree_hash()
 
     def roots(self) -> List[Node]:
         """The current roots as ``(index, size, hash)``."""
@@ -229,7 +241,7 @@ class Core:
                 self._arm_timer()
             if before is not None:
                 self._notify("append", before, None)
-            return length  # type: ignore[no-any-return]
+            return length
 
     def truncate(self, length: int, fork: Optional[int] = None) -> None:
         """Cut the log to ``length`` blocks and sign the new state with
@@ -278,7 +290,7 @@ class Core:
         if not isinstance(index, int) or isinstance(index, bool):
             raise ArgumentTypeError("index must be an int, not %s" % type(index).__name__)
         with self._lock:
-            return self._log.get(index)  # type: ignore[no-any-return]
+            return self._log.get(index)
 
     def get_range(self, start: int, end: int) -> List[bytes]:
         """Blocks ``start`` to ``end - 1``, each verified as :meth:`get` does,
@@ -294,7 +306,19 @@ class Core:
                 raise ArgumentTypeError("start and end must be ints, not %s"
                                         % type(value).__name__)
         with self._lock:
-            return self._log.get_range(start, end)  # type: ignore[no-any-return]
+            return self._log.get_range(start, end)
+
+    def get_node(self, index: int) -> Node:
+        """Tree node ``index`` as ``(index, size, hash)``, verified from the
+        signed roots down (it must lie inside the signed length).
+
+        :raises OutOfRangeError: outside the tree of the signed length.
+        :raises BlockNotAvailableError: a replica that does not hold it yet.
+        """
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise ArgumentTypeError("index must be an int, not %s" % type(index).__name__)
+        with self._lock:
+            return self._log.get_node(index)
 
     def __len__(self) -> int:
         return self.length
@@ -318,15 +342,14 @@ class Core:
         :param manifest: include the manifest (a new replica needs it once).
         """
         with self._lock:
-            return self._log.proof(request, block, nodes, upgrade,  # type: ignore[no-any-return]
-                                   manifest)
+            return self._log.proof(request, block, nodes, upgrade, manifest)
 
     def missing_nodes(self, index: int) -> int:
         """How many tree levels above block ``index`` this replica lacks."""
         with self._lock:
-            return self._log.missing_nodes(index)  # type: ignore[no-any-return]
+            return self._log.missing_nodes(index)
 
-    def apply_proof(self, message: BytesLike) -> Any:
+    def apply_proof(self, message: BytesLike) -> ApplyResult:
         """Verify a ``data`` message from the writer (Merkle path and signature)
         and only then store what it proves.  Returns an ``ApplyResult``
         (``upgraded``, ``block_stored``, ``reorg``, ``length`` ...).
@@ -359,7 +382,7 @@ class Core:
             self._arm_timer()
             if added:
                 self._notify("proof", before, None)
-            return added  # type: ignore[no-any-return]
+            return added
 
     def verify(self, progress: Any = None) -> int:
         """Re-hash every held block against the tree and check the signature
@@ -380,7 +403,7 @@ class Core:
                 log.get(i)
                 if progress is not None and (i & 1023 == 1023 or i + 1 == total):
                     progress(i + 1, total)
-            return total  # type: ignore[no-any-return]
+            return total
 
     def has(self, index: int) -> bool:
         """True if block ``index`` is held locally."""

@@ -148,8 +148,7 @@ class Coremachine:
         self.core = core
         self.definition = create_machine(definition)
         self.eager = eager
-        self._lock = core._lock  # one lock for the log and the machine: no ordering issues
-        self._log = core._log    # the backend log, for cheap reads of length/fork
+        self._lock = core.lock  # one lock for the log and the machine: no ordering issues
         self._acting = False
         self._local = False      # our own core call is running: ignore its notification
         self._async_locks: Dict[Any, asyncio.Lock] = {}
@@ -373,7 +372,7 @@ class Coremachine:
         self._acting = True
 
     def _plan(self, event: str, value: Any) -> _Plan:
-        if not self._log.writable:
+        if not self.core.writable:
             raise ReadOnlyError("this machine follows a read-only replica: only its writer acts")
         if self._cursor is not None:
             raise NotAtHeadError("viewing history entry %d of %d: call head() before acting"
@@ -383,7 +382,7 @@ class Coremachine:
         run = self.definition.candidates(self._sid, event)
         if run is None:
             raise InvalidActionError(event, self.state)
-        plan = _Plan(event, value, copy_json(self._context), (self._head, self._log.fork))
+        plan = _Plan(event, value, copy_json(self._context), (self._head, self.core.fork))
         arg = None if value is MISSING else value
         for k, t in enumerate(run):
             if t.guard is None:
@@ -444,7 +443,7 @@ class Coremachine:
         if plan.value is not MISSING:
             entry["value"] = plan.value
         block = _json.dumps(entry)  # JSONValueError: nothing was changed
-        log = self._log
+        log = self.core
         if plan.at != (self._head, log.fork) or log.length != self._head + 1:
             # The lock is re-entrant: a coroutine of the same thread (while an
             # async action awaited) or a callback truncated or appended.  The

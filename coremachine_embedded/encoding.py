@@ -9,7 +9,7 @@ A node is a tuple ``(index, size, hash)``.
 from __future__ import annotations
 
 import struct
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from .caps import MAX_MANIFEST, MAX_PROOF_NODES, MAX_SIGNATURE, MAX_SIGNERS
 from .errors import DecodeError, TooLargeError
@@ -120,6 +120,26 @@ class Reader:
         return self.pos >= len(self.buf)
 
 
+class DataHead(NamedTuple):
+    """The head of a ``data`` message: which request it answers, on which
+    fork, the index of the block it carries (or None) and whether it carries
+    an upgrade."""
+
+    request: int
+    fork: int
+    block_index: Optional[int]
+    upgrade: bool
+
+
+def _data_head(r: Reader) -> Tuple[int, DataHead]:
+    """The flags and head of a ``data`` message, read up to the block's value."""
+    flags = r.uint()
+    request = r.uint()
+    fork = r.uint()
+    index = r.uint() if flags & 1 else None
+    return flags, DataHead(request, fork, index, bool(flags & 8))
+
+
 class DataMessage:
     """A hypercore ``data`` message (type 3): a proof and maybe a block.
 
@@ -164,15 +184,20 @@ class DataMessage:
             out.append(self.manifest)
         return b"".join(out)
 
+    @staticmethod
+    def peek(buf: bytes) -> DataHead:
+        """The head alone, without decoding the proof (what a replicator needs
+        to route an answer before the core verifies it)."""
+        return _data_head(Reader(buf))[1]
+
     @classmethod
     def decode(cls, buf: bytes) -> "DataMessage":
         r = Reader(buf)
-        flags = r.uint()
-        m = cls(r.uint(), r.uint())
-        if flags & 1:
-            index = r.uint()
+        flags, head = _data_head(r)
+        m = cls(head.request, head.fork)
+        if head.block_index is not None:
             value = r.buffer()
-            m.block = (index, value, r.nodes())
+            m.block = (head.block_index, value, r.nodes())
         if flags & 2:
             m.hash = (r.uint(), r.nodes())
         if flags & 4:

@@ -2,12 +2,15 @@
 
 Every error carries a ``code`` (a short upper-case string, stable across
 versions) and subclasses the built-in exception a caller would expect, so
-``except ValueError`` keeps working.  The C core returns negative integers;
-:data:`C_ERRORS` maps them to these classes (one table, used by ``_core.pyx``).
+``except ValueError`` keeps working.  The C core returns negative integers
+(:class:`caps.CErrorCode`); :data:`C_ERRORS` maps them to these classes (one
+table, used by ``_core.pyx``).
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Type
+
+from .caps import CErrorCode
 
 
 class CoreMachineError(Exception):
@@ -154,28 +157,28 @@ class ConfigError(InvalidArgumentError):
         self.field = field
 
 
-# C core error codes (csrc/cm.h, enum cm_err) -> exception classes.
+# The C core's error codes (caps.CErrorCode, csrc/cm.h's cm_err) -> exception classes.
 C_ERRORS: Dict[int, Type[CoreMachineError]] = {
-    -1: InvalidArgumentError,
-    -2: StorageError,
-    -3: CorruptionError,
-    -4: FormatVersionError,
-    -5: StorageError,  # CM_ERR_NOMEM: reported as a storage failure with the message
-    -6: OutOfRangeError,
-    -7: ReadOnlyError,
-    -8: StoreLockedError,
-    -9: InvalidProofError,
-    -10: InvalidSignatureError,
-    -11: DecodeError,
-    -12: TooLargeError,
-    -13: StoreNotFoundError,
-    -14: KeyMismatchError,
-    -15: BlockNotAvailableError,
-    -16: ForkError,
-    -17: ClosedError,
+    CErrorCode.INVALID: InvalidArgumentError,
+    CErrorCode.IO: StorageError,
+    CErrorCode.CORRUPT: CorruptionError,
+    CErrorCode.VERSION: FormatVersionError,
+    CErrorCode.NOMEM: StorageError,  # reported as a storage failure with the message
+    CErrorCode.RANGE: OutOfRangeError,
+    CErrorCode.READONLY: ReadOnlyError,
+    CErrorCode.LOCKED: StoreLockedError,
+    CErrorCode.BAD_PROOF: InvalidProofError,
+    CErrorCode.BAD_SIGNATURE: InvalidSignatureError,
+    CErrorCode.DECODE: DecodeError,
+    CErrorCode.TOO_LARGE: TooLargeError,
+    CErrorCode.NOT_FOUND: StoreNotFoundError,
+    CErrorCode.KEY: KeyMismatchError,
+    CErrorCode.UNAVAILABLE: BlockNotAvailableError,
+    CErrorCode.FORK: ForkError,
+    CErrorCode.CLOSED: ClosedError,
 }
 
-# Store file names indexed like csrc/cm.h's cm_file_id.
+# Store file names indexed like csrc/cm.h's cm_file_id (cm_file_names in cm_store.c).
 FILE_NAMES = (None, "header", "wal", "tree", "data", "secret_key")
 
 

@@ -10,7 +10,6 @@ not JSON become ``{"raw": HEX}``.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import sqlite3
 from typing import IO, Any, Dict, Iterable, Iterator, Optional
@@ -92,9 +91,9 @@ def write(rows_: Iterable[Dict[str, Any]], fmt: str, out: Optional[IO[str]] = No
 
 
 def _cell(value: Any, field: str) -> Any:
-    if field in ("value", "context"):
-        return "" if value is None else _json.dumps(value).decode()
-    return "" if value is None else value
+    if value is None:
+        return ""
+    return _json_or_null(value) if field in ("value", "context") else value
 
 
 def _write_sqlite(rows_: Iterable[Dict[str, Any]], path: str) -> int:
@@ -127,9 +126,3 @@ def _write_sqlite(rows_: Iterable[Dict[str, Any]], path: str) -> int:
 def _json_or_null(value: Any) -> Optional[str]:
     return None if value is None else _json.dumps(value).decode()
 
-
-def to_text(rows_: Iterable[Dict[str, Any]], fmt: str) -> str:
-    """``write`` into a string (jsonl or csv)."""
-    buf = io.StringIO()
-    write(rows_, fmt, buf)
-    return buf.getvalue()

@@ -136,7 +136,7 @@ class MachineDefinition:
         eid = self.event_ids.get(event)
         if eid is None:
             return None
-        return self.table.lookup(state_id, eid)  # type: ignore[no-any-return]
+        return self.table.lookup(state_id, eid)
 
     def __repr__(self) -> str:
         return "MachineDefinition(initial=%r, %d states, %d events)" % (

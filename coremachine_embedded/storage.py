@@ -13,10 +13,11 @@ import errno as _errno
 import os
 from typing import Optional, Protocol
 
+from .caps import IO_CREATE, IO_PRIVATE
 from .errors import StorageError, StoreLockedError, StoreNotFoundError
 
-CREATE = 1   #: create the file if it is missing
-PRIVATE = 2  #: create it with mode 0600
+CREATE = IO_CREATE    #: create the file if it is missing
+PRIVATE = IO_PRIVATE  #: create it with mode 0600
 
 
 class File(Protocol):

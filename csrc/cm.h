@@ -42,7 +42,7 @@ typedef enum cm_err {
     CM_ERR_INVALID = -1,       /* bad argument (wrong size, bad option)          */
     CM_ERR_IO = -2,            /* a file operation failed (see cm_core_errno)    */
     CM_ERR_CORRUPT = -3,       /* store content failed a check (see err_file)    */
-    CM_ERR_VERSION = -4,       /* store written by a newer format version        */
+    CM_ERR_VERSION = -4,       /* store in a format version this one cannot read  */
     CM_ERR_NOMEM = -5,         /* allocation failed                              */
     CM_ERR_RANGE = -6,         /* index or length out of range                   */
     CM_ERR_READONLY = -7,      /* write on a core without the secret key         */
@@ -240,6 +240,11 @@ void cm_write_fixed(cm_writer *w, const uint8_t *buf, size_t n);
 void cm_write_buffer(cm_writer *w, const uint8_t *buf, size_t n);
 
 #define CM_MAX_PROOF_NODES 64  /* per node array in a message */
+/* What a proof may carry: node indexes and sizes, block indexes (and the end
+ * of an upgrade) below these. */
+#define CM_MAX_NODE_INDEX (UINT64_C(1) << 62)
+#define CM_MAX_NODE_SIZE (UINT64_C(1) << 63)
+#define CM_MAX_BLOCK_INDEX (UINT64_C(1) << 61)
 
 /* A decoded hypercore `data` message (message type 3). Pointers point into
  * the message buffer it was decoded from. */
@@ -350,6 +355,8 @@ typedef enum cm_durability {
 #define CM_DEFAULT_CHECKPOINT_BYTES (1u << 20)
 #define CM_DEFAULT_MAX_BLOCK (15u << 20)
 #define CM_MAX_APPEND_BYTES (64u << 20)
+#define CM_MAX_APPEND_BLOCKS (1u << 20)              /* blocks in one cm_core_append */
+#define CM_MAX_LENGTH (UINT64_C(1) << 62)            /* a log's length, at most */
 
 typedef struct cm_open_opts {
     const cm_io *io;                 /* required */
@@ -495,12 +502,13 @@ int cm_table_lookup(const cm_table *t, uint32_t state, uint32_t event, uint32_t 
                     uint32_t *count);
 
 /* Store a run of blocks proven by one trusted node (batched transfer).
- * `values` are the n blocks [start, start+n) (n a power of two <= 256, start a
+ * `values` are the n blocks [start, start+n) (n a power of two <= CM_MAX_RUN, start a
  * multiple of n); the replica must hold block `start` already and the node
  * covering the run (index 2*start + n - 1).  The run's tree is rebuilt from the
  * values; if its root equals that node, the blocks the replica lacks are stored
  * in one record (with all 2n-1 nodes of the run), else CM_ERR_BAD_PROOF and
  * nothing is written.  *stored = blocks added. */
+#define CM_MAX_RUN 256  /* blocks in one cm_core_apply_run */
 int cm_core_apply_run(cm_core *core, uint64_t start, const cm_buf *values, size_t n,
                       uint64_t *stored);
 

@@ -1,6 +1,7 @@
 /*
  * cm_crypto.c - BLAKE2b tree hashing, namespaces, signables, Ed25519,
- * CRC-32, manifests and the signature verifier (hypercore-format §2, §3).
+ * CRC-32, the default manifest and manifest hashes, and the signature
+ * verifier (hypercore-format §2, §3).
  *
  * Hashing uses libsodium's crypto_generichash with the state on the stack:
  * nothing here allocates.
@@ -192,13 +193,8 @@ uint32_t cm_crc32(uint32_t crc, const uint8_t *buf, size_t len) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Manifests                                                                */
+/* Manifests: the default one and the hash (the codec is in cm_encoding.c) */
 /* ------------------------------------------------------------------------ */
-
-#define MF_PATCH 1u
-#define MF_PROLOGUE 2u
-#define MF_LINKED 4u
-#define MF_USER_DATA 8u
 
 void cm_manifest_default(const uint8_t public_key[32], cm_manifest *out) {
     memset(out, 0, sizeof(*out));
@@ -207,112 +203,6 @@ void cm_manifest_default(const uint8_t public_key[32], cm_manifest *out) {
     out->n_signers = 1;
     memcpy(out->signers[0].namespace_, CM_NS_DEFAULT, 32);
     memcpy(out->signers[0].public_key, public_key, 32);
-}
-
-int cm_manifest_encode(const cm_manifest *m, uint8_t *out, size_t cap, size_t *len) {
-    cm_writer w;
-    uint64_t flags = 0;
-    uint32_t i;
-    if (m->version < 1 || m->version > 2) return CM_ERR_INVALID;
-    if (m->n_signers > CM_MAX_SIGNERS) return CM_ERR_INVALID;
-    if (m->n_linked > 0 && m->linked == NULL) return CM_ERR_INVALID;
-    if (m->user_data_len > 0 && m->user_data == NULL) return CM_ERR_INVALID;
-    if (m->allow_patch) flags |= MF_PATCH;
-    if (m->has_prologue) flags |= MF_PROLOGUE;
-    if (m->linked != NULL) flags |= MF_LINKED;
-    if (m->user_data != NULL) flags |= MF_USER_DATA;
-
-    w.p = out;
-    w.cap = out ? cap : 0;
-    w.need = 0;
-    cm_write_uint(&w, m->version);
-    cm_write_uint(&w, flags);
-    cm_write_uint(&w, 0); /* hash: blake2b */
-    cm_write_uint(&w, m->quorum);
-    cm_write_uint(&w, m->n_signers);
-    for (i = 0; i < m->n_signers; i++) {
-        cm_write_uint(&w, 0); /* ed25519 */
-        cm_write_fixed(&w, m->signers[i].namespace_, 32);
-        cm_write_fixed(&w, m->signers[i].public_key, 32);
-    }
-    if (m->has_prologue) {
-        cm_write_fixed(&w, m->prologue_hash, 32);
-        cm_write_uint(&w, m->prologue_length);
-    }
-    if (m->linked != NULL) {
-        cm_write_uint(&w, m->n_linked);
-        cm_write_fixed(&w, m->linked, (size_t)m->n_linked * 32);
-    }
-    if (m->user_data != NULL) cm_write_buffer(&w, m->user_data, m->user_data_len);
-    *len = w.need;
-    if (w.need > CM_MAX_MANIFEST) return CM_ERR_TOO_LARGE;
-    if (w.need > cap || out == NULL) return CM_ERR_TOO_LARGE;
-    return CM_OK;
-}
-
-int cm__manifest_read(cm_reader *r, cm_manifest *out) {
-    uint64_t version, flags, hash, quorum, n, i;
-    memset(out, 0, sizeof(*out));
-    version = cm_read_uint(r);
-    if (r->err) return CM_ERR_DECODE;
-    if (version < 1 || version > 2) return CM_ERR_DECODE; /* v0 is not supported */
-    flags = cm_read_uint(r);
-    hash = cm_read_uint(r);
-    quorum = cm_read_uint(r);
-    n = cm_read_uint(r);
-    if (r->err) return CM_ERR_DECODE;
-    if (hash != 0 || quorum > UINT32_MAX) return CM_ERR_DECODE;
-    if (n > CM_MAX_SIGNERS) return CM_ERR_TOO_LARGE;
-    out->version = (uint32_t)version;
-    out->quorum = (uint32_t)quorum;
-    out->allow_patch = (flags & MF_PATCH) != 0;
-    out->n_signers = (uint32_t)n;
-    for (i = 0; i < n; i++) {
-        uint64_t type = cm_read_uint(r);
-        const uint8_t *ns = cm_read_fixed(r, 32);
-        const uint8_t *pk = cm_read_fixed(r, 32);
-        if (r->err || type != 0) return CM_ERR_DECODE;
-        memcpy(out->signers[i].namespace_, ns, 32);
-        memcpy(out->signers[i].public_key, pk, 32);
-    }
-    if (flags & MF_PROLOGUE) {
-        const uint8_t *h = cm_read_fixed(r, 32);
-        uint64_t plen = cm_read_uint(r);
-        if (r->err) return CM_ERR_DECODE;
-        out->has_prologue = 1;
-        memcpy(out->prologue_hash, h, 32);
-        out->prologue_length = plen;
-    }
-    if (flags & MF_LINKED) {
-        uint64_t count = cm_read_uint(r);
-        if (r->err) return CM_ERR_DECODE;
-        if (count > (uint64_t)(r->end - r->p) / 32) return CM_ERR_DECODE;
-        out->n_linked = (uint32_t)count;
-        out->linked = r->p;
-        cm_read_fixed(r, (size_t)count * 32);
-    }
-    if (flags & MF_USER_DATA) {
-        size_t ulen = 0;
-        const uint8_t *u = cm_read_buffer(r, &ulen);
-        if (r->err) return CM_ERR_DECODE;
-        out->user_data = u;
-        out->user_data_len = ulen;
-    }
-    return r->err ? CM_ERR_DECODE : CM_OK;
-}
-
-int cm_manifest_decode(const uint8_t *buf, size_t len, cm_manifest *out) {
-    cm_reader r;
-    int rc;
-    if (buf == NULL || len == 0) return CM_ERR_DECODE;
-    if (len > CM_MAX_MANIFEST) return CM_ERR_TOO_LARGE;
-    r.p = buf;
-    r.end = buf + len;
-    r.err = 0;
-    rc = cm__manifest_read(&r, out);
-    if (rc != CM_OK) return rc;
-    if (r.p != r.end) return CM_ERR_DECODE; /* trailing bytes change the hash */
-    return CM_OK;
 }
 
 void cm_manifest_hash(const uint8_t *encoded, size_t len, uint8_t out[32]) {

@@ -1,6 +1,6 @@
 /*
- * cm_encoding.c - compact-encoding reader/writer and the hypercore `data`
- * message (hypercore-format §0, §5.3 message 3).
+ * cm_encoding.c - compact-encoding reader/writer, the manifest codec and
+ * the hypercore `data` message (hypercore-format §0, §3.2, §5.3 message 3).
  *
  * The reader is for hostile bytes: every read checks the remaining length,
  * an overrun sets a sticky error and yields zeros/NULL, node arrays are
@@ -133,6 +133,121 @@ void cm_write_buffer(cm_writer *w, const uint8_t *buf, size_t n) {
 }
 
 /* ------------------------------------------------------------------------ */
+/* Manifests (hypercore-format §3.2): versions 1 and 2, ed25519 signers      */
+/* ------------------------------------------------------------------------ */
+
+#define MF_PATCH 1u
+#define MF_PROLOGUE 2u
+#define MF_LINKED 4u
+#define MF_USER_DATA 8u
+
+int cm_manifest_encode(const cm_manifest *m, uint8_t *out, size_t cap, size_t *len) {
+    cm_writer w;
+    uint64_t flags = 0;
+    uint32_t i;
+    if (m->version < 1 || m->version > 2) return CM_ERR_INVALID;
+    if (m->n_signers > CM_MAX_SIGNERS) return CM_ERR_INVALID;
+    if (m->n_linked > 0 && m->linked == NULL) return CM_ERR_INVALID;
+    if (m->user_data_len > 0 && m->user_data == NULL) return CM_ERR_INVALID;
+    if (m->allow_patch) flags |= MF_PATCH;
+    if (m->has_prologue) flags |= MF_PROLOGUE;
+    if (m->linked != NULL) flags |= MF_LINKED;
+    if (m->user_data != NULL) flags |= MF_USER_DATA;
+
+    w.p = out;
+    w.cap = out ? cap : 0;
+    w.need = 0;
+    cm_write_uint(&w, m->version);
+    cm_write_uint(&w, flags);
+    cm_write_uint(&w, 0); /* hash: blake2b */
+    cm_write_uint(&w, m->quorum);
+    cm_write_uint(&w, m->n_signers);
+    for (i = 0; i < m->n_signers; i++) {
+        cm_write_uint(&w, 0); /* ed25519 */
+        cm_write_fixed(&w, m->signers[i].namespace_, 32);
+        cm_write_fixed(&w, m->signers[i].public_key, 32);
+    }
+    if (m->has_prologue) {
+        cm_write_fixed(&w, m->prologue_hash, 32);
+        cm_write_uint(&w, m->prologue_length);
+    }
+    if (m->linked != NULL) {
+        cm_write_uint(&w, m->n_linked);
+        cm_write_fixed(&w, m->linked, (size_t)m->n_linked * 32);
+    }
+    if (m->user_data != NULL) cm_write_buffer(&w, m->user_data, m->user_data_len);
+    *len = w.need;
+    if (w.need > CM_MAX_MANIFEST) return CM_ERR_TOO_LARGE;
+    if (w.need > cap || out == NULL) return CM_ERR_TOO_LARGE;
+    return CM_OK;
+}
+
+static int manifest_read(cm_reader *r, cm_manifest *out) {
+    uint64_t version, flags, hash, quorum, n, i;
+    memset(out, 0, sizeof(*out));
+    version = cm_read_uint(r);
+    if (r->err) return CM_ERR_DECODE;
+    if (version < 1 || version > 2) return CM_ERR_DECODE; /* v0 is not supported */
+    flags = cm_read_uint(r);
+    hash = cm_read_uint(r);
+    quorum = cm_read_uint(r);
+    n = cm_read_uint(r);
+    if (r->err) return CM_ERR_DECODE;
+    if (hash != 0 || quorum > UINT32_MAX) return CM_ERR_DECODE;
+    if (n > CM_MAX_SIGNERS) return CM_ERR_TOO_LARGE;
+    out->version = (uint32_t)version;
+    out->quorum = (uint32_t)quorum;
+    out->allow_patch = (flags & MF_PATCH) != 0;
+    out->n_signers = (uint32_t)n;
+    for (i = 0; i < n; i++) {
+        uint64_t type = cm_read_uint(r);
+        const uint8_t *ns = cm_read_fixed(r, 32);
+        const uint8_t *pk = cm_read_fixed(r, 32);
+        if (r->err || type != 0) return CM_ERR_DECODE;
+        memcpy(out->signers[i].namespace_, ns, 32);
+        memcpy(out->signers[i].public_key, pk, 32);
+    }
+    if (flags & MF_PROLOGUE) {
+        const uint8_t *h = cm_read_fixed(r, 32);
+        uint64_t plen = cm_read_uint(r);
+        if (r->err) return CM_ERR_DECODE;
+        out->has_prologue = 1;
+        memcpy(out->prologue_hash, h, 32);
+        out->prologue_length = plen;
+    }
+    if (flags & MF_LINKED) {
+        uint64_t count = cm_read_uint(r);
+        if (r->err) return CM_ERR_DECODE;
+        if (count > (uint64_t)(r->end - r->p) / 32) return CM_ERR_DECODE;
+        out->n_linked = (uint32_t)count;
+        out->linked = r->p;
+        cm_read_fixed(r, (size_t)count * 32);
+    }
+    if (flags & MF_USER_DATA) {
+        size_t ulen = 0;
+        const uint8_t *u = cm_read_buffer(r, &ulen);
+        if (r->err) return CM_ERR_DECODE;
+        out->user_data = u;
+        out->user_data_len = ulen;
+    }
+    return r->err ? CM_ERR_DECODE : CM_OK;
+}
+
+int cm_manifest_decode(const uint8_t *buf, size_t len, cm_manifest *out) {
+    cm_reader r;
+    int rc;
+    if (buf == NULL || len == 0) return CM_ERR_DECODE;
+    if (len > CM_MAX_MANIFEST) return CM_ERR_TOO_LARGE;
+    r.p = buf;
+    r.end = buf + len;
+    r.err = 0;
+    rc = manifest_read(&r, out);
+    if (rc != CM_OK) return rc;
+    if (r.p != r.end) return CM_ERR_DECODE; /* trailing bytes change the hash */
+    return CM_OK;
+}
+
+/* ------------------------------------------------------------------------ */
 /* data message                                                             */
 /* ------------------------------------------------------------------------ */
 
@@ -202,7 +317,7 @@ int cm_data_decode(const uint8_t *buf, size_t len, cm_data_msg *out) {
     if (flags & DATA_MANIFEST) {
         cm_manifest tmp;
         const uint8_t *start = r.p;
-        rc = cm__manifest_read(&r, &tmp);
+        rc = manifest_read(&r, &tmp);
         if (rc != CM_OK) return rc;
         out->has_manifest = 1;
         out->manifest = start;

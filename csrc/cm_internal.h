@@ -48,12 +48,6 @@ static inline int cm__node_eq(const cm_node *a, const cm_node *b) {
     return a->index == b->index && a->size == b->size && memcmp(a->hash, b->hash, 32) == 0;
 }
 
-/* Largest log length whose flat-tree indexes fit comfortably in a u64. */
-#define CM_MAX_LENGTH (UINT64_C(1) << 62)
-
-/* Manifest decoding from a reader (used inside data messages). */
-int cm__manifest_read(cm_reader *r, cm_manifest *out);
-
 /* Data message encoding with the block value left out: the bytes where the
  * value goes are reserved (not written) and their offset is returned in
  * *value_off.  Used by cm_core_proof to read the block straight into place. */

@@ -12,13 +12,9 @@
 
 #define NODES_CAP (4 * CM_MAX_PROOF_NODES + 2 * CM_MAX_ROOTS)
 /* Received nodes must have index < 2^62 and size < 2^63; a block index is
- * below 2^61 and an upgrade ends below length 2^61. */
-#define MAX_NODE_INDEX (UINT64_C(1) << 62)
-#define MAX_NODE_SIZE (UINT64_C(1) << 63)
-#define MAX_BLOCK_INDEX (UINT64_C(1) << 61)
-
+ * below 2^61 and an upgrade ends below length 2^61 (cm.h). */
 static int node_ok(const cm_node *x) {
-    return x->index < MAX_NODE_INDEX && x->size < MAX_NODE_SIZE;
+    return x->index < CM_MAX_NODE_INDEX && x->size < CM_MAX_NODE_SIZE;
 }
 #define STACK_CAP (CM_MAX_ROOTS + 8)
 
@@ -96,7 +92,7 @@ static int walk_path(vctx *c, nqueue *q, cm_node *x) {
         if ((rc = q_take(c, q, cm_ft_sibling(x->index), &sib, &received)) != CM_OK) return rc;
         if (received && (rc = record(c, &sib)) != CM_OK) return rc;
         if ((rc = parent_of(x, &sib, &p)) != CM_OK) return rc;
-        if (p.size >= MAX_NODE_SIZE) return CM_ERR_BAD_PROOF;
+        if (p.size >= CM_MAX_NODE_SIZE) return CM_ERR_BAD_PROOF;
         if ((rc = record(c, &p)) != CM_OK) return rc;
         *x = p;
     }
@@ -134,14 +130,14 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
             nqueue q;
             memset(&q, 0, sizeof(q));
             if (m->has_block) {
-                if (m->block_index >= MAX_BLOCK_INDEX) return CM_ERR_BAD_PROOF;
+                if (m->block_index >= CM_MAX_BLOCK_INDEX) return CM_ERR_BAD_PROOF;
                 if (m->block_len > 0 && m->block_value == NULL) return CM_ERR_BAD_PROOF;
                 q.nodes = m->block_nodes;
                 q.n = m->n_block_nodes;
                 cm_hash_leaf(m->block_index, m->block_value, m->block_len, &b);
                 if ((rc = record(&c, &b)) != CM_OK) return rc;
             } else {
-                if (m->hash_index >= MAX_NODE_INDEX) return CM_ERR_BAD_PROOF;
+                if (m->hash_index >= CM_MAX_NODE_INDEX) return CM_ERR_BAD_PROOF;
                 q.nodes = m->hash_nodes;
                 q.n = m->n_hash_nodes;
                 if ((rc = q_take(&c, &q, m->hash_index, &b, &received)) != CM_OK) return rc;
@@ -174,7 +170,7 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
         for (i = 0; i < nr; i++)
             if (roots[i].index != idx[i]) return CM_ERR_INVALID;
         if (start != tl) return CM_ERR_BAD_PROOF;
-        if (ulen == 0 || start >= MAX_BLOCK_INDEX || ulen >= MAX_BLOCK_INDEX - start)
+        if (ulen == 0 || start >= CM_MAX_BLOCK_INDEX || ulen >= CM_MAX_BLOCK_INDEX - start)
             return CM_ERR_BAD_PROOF;
         if (man && man->has_prologue) {
             uint64_t pl = man->prologue_length;

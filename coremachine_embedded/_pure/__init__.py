@@ -1,7 +1,7 @@
 """The pure-Python backend: the reference model of the C core, same interface.
 
 Exports exactly what ``coremachine_embedded._core`` (the Cython extension)
-exports; ``tests/unit/test_backend.py`` pins the list.
+exports: the contract ``_backend.Backend`` (tests/unit/test_backend_contract.py).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .crypto import (Verifier, aead_open, aead_seal, default_manifest, discovery
                      sign, tree_hash, verify)
 from .flat import full_roots
 from ..proofs import ApplyResult, Check
-from .store import Log
+from .opening import Log
 from .table import Table
 
 NAME = "python"
@@ -23,14 +23,14 @@ def check_proof(key: bytes, manifest: Optional[bytes], roots: List[Node],
                 message: bytes) -> Check:
     """Verify a data message against trusted ``roots`` (stateless)."""
     from .proof import check
-    return check(Verifier(bytes(key), manifest), [tuple(r) for r in roots],  # type: ignore[misc]
+    return check(Verifier(bytes(key), manifest), [(r[0], r[1], r[2]) for r in roots],
                  DataMessage.decode(bytes(message)))
 
 
-def check_signature(key: bytes, manifest: Optional[bytes], tree_hash_: bytes, length: int,
+def check_signature(key: bytes, manifest: Optional[bytes], tree_hash: bytes, length: int,
                     fork: int, signature: bytes) -> None:
     """Raise InvalidSignatureError unless ``signature`` signs the state."""
-    Verifier(bytes(key), manifest).check(bytes(tree_hash_), length, fork, bytes(signature))
+    Verifier(bytes(key), manifest).check(bytes(tree_hash), length, fork, bytes(signature))
 
 
 __all__ = ["NAME", "aead_open", "aead_seal", "ApplyResult", "Check", "Log", "Table", "check_proof", "check_signature", "default_manifest",

@@ -17,13 +17,11 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Tuple
 
 from ..encoding import DataMessage, Node
-from ..caps import MAX_PROOF_NODES
+from ..caps import MAX_BLOCK_INDEX, MAX_NODE_INDEX, MAX_NODE_SIZE, MAX_PROOF_NODES
 from ..errors import InvalidArgumentError, InvalidProofError, OutOfRangeError
 from ..proofs import Check
 from . import flat
 from .crypto import Verifier, hash_leaf, hash_parent, tree_hash
-
-MAX_INDEX = 1 << 62
 
 
 def _merge_push(stack: List[Node], node: Node, out: List[Node]) -> None:
@@ -41,7 +39,7 @@ def _merge_push(stack: List[Node], node: Node, out: List[Node]) -> None:
 
 
 def _check_node(node: Node) -> None:
-    if node[0] >= MAX_INDEX or node[1] >= 1 << 63:
+    if node[0] >= MAX_NODE_INDEX or node[1] >= MAX_NODE_SIZE:
         raise InvalidProofError("node index or size out of range")
 
 
@@ -55,7 +53,7 @@ def _path(start: Node, nodes: List[Node], out: List[Node]) -> Node:
             raise InvalidProofError("expected node %d, got %d" % (flat.sibling(cur[0]), node[0]))
         a, b = (cur, node) if cur[0] < node[0] else (node, cur)
         cur = hash_parent(a, b, flat.parent(cur[0]))
-        if cur[1] >= 1 << 63:
+        if cur[1] >= MAX_NODE_SIZE:
             raise InvalidProofError("node size out of range")
         out.append(node)
         out.append(cur)
@@ -74,12 +72,12 @@ def check(verifier: Verifier, roots: List[Node], msg: DataMessage) -> Check:
         raise InvalidProofError("a block and a hash proof in one message")
     if msg.block is not None:
         index, value, nodes = msg.block
-        if index >= MAX_INDEX // 2:
+        if index >= MAX_BLOCK_INDEX:
             raise InvalidProofError("block index out of range")
         pending = _path(hash_leaf(index, value), nodes, out)
     elif msg.hash is not None:
         index, nodes = msg.hash
-        if index >= MAX_INDEX or not nodes or nodes[0][0] != index:
+        if index >= MAX_NODE_INDEX or not nodes or nodes[0][0] != index:
             raise InvalidProofError("hash proof does not start at its node")
         _check_node(nodes[0])
         pending = _path(nodes[0], nodes[1:], out)
@@ -93,7 +91,7 @@ def check(verifier: Verifier, roots: List[Node], msg: DataMessage) -> Check:
     if start != trusted_length:
         raise InvalidProofError("upgrade starts at %d, trusted length is %d"
                                 % (start, trusted_length))
-    if length == 0 or start + length >= MAX_INDEX // 2:
+    if length == 0 or start + length >= MAX_BLOCK_INDEX:
         raise InvalidProofError("upgrade length out of range")
 
     queue = iter(up_nodes)

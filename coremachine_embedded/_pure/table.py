@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+from ..caps import MAX_TABLE_CELLS
 from ..errors import InvalidArgumentError, OutOfRangeError, TooLargeError
-
-MAX_CELLS = 1 << 24
 
 
 class Table:
@@ -16,7 +15,7 @@ class Table:
     def __init__(self, n_states: int, n_events: int) -> None:
         if n_states <= 0 or n_events <= 0:
             raise InvalidArgumentError("a table needs states and events")
-        if n_states * n_events > MAX_CELLS:
+        if n_states * n_events > MAX_TABLE_CELLS:
             raise TooLargeError("%d x %d transition cells" % (n_states, n_events))
         self.n_states = n_states
         self.n_events = n_events

@@ -24,7 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..core import Core
 from ..errors import InvalidArgumentError
-from .replicator import Counters, Endpoint, SourceStatus
+from .counters import Counters
+from .endpoint import Endpoint, SourceStatus
 from .udp import UDPLink
 
 __all__ = ["Endpoint", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",

@@ -26,13 +26,13 @@ import hashlib
 import os
 from typing import Any, List, NamedTuple, Optional, Tuple
 
-from .. import _backend
+from .. import _backend, caps
 from ..encoding import Reader, encode_buffer, encode_uint
 from ..errors import DecodeError
 
-VERSION = 1
-NONCE = 24
-TAG = 16
+VERSION = caps.WIRE_VERSION
+NONCE = caps.AEAD_NONCE
+TAG = caps.AEAD_TAG
 HEADER = 1 + 32
 OVERHEAD = HEADER + NONCE + TAG
 MAX_PAYLOAD = 1 << 16            # one envelope's plaintext, at most
@@ -41,7 +41,7 @@ MAX_MESSAGE = 16 << 20           # a reassembled message, at most
 SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE = 0, 1, 2, 3, 4, 8
 HELLO, FRAGMENT, RUN, VALUES = 16, 17, 18, 19
 TYPES = {SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE, HELLO, FRAGMENT, VALUES, RUN}
-MAX_RUN = 256   # blocks in one RUN request
+MAX_RUN = caps.MAX_RUN   # blocks in one RUN request
 
 HELLO_PULL = 1    # the sender pulls: tell it about new lengths (live)
 HELLO_SERVE = 2   # the sender serves this core
@@ -73,7 +73,7 @@ def unseal(key: bytes, envelope: bytes) -> Optional[bytes]:
     """The payload, or None if the envelope was not sealed with ``key`` (or was altered)."""
     if len(envelope) < OVERHEAD or len(envelope) > OVERHEAD + MAX_PAYLOAD:
         return None
-    return _impl.aead_open(key, bytes(envelope[HEADER:HEADER + NONCE]),  # type: ignore[no-any-return]
+    return _impl.aead_open(key, bytes(envelope[HEADER:HEADER + NONCE]),
                            bytes(envelope[:HEADER]), bytes(envelope[HEADER + NONCE:]))
 
 

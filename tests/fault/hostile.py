@@ -13,7 +13,7 @@ import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from coremachine_embedded import Core, KeyPair
-from coremachine_embedded.encoding import Reader, encode_uint
+from coremachine_embedded.encoding import DataMessage, encode_uint
 from coremachine_embedded.sync import Endpoint, UDPLink, wire
 
 T = TypeVar("T")
@@ -190,15 +190,6 @@ class Session:
             self.received.append(payload)
             out += [(kind, wire.decode_message(kind, body)) for kind, body in payload.messages]
         return out
-
-
-def peek_data(body: bytes) -> Tuple[Optional[int], bool]:
-    """(block index, has an upgrade) of a DATA body."""
-    r = Reader(body)
-    flags = r.uint()
-    r.uint()
-    r.uint()
-    return (r.uint() if flags & 1 else None), bool(flags & 8)
 
 
 # --- a recording relay ---------------------------------------------------------------
@@ -391,7 +382,7 @@ class HeldPull:
         plain = wire.unseal(self.wire_key, envelope)
         assert plain is not None
         bodies = [b for k, b in wire.decode_payload(plain).messages if k == wire.DATA]
-        return any(self.mode == "all" or not peek_data(b)[1] for b in bodies)
+        return any(self.mode == "all" or not DataMessage.peek(b).upgrade for b in bodies)
 
     def messages(self, envelopes: List[bytes]) -> List[Tuple[int, bytes]]:
         out: List[Tuple[int, bytes]] = []
@@ -412,7 +403,9 @@ class HeldPull:
         self.task = asyncio.ensure_future(self.ep.pull(self.core, self.link,
                                                        self.relay.address))
         await asyncio.sleep(0)
-        self.entry = self.ep._entries[self.net.writer.discovery_key]
+        download = self.ep.download(self.core)
+        assert download is not None
+        self.download = download
         assert await wait_until(lambda: bool(self.relay.held), 5)
         if mode == "blocks":
             await self.let_upgrade_through()
@@ -427,7 +420,7 @@ class HeldPull:
             else:
                 self.relay.to_client(env)
         n = self.net.writer.length
-        assert await wait_until(lambda: self.core.length == n and self.entry.flight >= 10
+        assert await wait_until(lambda: self.core.length == n and self.download.flight >= 10
                                 and bool(self.relay.held), 10)
 
     async def finish(self, timeout: float = 20.0) -> None:

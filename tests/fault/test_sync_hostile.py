@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from coremachine_embedded import Core, KeyPair
 from coremachine_embedded.encoding import DataMessage, encode_uint
-from coremachine_embedded.sync import replicator, wire
+from coremachine_embedded.sync import endpoint, outbox, serving, sessions, wire
 from tests.fault.hostile import (Attacker, HeldPull, Net, Relay, Session, rss_bytes, run, settle,
                                  start_flood, wait_until)
 
@@ -213,8 +213,8 @@ def test_wrong_key_and_discovery_key_only(tmp_path: Any) -> None:
         await deliver(att, envelopes, net.addr, lambda: c.get("rx_envelopes", 0))
         assert drops(c, before) == {"dropped_auth": len(envelopes)}
         assert await att.drain(0.2) == [], "the server answered a host without the key"
-        assert net.server._windows == {} or all(s != att_session.session
-                                                for _, s in net.server._windows)
+        assert net.server.sessions.windows == {} or all(s != att_session.session
+                                                for _, s in net.server.sessions.windows)
         assert w.length == 64
         await net.honest_pull()
         net.alive()
@@ -278,8 +278,8 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         # The honest client pulls through a relay that, for now, holds back all
         # of the server's DATA: the client waits for its upgrade proof.
         hp = await HeldPull(net).start("all")
-        r, entry, addr = hp.core, hp.entry, hp.link.address
-        assert entry.upgrade is not None
+        r, download, addr = hp.core, hp.download, hp.link.address
+        assert download.upgrade is not None
         att = Attacker()
         s = net.session(att)
         await s.handshake(addr)
@@ -323,7 +323,7 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         await _send_forgeries(c, s, addr, unasked, {"dropped_unsolicited": len(unasked)})
         await _send_forgeries(c, s, addr, [b"", b"\x01", b"\x01\x00", b"\xff\x00"],
                               {"dropped_malformed": 4})
-        assert (r.length, r.contiguous_length) == (0, 0) and not entry.ahead
+        assert (r.length, r.contiguous_length) == (0, 0) and not download.ahead
 
         # Phase 2: let the upgrade through (block 0 rides with it); block proofs
         # stay held, so blocks 1.. are in flight.
@@ -373,7 +373,7 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
             s.send_message(addr, wire.DATA, _mutate(
                 w.proof(block=i, nodes=r.missing_nodes(i)),
                 lambda m: _block(m, value=b"forged block %d" % i)))
-        assert await wait_until(lambda: set(ahead) <= set(entry.ahead), 5)
+        assert await wait_until(lambda: set(ahead) <= set(download.ahead), 5)
         assert r.contiguous_length == 1
 
         # Phase 3: the server's answers go through; the pull completes.
@@ -381,7 +381,7 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         await hp.finish()
         net.check_replica(r)
         assert drops(c, before).get("dropped_invalid_proof", 0) >= len(ahead)
-        assert not entry.inflight and entry.upgrade is None and not entry.ahead
+        assert not download.inflight and download.upgrade is None and not download.ahead
         net.alive()
         att.close()
         hp.close()
@@ -556,15 +556,16 @@ def _memory() -> Tuple[int, int]:
 
 def _structures(ep: Any) -> Dict[str, int]:
     """Sizes of everything an endpoint keeps per remote peer."""
-    out = {"sessions": len(ep._windows), "peers": 0, "queued": 0, "fragment_sets": 0,
-           "fragment_bytes": 0, "flushes": len(ep._flush_scheduled), "ahead": 0}
+    out = {"sessions": len(ep.sessions.windows), "peers": 0, "queued": 0, "fragment_sets": 0,
+           "fragment_bytes": 0, "flushes": 0, "ahead": 0}
     for entry in ep._entries.values():
         out["peers"] += len(entry.peers)
-        out["ahead"] += sum(len(b) for b in entry.ahead.values())
+        out["ahead"] += sum(len(b) for b in entry.download.ahead.values())
         for p in entry.peers.values():
-            out["queued"] = max(out["queued"], p.out_bytes)
-            out["fragment_sets"] += len(p.fragments)
-            out["fragment_bytes"] += sum(len(c) for parts in p.fragments.values()
+            out["queued"] = max(out["queued"], p.outbox.bytes)
+            out["flushes"] += p.outbox.scheduled
+            out["fragment_sets"] += len(p.reassembly.sets)
+            out["fragment_bytes"] += sum(len(c) for parts in p.reassembly.sets.values()
                                          for c in parts.values())
     return out
 
@@ -601,7 +602,7 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
         mem1, struct1 = _memory(), _structures(net.server)
         assert struct1["sessions"] <= struct0["sessions"] + 1
         assert struct1["peers"] <= struct0["peers"] + 1
-        assert struct1["queued"] <= replicator.MAX_QUEUE_BYTES and struct1["fragment_bytes"] == 0
+        assert struct1["queued"] <= outbox.MAX_QUEUE_BYTES and struct1["fragment_bytes"] == 0
         assert mem1[0] - mem0[0] < 32 << 20 and mem1[1] - mem0[1] < 32 << 20, (mem0, mem1)
 
         # The same requests packed in one message of ~1 MB, sent in fragments:
@@ -644,9 +645,9 @@ def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
         elapsed = time.monotonic() - t0
         got = delta(c, before)
         served, dropped = got.get("requests_served", 0), got.get("dropped_flood", 0)
-        assert int(out) > 2 * (rate * elapsed + replicator.REQUEST_BURST), (out, got)
+        assert int(out) > 2 * (rate * elapsed + serving.REQUEST_BURST), (out, got)
         assert dropped > 0, got
-        assert served <= rate * elapsed + replicator.REQUEST_BURST + 1, (served, elapsed)
+        assert served <= rate * elapsed + serving.REQUEST_BURST + 1, (served, elapsed)
         await net.honest_pull()
         net.alive()
         att.close()
@@ -666,10 +667,10 @@ def test_session_flood_stays_bounded(tmp_path: Any) -> None:
         mem0 = _memory()
         before = dict(c)
         envelopes = [net.session(att).envelope([(wire.SYNC, wire.Sync(0, 0).encode())])
-                     for _ in range(replicator.MAX_SESSIONS + 4000)]
+                     for _ in range(sessions.MAX_SESSIONS + 4000)]
         await deliver(att, envelopes, net.addr, lambda: c.get("rx_envelopes", 0), batch=64)
         assert drops(c, before) == {"dropped_stale_cookie": len(envelopes)}
-        assert len(net.server._windows) == replicator.MAX_SESSIONS
+        assert len(net.server.sessions.windows) == sessions.MAX_SESSIONS
         assert len(entry.peers) <= 1
         many = [Attacker() for _ in range(300)]
         for a in many:
@@ -681,8 +682,8 @@ def test_session_flood_stays_bounded(tmp_path: Any) -> None:
             for a, env in greetings[i:i + 50]:
                 a.send(env, net.addr)
             assert await wait_until(lambda: c.get("rx_envelopes", 0) >= target, 5)
-        assert len(entry.peers) == replicator.MAX_PEERS_PER_CORE
-        assert len(net.server._windows) == replicator.MAX_SESSIONS
+        assert len(entry.peers) == endpoint.MAX_PEERS_PER_CORE
+        assert len(net.server.sessions.windows) == sessions.MAX_SESSIONS
         mem1 = _memory()
         assert mem1[0] - mem0[0] < 32 << 20, (mem0, mem1)
         for a in many:
@@ -749,10 +750,10 @@ def test_fragments_never_completing_stay_bounded(tmp_path: Any) -> None:
         envelopes = [s.envelope([(wire.FRAGMENT, wire.Fragment(i, 0, 2, os.urandom(1000)).encode())])
                      for i in range(sets)]
         await deliver(att, envelopes, net.addr, rx, batch=64)
-        assert drops(c, before) == {"dropped_fragments": sets - replicator.MAX_REASSEMBLY}
+        assert drops(c, before) == {"dropped_fragments": sets - outbox.MAX_REASSEMBLY}
         st = _structures(net.server)
-        assert st["fragment_sets"] == replicator.MAX_REASSEMBLY
-        assert st["fragment_bytes"] == replicator.MAX_REASSEMBLY * 1000
+        assert st["fragment_sets"] == outbox.MAX_REASSEMBLY
+        assert st["fragment_bytes"] == outbox.MAX_REASSEMBLY * 1000
         # the largest fragment count allowed, a few parts of each
         before = dict(c)
         top = wire.MAX_MESSAGE // 64
@@ -765,15 +766,15 @@ def test_fragments_never_completing_stay_bounded(tmp_path: Any) -> None:
         await deliver(att, envelopes, net.addr, rx, batch=64)
         assert drops(c, before) == {"dropped_fragments": 40, "dropped_malformed": len(bad)}
         st = _structures(net.server)
-        assert st["fragment_sets"] == replicator.MAX_REASSEMBLY
-        assert st["fragment_bytes"] <= replicator.MAX_REASSEMBLY * 3 * 1000
+        assert st["fragment_sets"] == outbox.MAX_REASSEMBLY
+        assert st["fragment_bytes"] <= outbox.MAX_REASSEMBLY * 3 * 1000
         # a set whose parts are all the same index never completes either
         before = dict(c)
         envelopes = [s.envelope([(wire.FRAGMENT, wire.Fragment(77, 0, 3, os.urandom(1000)).encode())])
                      for _ in range(500)]
         await deliver(att, envelopes, net.addr, rx, batch=64)
         st = _structures(net.server)
-        assert st["fragment_bytes"] <= replicator.MAX_REASSEMBLY * 3 * 1000
+        assert st["fragment_bytes"] <= outbox.MAX_REASSEMBLY * 3 * 1000
         assert _memory()[0] - mem0[0] < 32 << 20
         await net.honest_pull()
         net.alive()
@@ -788,9 +789,9 @@ def test_fragment_memory_per_peer_is_bounded_by_one_message(tmp_path: Any) -> No
         att, s = await net.greeted_session()
         c = net.server.counters
         chunk = os.urandom(net.server_link.mtu - wire.OVERHEAD - 60)
-        per_set = wire.MAX_MESSAGE // len(chunk) // (replicator.MAX_REASSEMBLY - 1) + 1
+        per_set = wire.MAX_MESSAGE // len(chunk) // (outbox.MAX_REASSEMBLY - 1) + 1
         envelopes = [s.envelope([(wire.FRAGMENT, wire.Fragment(i, part, per_set + 1, chunk).encode())])
-                     for i in range(replicator.MAX_REASSEMBLY) for part in range(per_set)]
+                     for i in range(outbox.MAX_REASSEMBLY) for part in range(per_set)]
         await deliver(att, envelopes, net.addr, lambda: c.get("rx_envelopes", 0), batch=64)
         held = _structures(net.server)["fragment_bytes"]
         assert held <= wire.MAX_MESSAGE, "one peer holds %.1f MiB of fragments" % (held / 2**20)
@@ -888,10 +889,10 @@ def test_forged_proofs_waiting_ahead_are_dropped_once_passed(tmp_path: Any) -> N
         for i in ahead:    # no path: checkable only against a leaf the replica lacks yet
             s.send_message(hp.link.address, wire.DATA, _mutate(
                 w.proof(block=i), lambda m: _block(m, value=b"forged block %d" % i)))
-        assert await wait_until(lambda: set(ahead) <= set(hp.entry.ahead), 5)
+        assert await wait_until(lambda: set(ahead) <= set(hp.download.ahead), 5)
         await hp.finish()
         net.check_replica(hp.core)
-        stale = sorted(i for i in hp.entry.ahead if i < hp.core.contiguous_length)
+        stale = sorted(i for i in hp.download.ahead if i < hp.core.contiguous_length)
         assert not stale, "forged proofs for blocks %s are still kept" % stale
         att.close()
         hp.close()
@@ -912,7 +913,7 @@ def test_forged_proof_waiting_ahead_does_not_block_the_pull(tmp_path: Any) -> No
         for i in ahead:
             s.send_message(hp.link.address, wire.DATA, _mutate(
                 w.proof(block=i), lambda m: _block(m, value=b"forged block %d" % i)))
-        assert await wait_until(lambda: set(ahead) <= set(hp.entry.ahead), 5)
+        assert await wait_until(lambda: set(ahead) <= set(hp.download.ahead), 5)
         # The genuine answers arrive, the one with block 1 last: the others
         # find a forged proof in their place.
         hp.relay.hold = None
@@ -985,7 +986,7 @@ def test_run_values_from_another_session_are_not_taken(tmp_path: Any) -> None:
     async def main() -> None:
         net = await Net(str(tmp_path), 128, 60).start()
         hp = await HeldPull(net).start("blocks", max_run=16)
-        assert any(r.run is not None for r in hp.entry.inflight.values())
+        assert any(r.run is not None for r in hp.download.inflight.values())
         s = net.session(Attacker())
         target = hp.link.address
         await s.handshake(target)

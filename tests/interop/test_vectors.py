@@ -127,7 +127,7 @@ def test_core_history(name: str, tmp_path) -> None:
         assert checked == len(core["proofs"])
         assert [c.get(i).hex() for i in range(c.length)] == [b["hex"] for b in core["blocks"]]
         for n in core["nodes"]:
-            assert c._log.get_node(n["index"]) == node(n)
+            assert c.get_node(n["index"]) == node(n)
     finally:
         c.close()
     # Reopened from disk, everything is the same.

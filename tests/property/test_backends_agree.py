@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
+from coremachine_embedded.caps import Durability
 
 try:
     from coremachine_embedded import _core
@@ -66,7 +67,7 @@ def assert_same_replica_files(base) -> None:
 
 @settings(max_examples=50)
 @given(ops=ops, compat=st.booleans(), seed=st.binary(min_size=32, max_size=32),
-       durability=st.sampled_from(["sync", "batch", "none"]),
+       durability=st.sampled_from(list(Durability)),
        checkpoint=st.sampled_from([512, 4096, 0]))
 def test_same_states_and_files(tmp_path_factory, ops, compat, seed, durability, checkpoint):
     base = tmp_path_factory.mktemp("agree")
@@ -126,7 +127,7 @@ def test_replicas_write_the_same_files(tmp_path_factory, blocks, compat, seed):
     cut = rng.randrange(len(blocks) + 1)
     writer.append(blocks[:cut])
     replicas = [b.Log(str(base / ("r-" + b.NAME)), create=True, key=writer.key,
-                      durability="batch") for b in BACKENDS]
+                      durability=Durability.BATCH) for b in BACKENDS]
     try:
         for step in range(2):
             if step == 1:

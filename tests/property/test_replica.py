@@ -54,10 +54,10 @@ def assert_equal(writer: cm.Core, replica: cm.Core) -> None:
                                                                range(writer.length)]
     for i in range(2 * writer.length - 1):
         try:
-            w = writer._log.get_node(i)
+            w = writer.get_node(i)
         except cm.OutOfRangeError:
             continue  # a parent that is not complete yet
-        assert replica._log.get_node(i) == w
+        assert replica.get_node(i) == w
 
 
 @settings(max_examples=40)

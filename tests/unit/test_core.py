@@ -137,7 +137,9 @@ def test_replica_is_read_only(tmp_path, kp: cm.KeyPair) -> None:
             assert r.get(0) == b"a" and r.contiguous_length == 1
 
 
-def _rewrite_header_version(path, version: int) -> None:
+def _rewrite_header_version(path, version: int, grow: int = 0) -> None:
+    """Give every valid header slot another format version (and ``grow``
+    more body bytes, as a later format's layout might), with a valid CRC."""
     with open(path, "r+b") as f:
         raw = f.read()
     for slot in (0, 1):
@@ -149,21 +151,46 @@ def _rewrite_header_version(path, version: int) -> None:
         if len(body) < 136 or zlib.crc32(raw[base + 4:base + 8 + blen]) != crc:
             continue
         struct.pack_into("<I", body, 4, version)
-        head = struct.pack("<I", blen)
+        body += bytes(grow)
+        head = struct.pack("<I", len(body))
         new = struct.pack("<I", zlib.crc32(bytes(body), zlib.crc32(head))) + head + bytes(body)
         with open(path, "r+b") as f:
             f.seek(base)
             f.write(new)
 
 
-def test_newer_format_version_is_refused(tmp_path, kp: cm.KeyPair) -> None:
+@pytest.mark.parametrize("version,grow", [(2, 0), (2, 24), (0, 0), (0, 8)])
+def test_other_format_versions_are_refused(tmp_path, kp: cm.KeyPair, version: int,
+                                          grow: int) -> None:
+    """A store in a format this library has no reader (or migration) for is a
+    FormatVersionError naming the header, whatever that format's slot layout,
+    newer or older - never a CorruptionError, never a fallback to a slot of
+    an older state."""
     d = tmp_path / "v"
     with cm.Core(d, key_pair=kp) as core:
         core.append(b"x")
-    _rewrite_header_version(d / "header", 2)
+        core.checkpoint()
+        core.append(b"y")  # both slots are valid
+    _rewrite_header_version(d / "header", version, grow)
     with pytest.raises(cm.FormatVersionError) as e:
         cm.Core(d)
-    assert e.value.code == "FORMAT_VERSION" and "header" in str(e.value.filename)
+    assert e.value.code == "FORMAT_VERSION" and str(e.value.filename).endswith("header")
+
+
+def test_replica_refuses_blocks_over_its_max_block_size(tmp_path, kp: cm.KeyPair) -> None:
+    """A replica's max_block_size bounds what it stores, as a writer's bounds
+    what it appends: a larger block is TooLargeError and nothing is stored."""
+    with cm.Core(tmp_path / "w", key_pair=kp) as w, \
+            cm.Core(tmp_path / "r", key=w.key, max_block_size=1024) as r:
+        w.append([b"small", bytes(1025), b"after"])
+        r.apply_proof(w.proof(upgrade=(0, 3), manifest=True))
+        r.apply_proof(w.proof(block=0, nodes=r.missing_nodes(0)))
+        with pytest.raises(cm.TooLargeError):
+            r.apply_proof(w.proof(block=1, nodes=r.missing_nodes(1)))
+        assert r.contiguous_length == 1
+        with pytest.raises(cm.TooLargeError):
+            r.apply_run(0, [w.get(0), w.get(1)])
+        assert r.contiguous_length == 1 and r.get(0) == b"small"
 
 
 def test_truncate_bumps_fork_and_resigns(tmp_path, kp: cm.KeyPair) -> None:

@@ -1,0 +1,566 @@
+"""The datagram endpoint: serves and pulls cores over links that carry
+envelopes (UDP datagrams, serial frames, anything with ``await
+start(on_receive)``, ``send(envelope, addr)``, ``mtu`` and ``frame_seconds``,
+the line time of a full envelope).
+
+DEV NOTES.  An :class:`Endpoint` holds cores (by discovery key) and links,
+and ties together one module per concern:
+
+- ``sessions.py``: who may talk to us - cookies (address validation) and
+  replay windows;
+- ``outbox.py``: envelope packing and fragmentation;
+- ``serving.py``: the answers to requests and runs, announcements, rate limits;
+- ``download.py``: what to request next for a pulled core, and applying answers;
+- ``flow.py``: round-trip estimates and retry timing.
+
+Every envelope is authenticated with the core's wire key; inside, a peer is
+known by its random session id.  Serving: SYNC answers SYNC (fork, signed
+length), REQUEST answers DATA or NO_DATA, RUN answers DATA and VALUES; appends
+are announced to peers that pull live.  Pulling: HELLO until the source
+answers, then whatever the core's :class:`Download` plans, retried as
+``flow.py`` says.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+
+from .. import errors
+from ..core import Core
+from ..encoding import Reader
+from . import flow, serving, sessions, wire
+from .counters import Counters
+from .download import Ask, Download
+from .outbox import Message, Outbox, Reassembly, budget, fragments
+
+log = logging.getLogger("coremachine_embedded.sync")
+
+MAX_PEERS_PER_CORE = 256
+PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
+NO_COOKIE = bytes(sessions.COOKIE_BYTES)
+
+
+class SourceStatus(NamedTuple):
+    """The peer a core is pulled from, as last heard (see :meth:`Endpoint.source_status`)."""
+
+    length: int                   # its signed length (-1: not heard yet)
+    fork: int
+    last_seen: Optional[float]    # time.monotonic() of its last valid envelope (None: never)
+    caught_up: bool               # this replica held its signed length at least once
+
+
+class _Peer:
+    """A remote endpoint as seen by one core."""
+
+    def __init__(self, link: Any, addr: Any, session: bytes) -> None:
+        self.link = link
+        self.addr = addr
+        self.session = session
+        self.echo = NO_COOKIE        # the cookie it gave us
+        self.live = False            # it pulls: tell it about new lengths
+        self.serves = False
+        self.last_seen = time.monotonic()
+        self.fork = -1               # its state, from SYNC/RANGE
+        self.length = -1
+        self.contiguous = 0
+        self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
+        self.outbox = Outbox()
+        self.reassembly = Reassembly()
+        self.limit = serving.RequestLimit()
+        self.rtt = flow.Rtt()
+        self.hello_sent = 0.0
+        self.hellos = 0              # HELLOs sent since it last answered one
+        self.last_answer = 0.0       # when it last sent us a DATA or VALUES
+
+    @property
+    def ready(self) -> bool:
+        return self.echo != NO_COOKIE
+
+
+class _Entry:
+    """A core at an endpoint, its peers, and the state of pulling it."""
+
+    def __init__(self, core: Core, download: Download) -> None:
+        self.core = core
+        self.dk = core.discovery_key
+        self.wire_key = wire.wire_key(core.key)
+        self.peers: "OrderedDict[Tuple[int, Any], _Peer]" = OrderedDict()
+        self.download = download
+        self.retries = flow.Retries()
+        self.pulling = False
+        self.live = False
+        self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
+        self.caught_up = asyncio.Event()
+        self.unsubscribe: Optional[Callable[[], None]] = None
+        self.last_keepalive = 0.0
+
+    def source_peer(self) -> Optional[_Peer]:
+        if self.source is None:
+            return None
+        return self.peers.get((id(self.source[0]), self.source[1]))
+
+
+class Endpoint:
+    """Serves and pulls cores over one or more links.
+
+    :param window: blocks requested and not received yet, per pulled core
+        (received ones waiting for an earlier block may hold
+        ``download.WAITING`` times more).
+    :param max_run: blocks per batched run a puller asks for (1 turns runs off).
+    :param request_rate: requests per second served to one peer (a run counts as
+        one), after a burst of ``serving.REQUEST_BURST``; beyond that they are
+        dropped and counted as ``dropped_flood``.
+    """
+
+    def __init__(self, window: int = 256, max_run: int = 64,
+                 request_rate: float = serving.REQUEST_RATE) -> None:
+        self.window = window
+        self.request_rate = request_rate
+        self.max_run = max(1, min(max_run, wire.MAX_RUN))
+        self.counters = Counters()
+        self.sessions = sessions.Sessions()
+        self.session = self.sessions.session
+        self._counter = 0
+        self._entries: Dict[bytes, _Entry] = {}
+        self._links: List[Any] = []
+        self._frag_id = 1
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._timer: Optional["asyncio.Task[None]"] = None
+        self._active: Set[_Entry] = set()    # pulls the timer visits every tick
+
+    # --- setup ----------------------------------------------------------------------
+
+    async def attach(self, link: Any) -> None:
+        """Start a link and route what it receives here."""
+        self._loop = asyncio.get_running_loop()
+        self._links.append(link)
+        await link.start(lambda data, addr: self.receive(link, data, addr))
+        if self._timer is None:
+            self._timer = self._loop.create_task(self._tick())
+
+    def serve(self, core: Core) -> None:
+        """Answer requests for ``core`` from anyone who knows its key."""
+        self._entry(core)
+
+    def download(self, core: Core) -> Optional[Download]:
+        """The state of pulling ``core`` here (None if it is not served here)."""
+        entry = self._entries.get(core.discovery_key)
+        return entry.download if entry is not None else None
+
+    def _entry(self, core: Core) -> _Entry:
+        dk = core.discovery_key
+        entry = self._entries.get(dk)
+        if entry is not None and entry.core is not core:
+            raise errors.InvalidArgumentError("this endpoint already has a core with this key")
+        if entry is None:
+            entry = self._entries[dk] = _Entry(core, Download(core, self.counters,
+                                                              self.max_run))
+            self._loop = self._loop or asyncio.get_running_loop()
+            entry.unsubscribe = serving.watch(core, self._loop, lambda: self._announce(entry))
+        return entry
+
+    async def pull(self, core: Core, link: Any, addr: Any = None, *, live: bool = False,
+                   progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Pull ``core`` from the peer at ``addr`` on ``link`` until this replica
+        holds the peer's signed length; with ``live``, keep following until
+        cancelled.  The core keeps serving what it holds."""
+        entry = self._entry(core)
+        entry.pulling = True
+        entry.live = live
+        entry.source = (link, addr)
+        entry.caught_up.clear()
+        if progress is None:
+            entry.download.on_progress = None
+        else:
+            def report(contiguous: int) -> None:
+                peer = entry.source_peer()
+                progress(contiguous, max(0, peer.length if peer else 0))
+            entry.download.on_progress = report
+        entry.download.resume()
+        self._active.add(entry)
+        self._hello(entry, link, addr)
+        try:
+            if live:
+                await asyncio.Event().wait()
+            await entry.caught_up.wait()
+        finally:
+            if not live:
+                entry.pulling = False
+
+    def remove(self, core: Core) -> None:
+        """Stop serving and pulling ``core`` here (a task awaiting its
+        :meth:`pull` is the caller's to cancel); its peers are forgotten."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core:
+            return
+        del self._entries[entry.dk]
+        self._active.discard(entry)
+        if entry.unsubscribe:
+            entry.unsubscribe()
+        entry.pulling = False
+
+    def source_status(self, core: Core) -> Optional[SourceStatus]:
+        """What the peer ``core`` is pulled from last said, or None if it is
+        not pulled here."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core or not entry.pulling:
+            return None
+        peer = entry.source_peer()
+        if peer is None or not peer.session:
+            return SourceStatus(-1, -1, None, False)
+        return SourceStatus(peer.length, peer.fork, peer.last_seen, entry.caught_up.is_set())
+
+    def ping(self, core: Core) -> bool:
+        """Ask the peer ``core`` is pulled from for an answer now (a HELLO,
+        which it answers with its SYNC), so that :meth:`source_status` shows
+        whether an idle source is still there.  False if not pulled here."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core or not entry.pulling or entry.source is None:
+            return False
+        link, addr = entry.source
+        self._hello(entry, link, addr, entry.source_peer())
+        return True
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for entry in self._entries.values():
+            if entry.unsubscribe:
+                entry.unsubscribe()
+        for link in self._links:
+            await link.close()
+        self._links = []
+
+    # --- receiving -------------------------------------------------------------------
+
+    def receive(self, link: Any, data: bytes, addr: Any) -> None:
+        """One envelope from ``addr`` on ``link``; everything invalid is dropped and counted."""
+        c = self.counters
+        c.inc("rx_envelopes")
+        c.inc("rx_bytes", len(data))
+        dk = wire.peek(data)
+        if dk is None:
+            c.inc("dropped_malformed")
+            return
+        entry = self._entries.get(dk)
+        if entry is None:
+            c.inc("dropped_unknown_core")
+            return
+        plain = wire.unseal(entry.wire_key, data)
+        if plain is None:
+            c.inc("dropped_auth")
+            return
+        try:
+            payload = wire.decode_payload(plain)
+        except errors.CoreMachineError:
+            c.inc("dropped_malformed")
+            return
+        if payload.session == self.session:
+            c.inc("dropped_own")  # our own envelope, looped back
+            return
+        verdict = self.sessions.check(dk, payload.session, payload.counter, payload.echo)
+        if verdict == sessions.REPLAY:
+            c.inc("dropped_replay")
+            return
+        fresh = verdict == sessions.FRESH
+        if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
+            # No state for a sender that does not know our cookie (so that many
+            # addresses cannot push honest peers out): tell it the cookie, forget it.
+            c.inc("dropped_stale_cookie")
+            peer = entry.peers.get((id(link), addr))
+            if peer is None or peer.session != payload.session:
+                peer = _Peer(link, addr, payload.session)
+            if time.monotonic() - peer.hello_sent > flow.HELLO_AGAIN:
+                self._hello(entry, link, addr, peer)
+            return
+        peer = self._peer(entry, link, addr, payload.session)
+        for kind, body in payload.messages:
+            if kind != wire.HELLO and not fresh:
+                continue
+            try:
+                self._handle(entry, peer, kind, body)
+            except errors.CoreMachineError as e:
+                c.inc("dropped_malformed")
+                log.debug("bad %d message from %r: %s", kind, addr, e)
+        if not fresh:
+            # It greeted us without our current cookie: answer at once (the
+            # exchange ends when both echo right).
+            self._hello(entry, link, addr, peer)
+        self._pump(entry)
+
+    def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
+        key = (id(link), addr)
+        peer = entry.peers.get(key)
+        if peer is None or peer.session != session:
+            fresh = _Peer(link, addr, session)
+            if peer is not None and not peer.session:  # our greeting's placeholder
+                fresh.hello_sent, fresh.hellos = peer.hello_sent, peer.hellos
+            elif peer is not None and entry.source_peer() is peer:
+                entry.download.restart()  # the source restarted: ask it all again
+            peer = entry.peers[key] = fresh
+            while len(entry.peers) > MAX_PEERS_PER_CORE:
+                entry.peers.popitem(last=False)
+        entry.peers.move_to_end(key)
+        peer.last_seen = time.monotonic()
+        return peer
+
+    def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+        msg = wire.decode_message(kind, body)
+        if kind == wire.HELLO:
+            if peer.hellos == 1:  # the answer to our only HELLO: a first RTT (Karn)
+                peer.rtt.sample(time.monotonic() - peer.hello_sent)
+            peer.hellos = 0
+            peer.echo = msg.cookie
+            peer.live = bool(msg.flags & wire.HELLO_PULL)
+            peer.serves = bool(msg.flags & wire.HELLO_SERVE)
+            self._send_sync(entry, peer, force=True)
+        elif kind == wire.SYNC:
+            core = entry.core
+            peer.fork, peer.length = msg.fork, msg.length
+            if msg.downloading:
+                peer.live = True
+            if (msg.remote_length, msg.fork) != (core.length, core.fork) or \
+                    peer.told != (core.fork, core.length):
+                # a wrong remote length: our last SYNC to it was lost - send it again
+                self._send_sync(entry, peer, force=msg.remote_length != core.length)
+        elif kind == wire.RANGE:
+            if not msg.drop and msg.start == 0:
+                peer.contiguous = msg.length
+        elif kind == wire.REQUEST:
+            if self._admit(peer, msg.id):
+                self._answer(entry, peer, serving.answer_request(entry.core, msg, self.counters))
+        elif kind == wire.RUN:
+            if self._admit(peer, msg.id):
+                self._answer(entry, peer, serving.answer_run(
+                    entry.core, msg, self.counters, budget(peer.link.mtu)))
+        elif kind == wire.DATA:
+            peer.last_answer = time.monotonic()
+            self._on_data(entry, peer, body)
+        elif kind == wire.VALUES:
+            peer.last_answer = time.monotonic()
+            self._on_values(entry, peer, msg)
+        elif kind == wire.NO_DATA:
+            for ask in entry.download.on_no_data(msg.request):
+                ask.deadline = time.monotonic() + peer.rtt.rto()
+        elif kind == wire.FRAGMENT:
+            whole = peer.reassembly.add(msg, self.counters)
+            if whole is not None:
+                for inner, inner_body in wire.decode_messages(Reader(whole)):
+                    if inner != wire.FRAGMENT:
+                        self._handle(entry, peer, inner, inner_body)
+
+    # --- serving ---------------------------------------------------------------------
+
+    def _send_sync(self, entry: _Entry, peer: _Peer, force: bool = False) -> None:
+        core = entry.core
+        state = (core.fork, core.length)
+        if not force and peer.told == state:
+            return
+        peer.told = state
+        for kind, body in serving.announcement(core, peer.length, entry.pulling):
+            self._queue(entry, peer, kind, body)
+
+    def _admit(self, peer: _Peer, request: int) -> bool:
+        return peer.limit.admit(request, self.request_rate, peer.outbox.full, self.counters)
+
+    def _answer(self, entry: _Entry, peer: _Peer, answer: serving.Answer) -> None:
+        for kind, body in answer.messages:
+            self._queue(entry, peer, kind, body)
+        if answer.resync is not None:
+            self._send_sync(entry, peer, force=answer.resync)
+
+    def _announce(self, entry: _Entry) -> None:
+        now = time.monotonic()
+        for peer in list(entry.peers.values()):
+            if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
+                self._send_sync(entry, peer)
+        self._pump(entry)
+
+    # --- pulling ---------------------------------------------------------------------
+
+    def _hello(self, entry: _Entry, link: Any, addr: Any, peer: Optional[_Peer] = None) -> None:
+        flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
+        if peer is None:
+            key = (id(link), addr)
+            peer = entry.peers.get(key)
+            if peer is None:
+                peer = entry.peers[key] = _Peer(link, addr, b"")
+        peer.hello_sent = time.monotonic()
+        peer.hellos += 1
+        cookie = self.sessions.cookie(peer.session or bytes(sessions.SESSION_BYTES), entry.dk)
+        self._queue(entry, peer, wire.HELLO, wire.Hello(flags, cookie).encode())
+
+    def _pump(self, entry: _Entry) -> None:
+        """Send whatever requests pulling ``entry`` needs now."""
+        if not entry.pulling:
+            return
+        peer = entry.source_peer()
+        if peer is None or not peer.ready or peer.length < 0:
+            return
+        download = entry.download
+        run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
+        for ask in download.plan(peer.fork, peer.length, self.window, run_bytes):
+            self._ask(entry, peer, ask)
+        if download.caught_up(peer.fork, peer.length) and not entry.caught_up.is_set():
+            entry.caught_up.set()
+            # What pull() returns on is durable; a live pull's later updates are
+            # as durable as the core's setting makes them (batch: within its
+            # flush interval) - not one fdatasync per update.
+            try:
+                entry.core.flush()
+            except errors.CoreMachineError:
+                pass
+
+    def _ask(self, entry: _Entry, peer: _Peer, ask: Ask, lost: bool = False) -> None:
+        self._active.add(entry)
+        kind, body = entry.download.send(ask)
+        ask.sent = time.monotonic()
+        ask.deadline = flow.deadline(ask.sent, peer.rtt.rto(), ask.tries, lost)
+        self._queue(entry, peer, kind, body)
+        if kind == wire.RUN and ask.tries > 1:
+            # a retried run goes in two envelopes: one loss does not cost another round
+            self._flush(entry, peer)
+            self._queue(entry, peer, kind, body)
+
+    def _retry(self, entry: _Entry, peer: _Peer, asks: List[Ask], lost: bool = False) -> None:
+        for ask in asks:
+            entry.download.retry(ask)
+            self._ask(entry, peer, ask, lost=lost)
+
+    def _on_data(self, entry: _Entry, peer: _Peer, body: bytes) -> None:
+        if not entry.pulling:
+            self.counters.inc("dropped_unsolicited")
+            return
+        now = time.monotonic()
+        answered = entry.download.on_data(body)
+        if answered.sent is not None:
+            peer.rtt.sample(now - answered.sent)
+            if answered.early:
+                self._lost_before(entry, answered.sent)
+
+    def _on_values(self, entry: _Entry, peer: _Peer, msg: wire.Values) -> None:
+        # Values are checked only when the whole run is there: take them only
+        # from the peer the run was asked of, so nobody else can spoil a run.
+        if peer is not entry.source_peer():
+            self.counters.inc("duplicates" if msg.first < entry.core.contiguous_length
+                              else "dropped_unsolicited")
+            return
+        answered = entry.download.on_values(msg)
+        if answered.sent is not None:
+            self._lost_before(entry, answered.sent)
+
+    def _lost_before(self, entry: _Entry, sent: float) -> None:
+        peer = entry.source_peer()
+        if peer is not None:
+            self._retry(entry, peer, entry.retries.lost_before(entry.download, sent), lost=True)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def _queue(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+        room = budget(peer.link.mtu)
+        if wire.message_size(body) > room:
+            fid = self._frag_id
+            self._frag_id += 1
+            for part in fragments(fid, kind, body, room):
+                self._queue(entry, peer, wire.FRAGMENT, part)
+            return
+        outbox = peer.outbox
+        outbox.add(kind, body)
+        if outbox.bytes >= room:  # full envelopes go now: answers stream out
+            self._flush(entry, peer, full_only=True)
+        if outbox.messages and not outbox.scheduled:
+            outbox.scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._scheduled_flush, entry, peer)
+
+    def _scheduled_flush(self, entry: _Entry, peer: _Peer) -> None:
+        peer.outbox.scheduled = False
+        self._flush(entry, peer)
+
+    def _flush(self, entry: _Entry, peer: _Peer, full_only: bool = False) -> None:
+        """Send what is queued for ``peer``, packed into envelopes; with
+        ``full_only`` the last, unfilled envelope's messages stay queued."""
+        for messages in peer.outbox.pack(budget(peer.link.mtu), full_only):
+            self._send(entry, peer, messages)
+
+    def _send(self, entry: _Entry, peer: _Peer, messages: List[Message]) -> None:
+        self._counter += 1
+        payload = wire.encode_payload(self.session, self._counter, peer.echo, messages)
+        envelope = wire.seal(entry.wire_key, entry.dk, payload)
+        self.counters.inc("tx_envelopes")
+        self.counters.inc("tx_bytes", len(envelope))
+        peer.link.send(envelope, peer.addr)
+
+    # --- timers ----------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Timers of the pulls with something pending (``_active``), and every
+        ``flow.SWEEP`` seconds of every pull (keepalives): an endpoint pulling
+        a thousand idle cores does not visit each of them every tick."""
+        swept = 0.0
+        while True:
+            # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
+            await asyncio.sleep(flow.TICK_BUSY if self._active else flow.TICK_IDLE)
+            now = time.monotonic()
+            self.sessions.rotate(now)
+            if now - swept >= flow.SWEEP:
+                swept = now
+                entries = [e for e in self._entries.values() if e.pulling]
+            else:
+                entries = list(self._active)
+            for entry in entries:
+                try:
+                    self._timeouts(entry, now)
+                except errors.CoreMachineError as e:  # a core that failed: report, go on
+                    self.counters.inc("errors")
+                    log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
+                if not self._pending(entry):
+                    self._active.discard(entry)
+
+    def _pending(self, entry: _Entry) -> bool:
+        """Does pulling ``entry`` need the fine timer: requests in flight, or
+        a greeting whose retry is due sooner than the next sweep?"""
+        if not entry.pulling:
+            return False
+        if entry.download.busy:
+            return True
+        peer = entry.source_peer()
+        if peer is None:
+            return True
+        return (not peer.ready or peer.length < 0) and \
+            flow.hello_backoff(peer.hellos) < flow.SWEEP
+
+    def _timeouts(self, entry: _Entry, now: float) -> None:
+        if not entry.pulling or entry.source is None:
+            return
+        link, addr = entry.source
+        peer = entry.source_peer()
+        if peer is None or not peer.ready or peer.length < 0:
+            # no answer to our HELLO yet, or the SYNC answering it was lost
+            if peer is None or flow.hello_due(now, peer.hello_sent, peer.hellos):
+                self._hello(entry, link, addr, peer)
+            return
+        # a source heard from lately has not lost our announcements' answers: only
+        # a quiet one needs asking (thousands of live pulls, each appending every
+        # second, send no keepalives at all)
+        if entry.live and now - max(entry.last_keepalive, peer.last_seen) > flow.KEEPALIVE:
+            entry.last_keepalive = now
+            self._send_sync(entry, peer, force=True)
+        download = entry.download
+        up = download.upgrade
+        if up is not None and now > up.deadline:
+            self._retry(entry, peer, [up])
+        # Timeouts are for a quiet link, so a backlog of answers is not taken
+        # for losses (on a slow serial line the gap between two full frames is
+        # not quiet).
+        gap = flow.QUIET_FRAMES * peer.link.frame_seconds
+        quiet = now - peer.last_answer > max(peer.rtt.rto(), gap)
+        expired = entry.retries.expired(download, now, peer.rtt.rto(), quiet)
+        if expired:
+            self.counters.inc("timeouts", len(expired))
+            self._retry(entry, peer, expired)
+        self._pump(entry)

@@ -1,0 +1,98 @@
+"""Flow control and retry timing of a datagram link: round-trip estimates,
+when a request counts as lost, how fast to greet a silent peer.
+
+Requests are retried at once when the answer to a later one arrives first (it
+or its answer was lost), otherwise after a timeout that fires only on a quiet
+link, with exponential backoff.  The retry timeout is RFC 6298's (smoothed RTT
++ 4 deviations, the first sample replacing the guess), bounded by
+:data:`MIN_RTO` and :data:`MAX_RTO`.  A reliable stream needs none of this.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from .download import Ask, Download
+
+MIN_RTO, MAX_RTO = 0.01, 3.0   # retry timeout bounds (seconds), adaptive in between
+INITIAL_SRTT, INITIAL_RTTVAR = 0.2, 0.1   # guesses until the first sample
+MAX_BACKOFF = 4                # timeouts double the RTO at most this many times
+TICK_BUSY, TICK_IDLE = 0.005, 0.05  # timer period with requests in flight / without
+HELLO_FIRST = 0.05             # seconds before the first HELLO to a silent source is repeated...
+HELLO_MAX = 1.0                # ...doubling up to this
+HELLO_AGAIN = 0.2              # a sender without our cookie is told it at most this often
+KEEPALIVE = 2.0                # a live pull SYNCs a source quiet for this long
+SWEEP = 0.5                    # seconds between timer visits of every pull (keepalives)
+QUIET_FRAMES = 2.0             # a link is quiet after this many frame times without an answer
+RUN_ENVELOPES = 4              # a batched run's values fill about this many envelopes
+
+
+class Rtt:
+    """Round-trip time estimate of one peer (RFC 6298)."""
+
+    __slots__ = ("srtt", "rttvar", "sampled")
+
+    def __init__(self) -> None:
+        self.srtt = INITIAL_SRTT
+        self.rttvar = INITIAL_RTTVAR
+        self.sampled = False
+
+    def rto(self) -> float:
+        return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
+
+    def sample(self, rtt: float) -> None:
+        if not self.sampled:  # the first sample replaces the guess (RFC 6298)
+            self.sampled = True
+            self.srtt, self.rttvar = rtt, rtt / 2
+            return
+        self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+        self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+
+def deadline(sent: float, rto: float, tries: int, lost: bool) -> float:
+    """When a request sent at ``sent`` for the ``tries``-th time is retried:
+    back off after a timeout (the peer may be gone or swamped), not after a loss."""
+    return sent + rto * (1 if lost else 2 ** min(tries - 1, MAX_BACKOFF))
+
+
+def hello_backoff(hellos: int) -> float:
+    """Seconds to wait for an answer after ``hellos`` unanswered HELLOs."""
+    return min(HELLO_MAX, HELLO_FIRST * (1 << min(hellos, 30)))
+
+
+def hello_due(now: float, sent: float, hellos: int) -> bool:
+    """Whether to greet a silent source again (``hellos`` unanswered so far)."""
+    return now - sent > hello_backoff(hellos)
+
+
+class Retries:
+    """Which asks of a download to send again."""
+
+    __slots__ = ("lost_scan",)
+
+    def __init__(self) -> None:
+        self.lost_scan = 0.0   # lost_before looked up to here
+
+    def lost_before(self, download: Download, sent: float) -> List[Ask]:
+        """The answer to an ask sent at ``sent`` came before an earlier block:
+        the unanswered asks sent before it were lost (or their answers were) -
+        retry them now rather than after a timeout."""
+        if sent <= self.lost_scan:
+            return []  # whatever was sent before that was looked at (and retried) already
+        self.lost_scan = sent
+        return [ask for ask in download.unanswered() if ask.sent < sent]
+
+    @staticmethod
+    def expired(download: Download, now: float, rto: float, quiet: bool) -> List[Ask]:
+        """Asks past their deadline on a quiet link.  While answers keep
+        coming, a later answer finds the losses (:meth:`lost_before`): a
+        backlog of answers, however long, ends, and then the link is quiet."""
+        if not quiet:
+            return []
+        out = []
+        for ask in download.inflight.values():
+            if now > ask.deadline:
+                if not ask.missing:
+                    ask.deadline = now + rto  # it waits for an earlier block
+                else:
+                    out.append(ask)
+        return out
