@@ -28,6 +28,10 @@ from .counters import Counters
 from .endpoint import Endpoint, SourceStatus
 from .udp import UDPLink
 
+#: socket buffer of a UDP socket shared by many peers (capped by net.core.rmem_max),
+#: and the datagrams it reads per wake-up
+SHARED_SOCKET_BUFFER, SHARED_READ_BATCH = 8 << 20, 64
+
 __all__ = ["Endpoint", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",
            "link_schemes", "serve", "pull", "serve_forever", "pull_blocking"]
 
@@ -67,9 +71,10 @@ def _open_udp(url: str, listen: bool, shared: Optional[Dict[Hashable, Any]]) -> 
     share = ("udp", family, mtu)  # one socket talks to any number of peers
     if shared is not None and share in shared:
         return shared[share], addr
-    link = UDPLink("::" if family == socket.AF_INET6 else "0.0.0.0", 0, mtu=mtu)
-    if shared is not None:
-        shared[share] = link
+    if shared is None:
+        return UDPLink("::" if family == socket.AF_INET6 else "0.0.0.0", 0, mtu=mtu), addr
+    link = shared[share] = UDPLink("::" if family == socket.AF_INET6 else "0.0.0.0", 0, mtu=mtu,
+                                   buffer=SHARED_SOCKET_BUFFER, read_batch=SHARED_READ_BATCH)
     return link, addr
 
 

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .. import errors
 from ..core import Core
-from ..encoding import DataMessage
+from ..encoding import DataHead, DataMessage
 from . import batch, wire
 from .counters import Counters
 
@@ -251,10 +251,13 @@ class Download:
 
     # --- answers -----------------------------------------------------------------------
 
-    def on_data(self, body: bytes) -> Answered:
+    def on_data(self, body: bytes, pushed_ok: bool = False) -> Answered:
         """A DATA message (a Hypercore proof): applied if it is the next block
         or an upgrade we asked for, kept if it builds on a block still to come,
-        otherwise counted and dropped."""
+        otherwise counted and dropped.  With ``pushed_ok`` (it comes from the
+        peer we follow live) an unasked upgrade with our next block - a push,
+        request id ``wire.PUSHED`` - is applied when nothing is in flight: the
+        core verifies it like any other."""
         if self.core.writable:
             self.counters.inc("dropped_unsolicited")
             return NOTHING
@@ -265,10 +268,13 @@ class Download:
             return NOTHING
         if head.upgrade:
             up = self.upgrade
-            if up is None:  # a late answer to a retried upgrade: we have it already
-                self.counters.inc("duplicates")
-                return NOTHING
-            self._apply(body, upgrade=True)
+            if up is None:
+                if not (pushed_ok and head.request == wire.PUSHED and self._pushable(head)):
+                    # a late answer to a retried upgrade, or a push we cannot use
+                    self.counters.inc("duplicates")
+                    return NOTHING
+                self.counters.inc("pushes")
+            self._apply(body, upgrade=True)   # (an upgrade we asked for: checked alike)
             return _answering(up, head.request)
         index = head.block_index
         if index is None:
@@ -289,6 +295,14 @@ class Download:
             return answered._replace(early=True)
         self._apply(body)
         return answered
+
+    def _pushable(self, head: DataHead) -> bool:
+        """A push we take: for our next block, while we hold our whole signed
+        length and no block is in flight (with an upgrade in flight, a push
+        counts as its answer)."""
+        core = self.core
+        return (not self.inflight
+                and head.block_index == core.length == core.contiguous_length)
 
     def on_values(self, msg: wire.Values) -> Answered:
         """VALUES of a run in flight (the caller takes them only from the peer

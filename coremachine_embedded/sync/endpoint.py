@@ -39,6 +39,7 @@ from .outbox import Message, Outbox, Reassembly, budget, fragments
 log = logging.getLogger("coremachine_embedded.sync")
 
 MAX_PEERS_PER_CORE = 256
+PUSH_ROOM = 64        # room a push leaves in its envelope for the SYNC and RANGE after it
 PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
 NO_COOKIE = bytes(sessions.COOKIE_BYTES)
 
@@ -96,6 +97,7 @@ class _Entry:
         self.caught_up = asyncio.Event()
         self.unsubscribe: Optional[Callable[[], None]] = None
         self.last_keepalive = 0.0
+        self.next_check = 0.0      # monotonic: the timer need not look before this
 
     def source_peer(self) -> Optional[_Peer]:
         if self.source is None:
@@ -290,6 +292,7 @@ class Endpoint:
             # It greeted us without our current cookie: answer at once (the
             # exchange ends when both echo right).
             self._hello(entry, link, addr, peer)
+        entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
         self._pump(entry)
 
     def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
@@ -301,6 +304,7 @@ class Endpoint:
                 fresh.hello_sent, fresh.hellos = peer.hello_sent, peer.hellos
             elif peer is not None and entry.source_peer() is peer:
                 entry.download.restart()  # the source restarted: ask it all again
+                entry.next_check = 0.0
             peer = entry.peers[key] = fresh
             while len(entry.peers) > MAX_PEERS_PER_CORE:
                 entry.peers.popitem(last=False)
@@ -323,7 +327,9 @@ class Endpoint:
             peer.fork, peer.length = msg.fork, msg.length
             if msg.downloading:
                 peer.live = True
-            if (msg.remote_length, msg.fork) != (core.length, core.fork) or \
+            if (msg.remote_length, msg.fork) == (core.length, core.fork):
+                peer.told = (core.fork, core.length)  # it knows (it pushed us our new length)
+            elif (msg.remote_length, msg.fork) != (core.length, core.fork) or \
                     peer.told != (core.fork, core.length):
                 # a wrong remote length: our last SYNC to it was lost - send it again
                 self._send_sync(entry, peer, force=msg.remote_length != core.length)
@@ -332,7 +338,12 @@ class Endpoint:
                 peer.contiguous = msg.length
         elif kind == wire.REQUEST:
             if self._admit(peer, msg.id):
-                self._answer(entry, peer, serving.answer_request(entry.core, msg, self.counters))
+                answer = serving.answer_request(entry.core, msg, self.counters)
+                self._answer(entry, peer, answer)
+                if msg.upgrade is not None and answer.resync is None:
+                    # take it to hold what the answer gives it, as after a push: a
+                    # puller that fell behind is pushed again after one ordinary round
+                    peer.length = msg.upgrade[0] + msg.upgrade[1]
         elif kind == wire.RUN:
             if self._admit(peer, msg.id):
                 self._answer(entry, peer, serving.answer_run(
@@ -377,8 +388,28 @@ class Endpoint:
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
+                self._push(entry, peer)
                 self._send_sync(entry, peer)
         self._pump(entry)
+
+
+    def _push(self, entry: _Entry, peer: _Peer) -> None:
+        """A live peer gets what it would ask for next - the upgrade from the
+        length we know it has to ours, with the first new block - unasked,
+        ahead of the SYNC in the same envelope: a live update costs one
+        envelope, no request and no round trip.  We then take it to hold our
+        length (the SYNC says so); a peer that cannot use the push (it lacks
+        blocks, or is asking already) drops it unverified, and its answer to
+        the SYNC puts us right."""
+        core = entry.core
+        if peer.fork != core.fork:
+            return
+        proof = serving.push(core, peer.length)
+        if proof is None or wire.message_size(proof) > budget(peer.link.mtu) - PUSH_ROOM:
+            return
+        self.counters.inc("pushed")
+        self._queue(entry, peer, wire.DATA, proof)
+        peer.length = core.length
 
     # --- pulling ---------------------------------------------------------------------
 
@@ -391,6 +422,7 @@ class Endpoint:
                 peer = entry.peers[key] = _Peer(link, addr, b"")
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
+        entry.next_check = min(entry.next_check, peer.hello_sent + flow.hello_backoff(peer.hellos))
         cookie = self.sessions.cookie(peer.session or bytes(sessions.SESSION_BYTES), entry.dk)
         self._queue(entry, peer, wire.HELLO, wire.Hello(flags, cookie).encode())
 
@@ -405,7 +437,12 @@ class Endpoint:
         run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
         for ask in download.plan(peer.fork, peer.length, self.window, run_bytes):
             self._ask(entry, peer, ask)
-        if download.caught_up(peer.fork, peer.length) and not entry.caught_up.is_set():
+        if not download.caught_up(peer.fork, peer.length):
+            return
+        if entry.live:
+            # tell the source where we are, so that it can push what comes next
+            self._send_sync(entry, peer)
+        if not entry.caught_up.is_set():
             entry.caught_up.set()
             # What pull() returns on is durable; a live pull's later updates are
             # as durable as the core's setting makes them (batch: within its
@@ -420,6 +457,7 @@ class Endpoint:
         kind, body = entry.download.send(ask)
         ask.sent = time.monotonic()
         ask.deadline = flow.deadline(ask.sent, peer.rtt.rto(), ask.tries, lost)
+        entry.next_check = min(entry.next_check, ask.deadline)
         self._queue(entry, peer, kind, body)
         if kind == wire.RUN and ask.tries > 1:
             # a retried run goes in two envelopes: one loss does not cost another round
@@ -436,7 +474,8 @@ class Endpoint:
             self.counters.inc("dropped_unsolicited")
             return
         now = time.monotonic()
-        answered = entry.download.on_data(body)
+        answered = entry.download.on_data(body, pushed_ok=entry.live
+                                          and peer is entry.source_peer())
         if answered.sent is not None:
             peer.rtt.sample(now - answered.sent)
             if answered.early:
@@ -510,14 +549,18 @@ class Endpoint:
             if now - swept >= flow.SWEEP:
                 swept = now
                 entries = [e for e in self._entries.values() if e.pulling]
-            else:
-                entries = list(self._active)
+            else:   # the pending ones, when something of theirs may be due
+                entries = [e for e in self._active if now >= e.next_check]
             for entry in entries:
                 try:
                     self._timeouts(entry, now)
                 except errors.CoreMachineError as e:  # a core that failed: report, go on
                     self.counters.inc("errors")
                     log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
+                peer = entry.source_peer()
+                # deadlines are an RTO or more away: a quarter of it is soon enough
+                entry.next_check = now + max(flow.TICK_BUSY, peer.rtt.rto() / 4 if peer
+                                             else 0.0)
                 if not self._pending(entry):
                     self._active.discard(entry)
 
@@ -544,15 +587,20 @@ class Endpoint:
             if peer is None or flow.hello_due(now, peer.hello_sent, peer.hellos):
                 self._hello(entry, link, addr, peer)
             return
-        # a source heard from lately has not lost our announcements' answers: only
-        # a quiet one needs asking (thousands of live pulls, each appending every
-        # second, send no keepalives at all)
-        if entry.live and now - max(entry.last_keepalive, peer.last_seen) > flow.KEEPALIVE:
+        # A source heard from lately has not lost our announcements' answers: only
+        # a quiet one needs asking, and the others only need to know we are still
+        # here (thousands of live pulls, each pushed an append every second, send
+        # one SYNC each per LIVE_REFRESH).
+        since = now - entry.last_keepalive
+        if entry.live and (since > flow.LIVE_REFRESH or (
+                since > flow.KEEPALIVE and now - peer.last_seen > flow.KEEPALIVE)):
             entry.last_keepalive = now
             self._send_sync(entry, peer, force=True)
         download = entry.download
         up = download.upgrade
-        if up is not None and now > up.deadline:
+        retried = up is not None and now > up.deadline
+        if up is not None and retried:
+            peer.rtt.timed_out()
             self._retry(entry, peer, [up])
         # Timeouts are for a quiet link, so a backlog of answers is not taken
         # for losses (on a slow serial line the gap between two full frames is
@@ -562,5 +610,7 @@ class Endpoint:
         expired = entry.retries.expired(download, now, peer.rtt.rto(), quiet)
         if expired:
             self.counters.inc("timeouts", len(expired))
+            peer.rtt.timed_out()
             self._retry(entry, peer, expired)
-        self._pump(entry)
+        if retried or expired:   # (every envelope received pumps already)
+            self._pump(entry)

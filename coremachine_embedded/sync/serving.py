@@ -65,6 +65,20 @@ def announcement(core: Core, remote_length: int, downloading: bool) -> List[Mess
             (wire.RANGE, wire.Range(0, core.contiguous_length).encode())]
 
 
+def push(core: Core, peer_length: int) -> Optional[bytes]:
+    """What a live peer holding our first ``peer_length`` blocks would ask
+    for next, unasked (request id ``wire.PUSHED``): the upgrade to our signed
+    length with the first new block.  None if we cannot prove it (we lack the
+    block, or the peer is not behind on our fork)."""
+    if not 0 < peer_length < core.length or core.contiguous_length < core.length:
+        return None
+    try:
+        return core.proof(block=peer_length, upgrade=(peer_length, core.length - peer_length),
+                          request=wire.PUSHED)
+    except _PROOF_REFUSED:
+        return None
+
+
 def answer_request(core: Core, req: wire.Request, counters: Counters) -> Answer:
     """A Hypercore request: DATA (the proof of a block and/or an upgrade) or
     NO_DATA (hash and seek requests are refused, as is a request on another
