@@ -90,7 +90,7 @@ class GatewayConfig:
     store_dir: str
     machine: Optional[str] = None
     listen: Tuple[str, ...] = ()
-    flush_interval: float = 1.0
+    flush_interval: float = 5.0    # replicas are made durable this often (one fsync each)
     retry_min: float = 0.5
     retry_max: float = 30.0
     silence: float = 30.0
@@ -242,7 +242,7 @@ def loads(text: str, path: str = "<config>") -> GatewayConfig:
     cfg: Dict[str, Any] = {
         "path": os.path.abspath(path), "name": name, "store_dir": store_dir, "machine": machine,
         "listen": listen,
-        "flush_interval": _positive(gw, "flush_interval", 1.0),
+        "flush_interval": _positive(gw, "flush_interval", 5.0),
         "retry_min": _positive(gw, "retry_min", 0.5),
         "retry_max": _positive(gw, "retry_max", 30.0),
         "silence": _positive(gw, "silence", 30.0),

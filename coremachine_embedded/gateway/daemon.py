@@ -30,6 +30,8 @@ log = logging.getLogger("coremachine_embedded.gateway")
 
 SUPERVISE_PERIOD = 1.0   # seconds between status passes
 PING_AT = 0.3            # ping a device quiet for this fraction of the silence limit
+CATCHING_UP = 32         # devices catching up at once, at most...
+CATCH_UP_WAIT = 10.0     # ...each for this long at most (a silent one lets the next go)
 OPEN_ERRORS = (CoreMachineError, OSError, ValueError, ImportError)
 
 
@@ -54,6 +56,7 @@ class Gateway:
         self._member_listeners: List[Callable[[Member, bool], None]] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._supervisor: Optional["asyncio.Task[None]"] = None
+        self._catching_up = asyncio.Semaphore(CATCHING_UP)
         self._flushing = False
 
     # --- lifetime ---------------------------------------------------------------
@@ -68,9 +71,9 @@ class Gateway:
             self.listening.append(PooledLink("listen " + url.split("?", 1)[0], link, endpoint))
             log.info("serving on %s", url)
         for local in self.config.locals:
-            self._add_local(local)
+            self._add(Local(local, self._loop, self._listeners))
         for device in self.config.devices:
-            self._add_device(device)
+            self._add(Device(device, self._loop, self._listeners))
         self._supervisor = self._loop.create_task(self._supervise())
         log.info("gateway %s: %d devices, %d local machines", self.config.name,
                  len(self.devices), len(self.locals))
@@ -81,10 +84,7 @@ class Gateway:
             self._supervisor.cancel()
             await asyncio.gather(self._supervisor, return_exceptions=True)
             self._supervisor = None
-        for name in list(self.devices):
-            await self._remove_device(name)
-        for name in list(self.locals):
-            self._remove_local(name)
+        await self._remove(list(self.locals.values()) + list(self.devices.values()))
         for pooled in self.listening:
             await pooled.endpoint.close()
         self.listening = []
@@ -102,20 +102,17 @@ class Gateway:
         forget_definitions()
         new_devices = {d.name: d for d in config.devices}
         new_locals = {m.name: m for m in config.locals}
-        for name, dev in list(self.devices.items()):
-            if new_devices.get(name) != dev.config:
-                await self._remove_device(name)
-        for name, local in list(self.locals.items()):
-            if new_locals.get(name) != local.config:
-                self._remove_local(name)
+        await self._remove([d for d in self.devices.values() if new_devices.get(d.name) != d.config]
+                           + [m for m in self.locals.values()
+                              if new_locals.get(m.name) != m.config])
         added = 0
         for name, lcfg in new_locals.items():
             if name not in self.locals:
-                self._add_local(lcfg)
+                self._add(Local(lcfg, self._loop_now(), self._listeners))
                 added += 1
         for name, dcfg in new_devices.items():
             if name not in self.devices:
-                self._add_device(dcfg)
+                self._add(Device(dcfg, self._loop_now(), self._listeners))
                 added += 1
         log.info("reloaded %s: %d devices, %d local machines (%d started)", config.path,
                  len(self.devices), len(self.locals), added)
@@ -142,69 +139,85 @@ class Gateway:
             except Exception:
                 log.exception("%s: member listener failed", member.name)
 
-    # --- local machines -------------------------------------------------------------
+    # --- members ---------------------------------------------------------------------
 
-    def _add_local(self, config: Any) -> None:
+    def _loop_now(self) -> asyncio.AbstractEventLoop:
         assert self._loop is not None
-        local = Local(config, self._loop, self._listeners)
-        self.locals[local.name] = local
-        try:
-            local.open()
-        except OPEN_ERRORS as e:
-            local.error = str(e)
-            log.error("local %s: %s", local.name, e)
+        return self._loop
+
+    def _add(self, member: Member) -> None:
+        """Start a member: its task opens the store, then serves it (and a
+        device's pulls it)."""
+        if isinstance(member, Device):
+            self.devices[member.name] = member
+            member.task = self._loop_now().create_task(self._run_device(member))
+        else:
+            assert isinstance(member, Local)
+            self.locals[member.name] = member
+            member.task = self._loop_now().create_task(self._run_local(member))
+
+    async def _remove(self, members: List[Member]) -> None:
+        """Stop members: cancel their tasks, stop serving them, close their
+        stores (in worker threads, all at once: closing flushes and folds the
+        write-ahead log, a few fsyncs each)."""
+        for member in members:
+            if isinstance(member, Device):
+                del self.devices[member.name]
+            else:
+                del self.locals[member.name]
+        tasks = [m.task for m in members if m.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for member in members:
+            if member.core is not None:
+                self._unserve(member)
+                self._announce(member, False)
+        loop = self._loop_now()
+        await asyncio.gather(*(loop.run_in_executor(None, m.close) for m in members))
+        for member in members:
+            log.info("%s %s closed", member.kind, member.name)
+
+    async def _open(self, member: Member) -> None:
+        """Open the member's store, retrying with backoff (a store can be locked
+        by another process, or a disk full, for a while).  In a worker thread:
+        creating a store takes a few fsyncs, and a thousand of them must not
+        stop the loop."""
+        cfg = self.config
+        delay = cfg.retry_min
+        while True:
+            opening = self._loop_now().run_in_executor(None, member.open)
+            try:
+                await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                await asyncio.wait([opening])   # so that close() finds what it opened
+                raise
+            except OPEN_ERRORS as e:
+                member.error = str(e)
+                log.error("%s %s: %s (retrying in %.0f s)", member.kind, member.name, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, cfg.retry_max)
+                continue
+            member.error = None
+            assert member.core is not None
+            self._serve(member)
+            self._announce(member, True)
             return
+
+    async def _run_local(self, local: Local) -> None:
+        await self._open(local)
         assert local.core is not None
-        self._serve(local)
         log.info("local %s: %s, length %d, state %s", local.name, local.config.store,
                  local.core.length, local.machine.state)
-        self._announce(local, True)
-
-    def _remove_local(self, name: str) -> None:
-        local = self.locals.pop(name)
-        if local.core is not None:
-            self._unserve(local)
-            self._announce(local, False)
-        local.close()
-        log.info("local %s closed", name)
-
-    # --- devices -----------------------------------------------------------------------
-
-    def _add_device(self, config: Any) -> None:
-        assert self._loop is not None
-        dev = Device(config, self._loop, self._listeners)
-        self.devices[dev.name] = dev
-        dev.task = self._loop.create_task(self._run_device(dev))
-
-    async def _remove_device(self, name: str) -> None:
-        dev = self.devices.pop(name)
-        if dev.task is not None:
-            dev.task.cancel()
-            await asyncio.gather(dev.task, return_exceptions=True)
-        if dev.core is not None:
-            self._unserve(dev)
-            self._announce(dev, False)
-        dev.close()
-        log.info("device %s stopped", name)
 
     async def _run_device(self, dev: Device) -> None:
         """Open the replica, then pull it over its URLs until cancelled."""
-        cfg = self.config
-        delay = cfg.retry_min
-        while dev.core is None:
-            try:
-                dev.open()
-            except OPEN_ERRORS as e:
-                dev.error = str(e)
-                log.error("device %s: %s (retrying in %.0f s)", dev.name, e, delay)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, cfg.retry_max)
-        dev.error = None
+        await self._open(dev)
         core = dev.core
-        self._serve(dev)
+        assert core is not None
         log.info("device %s: %s, holds %d entries; following %s", dev.name, dev.config.store,
                  core.contiguous_length, ", ".join(dev.config.urls))
-        self._announce(dev, True)
+        cfg = self.config
         delay = cfg.retry_min
         turn = 0
         while True:
@@ -220,12 +233,16 @@ class Gateway:
                 delay = min(2 * delay, cfg.retry_max)
                 continue
             dev.link, dev.url, dev.attached_at = pooled, url, time.monotonic()
-            dev.pull_task = asyncio.ensure_future(
-                pooled.endpoint.pull(core, pooled.link, addr, live=True))
+            dev.pull_task = None
             try:
+                async with self._catching_up:
+                    dev.attached_at = time.monotonic()
+                    dev.pull_task = asyncio.ensure_future(
+                        pooled.endpoint.pull(core, pooled.link, addr, live=True))
+                    await self._caught_up(dev, pooled)
                 await asyncio.wait([dev.pull_task])
             finally:
-                if not dev.pull_task.done():
+                if dev.pull_task is not None and not dev.pull_task.done():
                     dev.pull_task.cancel()
                     await asyncio.wait([dev.pull_task])
                 pooled.endpoint.remove(core)
@@ -233,6 +250,7 @@ class Gateway:
                 if dev.online:
                     dev.online = False
                 await self.links.release(pooled)
+            assert dev.pull_task is not None
             if dev.pull_task.cancelled():  # the supervisor moves it to its next URL
                 delay = cfg.retry_min
                 continue
@@ -241,6 +259,19 @@ class Gateway:
                       url, error, delay)
             await asyncio.sleep(delay)
             delay = min(2 * delay, cfg.retry_max)
+
+    async def _caught_up(self, dev: Device, pooled: PooledLink) -> None:
+        """Wait until ``dev`` first holds its writer's length (or CATCH_UP_WAIT
+        passed, or its pull ended).  Pulls start ``CATCHING_UP`` at a time: a
+        thousand devices greeted at once would answer at once and overflow
+        the shared socket, and every lost answer is a retry."""
+        assert dev.pull_task is not None and dev.core is not None
+        deadline = time.monotonic() + CATCH_UP_WAIT
+        while not dev.pull_task.done() and time.monotonic() < deadline:
+            status = pooled.endpoint.source_status(dev.core)
+            if status is not None and status.caught_up:
+                return
+            await asyncio.sleep(0.02)
 
     # --- serving ------------------------------------------------------------------------
 

@@ -35,12 +35,17 @@ class Member:
         self.definition: Optional[MachineDefinition] = None
         self.machine_ref: Optional[str] = None
         self.error: Optional[str] = None     # why it is not running, if it is not
+        self.task: Optional["asyncio.Task[None]"] = None   # opens it (and pulls a device)
         self._loop = loop
         self._loop_thread = threading.get_ident()
         self._listeners = listeners          # the gateway's: shared by every member
         self._pending = False
         self._dirty = False                  # stored something since take_dirty()
         self._unsubscribe: Optional[Callable[[], None]] = None
+
+    def open(self) -> None:
+        """Open the store (and load the machine); raises what opening raised."""
+        raise NotImplementedError
 
     def attach(self, core: Core) -> None:
         """Start notifying listeners about ``core``'s changes."""
@@ -93,8 +98,7 @@ class Device(Member):
         super().__init__(config.name, loop, listeners)
         self.config = config
         self.machine_ref = config.machine
-        self.task: Optional["asyncio.Task[None]"] = None
-        self.pull_task: Optional["asyncio.Future[None]"] = None
+        self.pull_task: Optional["asyncio.Future[None]"] = None   # the live pull, once started
         self.link: Optional[PooledLink] = None
         self.url: Optional[str] = None
         self.attached_at = 0.0             # monotonic: when pulling over this URL began

@@ -181,6 +181,7 @@ def test_local_machines_are_served_on_the_listen_urls(tmp_path) -> None:
         link = UDPLink("127.0.0.1", 0)
         try:
             local = gw.locals["valve"]
+            await wait_for(lambda: local.machine is not None, what="the local store to open")
             local.machine.action("READING", {"t": 0, "celsius": 15.0})
             replica = Core(str(tmp_path / "replica"), key=local.core.key, durability="none")
             await puller.attach(link)

@@ -126,7 +126,8 @@ def test_actions_only_for_what_the_configuration_allows(tmp_path) -> None:
         dev = await SimDevice(str(tmp_path), "kitchen").up()
         gw = await start(make_config(tmp_path, [dev], broker.url, local_valve(tmp_path)))
         try:
-            await wait_for(lambda: gw.bridge.listening and rec.subscribed.is_set())
+            await wait_for(lambda: gw.bridge.listening and rec.subscribed.is_set()
+                           and gw.locals["valve"].machine is not None)
             reply = "coremachine/valve/action/reply"
             rec.publish("coremachine/valve/action", json.dumps(
                 {"event": "READING", "value": {"t": 1, "celsius": 12.5}, "id": 7}).encode())
