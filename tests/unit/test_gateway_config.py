@@ -176,3 +176,11 @@ def test_the_cli_prints_one_line_and_check_validates(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "coremachine_embedded", "gateway", "--config",
                         path, "--check"], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "2 devices, 1 local machines" in r.stdout, r.stderr
+
+
+def test_the_example_file_in_boards_is_valid() -> None:
+    cfg = gwconfig.load(os.path.join(ROOT, "boards", "examples", "gateway.toml"))
+    assert [d.name for d in cfg.devices] == ["kitchen", "shed"]
+    assert cfg.devices[1].urls[0].startswith("serial://") and cfg.locals[0].actions == (
+        "SHUTDOWN",)
+    assert cfg.mqtt is not None and cfg.mqtt.discovery_prefix == "homeassistant"
