@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench import gateway_bench, log_bench, machine_bench, sync_bench
+from bench import gateway_bench, hyper_bench, log_bench, machine_bench, sync_bench
 from bench.common import Report
 
 
@@ -15,6 +15,7 @@ def main() -> None:
     log_bench.run(report, args.quick)
     machine_bench.run(report, args.quick)
     sync_bench.run(report, args.quick)
+    hyper_bench.run(report, args.quick)
     gateway_bench.run(report, args.quick)
     path = report.save("latest.json")
     print("\nresults saved to %s" % path)

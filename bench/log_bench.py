@@ -128,7 +128,7 @@ def run(report: Report, quick: bool) -> None:
 def js_append_rate(base: str, quick: bool) -> dict:
     try:
         from tests.interop import jsenv
-        env = jsenv.ensure("hypercore11", ["hypercore@11", "hypercore-crypto@3"])
+        env = jsenv.ensure("hypercore11")
         return jsenv.run(env, os.path.join(ROOT, "bench", "js", "hypercore_append.mjs"),
                          {"count": 2000 if quick else 20000, "size": 64, "batch": 1000,
                           "dir": base})

@@ -1,6 +1,8 @@
 """The machine: dispatch against `transitions` and `python-statemachine`,
 durable and group-committed actions against the disk and the JS Coremachine,
-restore time, memory and bytes per action."""
+batched appends to a core a machine follows against a bare core, a whole
+`coremachine state` process against an empty Python, restore time, memory and
+bytes per action."""
 from __future__ import annotations
 
 import json
@@ -11,29 +13,10 @@ import sys
 import textwrap
 
 from bench.common import ROOT, Report, interleaved, rate, workdir
+from bench.counter_machine import DEFINITION, increment
 
 import coremachine_embedded as cm
 from coremachine_embedded import Coremachine, create_machine
-
-
-def start(ctx, n):
-    ctx["running"] = True
-    ctx["counter"] = n
-
-
-def increment(ctx, _v):
-    ctx["counter"] += 1
-
-
-DEFINITION = {
-    "initial": "idle",
-    "context": {"running": False, "counter": 0},
-    "states": {
-        "idle": {"on": {"START": {"target": "running", "action": start}}},
-        "running": {"on": {"INCREMENT": {"target": "running", "action": increment},
-                           "STOP": {"target": "idle"}}},
-    },
-}
 
 
 def ensure_peers() -> None:
@@ -116,16 +99,66 @@ def dispatch_rates(n: int) -> dict:
 
 def js(payload: dict) -> dict:
     from tests.interop import jsenv
-    env = jsenv.ensure("coremachine", ["coremachine@1.1.0", "hypercore@11",
-                                       "hypercore-crypto@3"], legacy_peer_deps=True)
+    env = jsenv.ensure("coremachine")
     return jsenv.run(env, os.path.join(ROOT, "bench", "js", "coremachine_bench.mjs"), payload)
+
+
+def attached_appends(base: str, batches: int) -> dict:
+    """Blocks/s of ``append([1000 machine entries])`` to a bare core and to a
+    core a Coremachine follows (nobody subscribed: it decodes the newest entry
+    of each append, not all of them), in alternating rounds."""
+    entries = [json.dumps({"state": "running", "context": {"running": True, "counter": i},
+                           "event": "INCREMENT"}, separators=(",", ":")).encode()
+               for i in range(1000)]
+    cores = {}
+    for name in ("bare", "machine"):
+        cores[name] = cm.Core(os.path.join(base, "attached-" + name),
+                              key_pair=cm.KeyPair.generate(), durability="batch")
+    cube = Coremachine(cores["machine"], DEFINITION)
+
+    def appender(core: cm.Core):
+        def run() -> None:
+            for _ in range(batches):
+                core.append(entries)
+            core.flush()
+        return run
+    r = interleaved(batches * len(entries), {n: appender(c) for n, c in cores.items()})
+    assert cube.context["counter"] == 999 and cube.length == cores["machine"].length
+    for core in cores.values():
+        core.close()
+    return r
+
+
+def state_process(base: str, repeat: int) -> dict:
+    """Median wall seconds of a whole `coremachine state STORE` process and of
+    `python3 -c pass`, run alternately."""
+    import statistics
+    import time
+    store = os.path.join(base, "state-store")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+    def cli(*args: str) -> list:
+        return [sys.executable, "-m", "coremachine_embedded"] + list(args)
+    for args in (("init", store, "--machine", "bench.counter_machine:DEFINITION",
+                  "--durability", "batch"), ("act", store, "START", "3"),
+                 ("act", store, "INCREMENT")):
+        subprocess.run(cli(*args), check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    runs: dict = {"state": [], "pass": []}
+    for _ in range(repeat):
+        for name, args in (("pass", [sys.executable, "-c", "pass"]),
+                           ("state", cli("state", store))):
+            t0 = time.perf_counter()
+            out = subprocess.run(args, check=True, env=env, cwd=ROOT, stdout=subprocess.PIPE)
+            runs[name].append(time.perf_counter() - t0)
+            assert name == "pass" or out.stdout.startswith(b"state    running"), out.stdout
+    return {name: statistics.median(r) for name, r in runs.items()}
 
 
 RESTORE_PROBE = textwrap.dedent("""
     import json, sys, time
     sys.path.insert(0, sys.argv[2])
     from bench.common import rss_kib
-    from bench.machine_bench import DEFINITION
+    from bench.counter_machine import DEFINITION
     import coremachine_embedded as cm
     t0 = time.perf_counter()
     core = cm.Core(sys.argv[1])
@@ -175,6 +208,15 @@ def run(report: Report, quick: bool) -> None:
         report.add(section, "actions/s with group commit (durability=batch)", grouped, "/s",
                    target="> 100k", ok=grouped > 100000)
         core.close()
+
+        a = attached_appends(base, 5 if quick else 20)
+        report.add(section, "blocks/s, append([1000 entries]) to a followed core", a["machine"],
+                   "/s", "the same appends to a bare core", a["bare"], ">= 0.5x",
+                   a["machine"] >= 0.5 * a["bare"])
+        p = state_process(base, 7 if quick else 21)
+        report.add(section, "a whole `coremachine state STORE` process", p["state"] * 1000, "ms",
+                   "python3 -c pass", p["pass"] * 1000, "<= 3x", p["state"] <= 3 * p["pass"],
+                   lower_is_better=True)
         n_log = 20000
         js_dir = os.path.join(base, "js")
         os.makedirs(js_dir)

@@ -1,6 +1,7 @@
 """Sync: catch-up of a 20,000-entry machine log over UDP loopback against the JS
 hypercore's in-process replication of the same log, the same under 20% loss,
-and goodput over a serial line paced at 115200 baud."""
+through a local MQTT broker (bench/mqtt_bench.py), and goodput over a serial
+line paced at 115200 baud."""
 from __future__ import annotations
 
 import asyncio
@@ -69,7 +70,7 @@ def pull(stores: List[str], key: bytes, url: str) -> List[Dict[str, Any]]:
 
 def js_replication(base: str, core: cm.Core) -> Dict[str, Any]:
     from tests.interop import jsenv
-    env = jsenv.ensure("hypercore11", ["hypercore@11", "hypercore-crypto@3"])
+    env = jsenv.ensure("hypercore11")
     blocks_file = os.path.join(base, "blocks.json")
     with open(blocks_file, "w") as f:
         json.dump([core.get(i).hex() for i in range(core.length)], f)
@@ -114,6 +115,8 @@ def run(report: Report, quick: bool) -> None:
                            "the relay without loss", relayed, ">= 0.5x", lossy >= 0.5 * relayed)
         finally:
             server.stop()
+        from bench import mqtt_bench
+        mqtt_bench.run(report, section, base, key, digest, entries, lossless, quick)
         serial_goodput(report, section, base, quick)
     finally:
         shutil.rmtree(base, ignore_errors=True)

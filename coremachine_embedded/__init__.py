@@ -13,8 +13,9 @@ from .core import Core, KeyPair
 from .errors import (ArgumentTypeError, BlockNotAvailableError, ClosedError,
                      CoreMachineError, CorruptionError, DecodeError, ForkError,
                      FormatVersionError, InvalidArgumentError, InvalidProofError,
-                     InvalidSignatureError, KeyMismatchError, OutOfRangeError, ReadOnlyError,
-                     StorageError, StoreLockedError, StoreNotFoundError, TooLargeError)
+                     InvalidSignatureError, KeyMismatchError, MissingDependencyError,
+                     OutOfRangeError, ReadOnlyError, SnapshotStaleError, StorageError,
+                     StoreLockedError, StoreNotFoundError, TooLargeError)
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,6 @@ __all__ = [
     "ArgumentTypeError", "BlockNotAvailableError", "ClosedError", "CoreMachineError",
     "CorruptionError", "DecodeError", "ForkError", "FormatVersionError",
     "InvalidArgumentError", "InvalidProofError", "InvalidSignatureError", "KeyMismatchError",
-    "OutOfRangeError", "ReadOnlyError", "StorageError", "StoreLockedError",
-    "StoreNotFoundError", "TooLargeError",
+    "MissingDependencyError", "OutOfRangeError", "ReadOnlyError", "SnapshotStaleError",
+    "StorageError", "StoreLockedError", "StoreNotFoundError", "TooLargeError",
 ]

@@ -15,6 +15,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc cimport errno as c_errno
+from libc.errno cimport EACCES
 from libc.string cimport memcpy
 
 import os
@@ -24,7 +26,7 @@ from .errors import (ArgumentTypeError, CoreMachineError, InvalidArgumentError,
                      StorageError, StoreLockedError, StoreNotFoundError, TooLargeError,
                      FILE_NAMES, from_code)
 from .proofs import ApplyResult, Check
-from .storage import CREATE, PRIVATE
+from .storage import CREATE, PRIVATE, READONLY
 
 NAME = "c"
 
@@ -68,3 +70,4 @@ include "_core_crypto.pxi"
 include "_core_io.pxi"
 include "_core_log.pxi"
 include "_core_table.pxi"
+include "_core_stream.pxi"

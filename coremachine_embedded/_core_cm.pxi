@@ -22,6 +22,7 @@ cdef extern from "cm.h":
         CM_MAX_RUN
         CM_IO_CREATE
         CM_IO_PRIVATE
+        CM_IO_READONLY
 
     const char *cm_strerror(int err)
     int cm_init()
@@ -97,6 +98,7 @@ cdef extern from "cm.h":
         cm_durability durability
         uint64_t checkpoint_bytes
         uint64_t max_block_size
+        int readonly
 
     ctypedef struct cm_core:
         pass
@@ -118,6 +120,7 @@ cdef extern from "cm.h":
     uint64_t cm_core_fork(const cm_core *core)
     uint64_t cm_core_byte_length(const cm_core *core)
     int cm_core_writable(const cm_core *core)
+    int cm_core_readonly(const cm_core *core)
     int cm_core_compat(const cm_core *core)
     const uint8_t *cm_core_key(const cm_core *core)
     const uint8_t *cm_core_discovery_key(const cm_core *core)

@@ -34,10 +34,14 @@ cdef int _io_open(void *ctx, const char *name, int flags, void **file) noexcept 
     cdef _PyIO self = <_PyIO>ctx
     try:
         f = self.storage.open(name.decode(), (CREATE if flags & CM_IO_CREATE else 0)
-                              | (PRIVATE if flags & CM_IO_PRIVATE else 0))
+                              | (PRIVATE if flags & CM_IO_PRIVATE else 0)
+                              | (READONLY if flags & CM_IO_READONLY else 0))
     except BaseException as e:
         if isinstance(e, StoreNotFoundError):
             return CM_ERR_NOT_FOUND  # an expected answer, not an error to re-raise
+        if flags & CM_IO_READONLY and isinstance(e, StorageError) and e.errno == EACCES:
+            c_errno.errno = EACCES  # a snapshot may not read the secret key: an answer
+            return CM_ERR_IO
         return self.fail(e)
     Py_INCREF(f)
     file[0] = <void *>f
@@ -49,7 +53,7 @@ cdef int64_t _io_read(void *ctx, void *file, uint8_t *buf, size_t size, uint64_t
     cdef bytes data
     try:
         data = bytes((<object>file).read(size, off))
-        n = min(len(data), size)
+        n = min(<size_t>len(data), size)
         memcpy(buf, PyBytes_AS_STRING(data), n)
         return n
     except BaseException as e:

@@ -17,7 +17,7 @@ cdef class Log:
 
     def __init__(self, storage, *, create=False, secret_key=None, key=None, manifest=None,
                  compat=False, durability=Durability.SYNC, checkpoint_bytes=0,
-                 max_block_size=0):
+                 max_block_size=0, readonly=False):
         cdef cm_open_opts opts
         cdef cm_recovery rec
         cdef bytes sk = _need(secret_key, "secret_key", 64) if secret_key is not None else None
@@ -25,6 +25,9 @@ cdef class Log:
         cdef bytes man = _need(manifest, "manifest") if manifest is not None else None
         if not isinstance(durability, Durability):
             raise ArgumentTypeError("durability must be a Durability")
+        if readonly and (create or sk is not None):
+            raise InvalidArgumentError("a read-only snapshot creates nothing and takes no "
+                                       "secret key")
         self.durability = durability
         self.failed = None
         if isinstance(storage, str):
@@ -46,6 +49,7 @@ cdef class Log:
         opts.durability = <cm_durability>durability.code
         opts.checkpoint_bytes = checkpoint_bytes
         opts.max_block_size = max_block_size
+        opts.readonly = 1 if readonly else 0
         with nogil:
             rc = cm_core_open(&opts, &self.core, &rec)
         self.recovery = {"records_replayed": rec.records_replayed,
@@ -106,6 +110,10 @@ cdef class Log:
     @property
     def writable(self):
         return bool(cm_core_writable(self._c()))
+
+    @property
+    def readonly(self):
+        return bool(cm_core_readonly(self._c()))
 
     @property
     def compat(self):

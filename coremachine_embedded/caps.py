@@ -18,14 +18,15 @@ FORMAT_VERSION = 1
 WIRE_VERSION = 1
 
 
-def _namespace(name: bytes, count: int) -> Tuple[bytes, ...]:
+def namespace(name: bytes, count: int) -> Tuple[bytes, ...]:
+    """hypercore-crypto's ``namespace(name, count)``."""
     base = hashlib.blake2b(name, digest_size=32).digest()
     return tuple(hashlib.blake2b(base + bytes([i]), digest_size=32).digest()
                  for i in range(count))
 
 
 (NS_TREE, NS_REPLICATE_INITIATOR, NS_REPLICATE_RESPONDER, NS_MANIFEST,
- NS_DEFAULT, NS_ENCRYPTION) = _namespace(b"hypercore", 6)
+ NS_DEFAULT, NS_ENCRYPTION) = namespace(b"hypercore", 6)
 
 EMPTY_TREE_HASH = hashlib.blake2b(b"\x02", digest_size=32).digest()
 
@@ -49,15 +50,24 @@ SIGNABLE_MAX = 112              # bytes of a signable
 AEAD_KEY = 32                   # XChaCha20-Poly1305 key, nonce and tag sizes
 AEAD_NONCE = 24
 AEAD_TAG = 16
+NOISE_DHLEN = 32                # Hypercore's replication stream: Noise DH output...
+NOISE_TAG = 16                  # ...and ChaCha20-Poly1305 tag
+SS_KEY = 32                     # secret-stream: key, header, per-message overhead...
+SS_HEADER = 24
+SS_ABYTES = 17                  # (tag byte + Poly1305 tag)
+SS_FRAME_PREFIX = 3             # ...uint24 LE frame length...
+SS_MAX_BODY = (1 << 24) - 1     # ...and the largest frame body it can announce
 
 # Flags of the injectable file interface (storage.py, cm_io)
 IO_CREATE = 1                   # create the file if it is missing
 IO_PRIVATE = 2                  # create it with mode 0600
+IO_READONLY = 4                 # open it for reading only (a read-only snapshot)
 
 
-class CErrorCode(enum.IntEnum):
+class CErrorCode:
     """The C core's error codes (``cm_err`` without ``CM_ERR_``);
-    ``errors.C_ERRORS`` maps each to its exception class."""
+    ``errors.C_ERRORS`` maps each to its exception class.  (Plain ints, not an
+    enum: an enum class costs a millisecond at every import.)"""
 
     INVALID = -1
     IO = -2
@@ -76,6 +86,7 @@ class CErrorCode(enum.IntEnum):
     UNAVAILABLE = -15
     FORK = -16
     CLOSED = -17
+    AUTH = -18
 
 
 class Durability(str, enum.Enum):

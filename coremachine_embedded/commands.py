@@ -12,13 +12,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 from . import Core, KeyPair, _json, caps
-from .errors import CoreMachineError, InvalidArgumentError, StorageError
+from .errors import (CoreMachineError, SnapshotStaleError, StoreLockedError,
+                     StoreNotFoundError)
 
 META = "coremachine.json"
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: How long ``pull`` without ``--live`` waits, unless ``--timeout`` says otherwise.
+DEFAULT_PULL_TIMEOUT = 60.0
+FOLLOW_POLL = 0.25   # seconds between the read-only snapshots of history --follow
 
 
 class CommandError(CoreMachineError):
@@ -82,6 +86,13 @@ def open_store(store: str, durability: Optional[str] = None) -> Core:
     return Core(store, durability=durability or meta.get("durability", "sync"))
 
 
+def open_to_read(store: str) -> Core:
+    """A read-only snapshot of ``store``'s newest committed state: it takes no
+    lock, so reading never stops a process that holds the store (serve, pull
+    --live, a firmware script) or one that is starting, and never writes."""
+    return Core(store, readonly=True)
+
+
 def machine_for(store: str, ref: Optional[str]) -> Any:
     ref = ref or read_meta(store).get("machine")
     if not ref:
@@ -92,7 +103,7 @@ def machine_for(store: str, ref: Optional[str]) -> Any:
 
 # --- commands -----------------------------------------------------------------------
 
-def keygen(keyfile: str, force: bool = False) -> str:
+def keygen(keyfile: str, force: bool = False) -> KeyPair:
     """Write a new key pair's secret key (hex) to ``keyfile``, mode 0600."""
     kp = KeyPair.generate()
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
@@ -103,7 +114,16 @@ def keygen(keyfile: str, force: bool = False) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(kp.secret_key.hex() + "\n")
     os.chmod(keyfile, 0o600)
-    return kp.public_key.hex()
+    return kp
+
+
+def core_key(kp: KeyPair, compat: bool = False) -> bytes:
+    """The key readers pull with for a writer with ``kp``: the hash of its
+    default manifest (Hypercore 11), or the public key in compat mode."""
+    if compat:
+        return kp.public_key
+    from . import _backend
+    return bytes(_backend.impl.manifest_hash(_backend.impl.default_manifest(kp.public_key)))
 
 
 def read_keyfile(keyfile: str) -> KeyPair:
@@ -120,62 +140,179 @@ def read_keyfile(keyfile: str) -> KeyPair:
 
 
 def init(store: str, machine_ref: str, keyfile: Optional[str], compat: bool,
-         durability: str) -> Core:
-    """Create a writer store for a machine definition."""
+         durability: str) -> Tuple[Core, bool]:
+    """Create a writer store for a machine definition; returns it and whether it
+    was there already.  Like ``git init``, running it again on a store created
+    for the same machine (and key) changes nothing; another machine is an error."""
     from .machine import create_machine
     create_machine(load_machine(machine_ref))  # fail before creating anything
+    kp = read_keyfile(keyfile) if keyfile else None
     if os.path.exists(os.path.join(store, "header")):
-        raise CommandError("%s already holds a store" % store)
-    kp = read_keyfile(keyfile) if keyfile else KeyPair.generate()
-    core = Core(store, key_pair=kp, compat=compat, durability=durability)
+        existing = read_meta(store).get("machine")
+        if existing != machine_ref:
+            raise CommandError("%s already holds a store for %s" % (store, existing or
+                                                                   "no machine"))
+        core = open_store(store)
+        if not core.writable or (kp is not None and kp.public_key != core.public_key) \
+                or compat != core.compat:
+            core.close()
+            raise CommandError("%s already holds a store for %s with another key or mode"
+                               % (store, machine_ref))
+        return core, True
+    core = Core(store, key_pair=kp or KeyPair.generate(), compat=compat, durability=durability)
     with open(os.path.join(store, META), "w") as f:
         json.dump({"machine": machine_ref, "durability": durability,
                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f, indent=1)
-    return core
+    return core, False
 
 
-def act(store: str, event: str, value_json: Optional[str], machine_ref: Optional[str]) -> Any:
-    from .coremachine import Coremachine
+def parse_value(value_json: Optional[str]) -> Any:
+    """VALUE_JSON as given on the command line (MISSING when absent)."""
+    from .coremachine import MISSING
+    if value_json is None:
+        return MISSING
+    try:
+        return _json.loads(value_json)
+    except ValueError as e:
+        raise CommandError("VALUE_JSON is not JSON: %s" % e, EXIT_USAGE) from None
+
+
+def fire(machine: Any, event: str, value: Any) -> Any:
+    """``machine.action(event, value)``; a rejection, or an exception from the
+    machine's own guards and actions, is a CommandError with exit code 4."""
+    from .coremachine import MISSING
     from .machine import InvalidActionError
-    definition = machine_for(store, machine_ref)
-    value: Any = None
-    if value_json is not None:
+    state = machine.state
+    try:
+        return machine.action(event) if value is MISSING else machine.action(event, value)
+    except InvalidActionError as e:
+        raise CommandError(e.message, EXIT_REJECTED) from None
+    except CoreMachineError:
+        raise
+    except Exception as e:  # raised by the definition's code: nothing was written
+        shown = event if value is MISSING else "%s %s" % (event, _json.dumps(value).decode())
+        raise CommandError("%s in state %s: the machine raised %s: %s (nothing was written)"
+                           % (shown, state, type(e).__name__, e), EXIT_REJECTED) from e
+
+
+def act(store: str, event: str, value_json: Optional[str],
+        machine_ref: Optional[str]) -> Dict[str, Any]:
+    """Fire ``event`` on the store's machine; returns the new snapshot as a dict.
+    A store held by a running process (``serve``, ``pull --live``, a firmware
+    script with a ControlServer) is acted on by that process."""
+    from .coremachine import Coremachine
+    value = parse_value(value_json)
+    try:
+        core = open_store(store)
+    except StoreLockedError as locked:
+        reply = _ask_holder(store, {"op": "act", "event": event, "value_json": value_json,
+                                    "machine": machine_ref}, locked)
+        remote: Dict[str, Any] = reply["snapshot"]
+        return remote
+    with core:
+        machine = Coremachine(core, machine_for(store, machine_ref))
+        snap: Dict[str, Any] = fire(machine, event, value).to_dict()
+        return snap
+
+
+def stop(store: str, timeout: float) -> int:
+    """Ask the process holding ``store`` to stop; returns its pid once it has
+    closed the store."""
+    from . import control
+    if not os.path.exists(os.path.join(store, "header")):
+        raise StoreNotFoundError("no such store", os.path.join(store, "header"))
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            value = _json.loads(value_json)
-        except ValueError as e:
-            raise CommandError("VALUE_JSON is not JSON: %s" % e, EXIT_USAGE) from None
-    with open_store(store) as core:
-        machine = Coremachine(core, definition)
-        try:
-            return machine.action(event) if value_json is None else machine.action(event, value)
-        except InvalidActionError as e:
-            raise CommandError(e.message, EXIT_REJECTED) from None
+            pid = int(_ask_holder(store, {"op": "stop"}, None)["pid"])
+            break
+        except CommandError:
+            # held, but its control socket not up yet (a process just started)?
+            if time.monotonic() > deadline or not _held(store):
+                raise
+            time.sleep(0.05)
+    if not control.wait_gone(store, timeout):
+        raise CommandError("process %d holding %s did not stop within %gs" % (pid, store, timeout),
+                           EXIT_TIMEOUT)
+    return pid
+
+
+def _held(store: str) -> bool:
+    """Whether some process holds the store's lock, read from /proc/locks: the
+    check takes no lock that a process opening the store could run into."""
+    try:
+        st = os.stat(os.path.join(store, "header"))
+        with open("/proc/locks") as f:
+            locks = f.read().split()
+    except OSError:
+        return False
+    return "%02x:%02x:%d" % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in locks
+
+
+def _ask_holder(store: str, message: Dict[str, Any],
+                locked: Optional[StoreLockedError]) -> Dict[str, Any]:
+    from . import control
+    try:
+        reply = control.request(store, message)
+    except control.NoControlSocket:
+        if locked is None:
+            raise CommandError("no process holding %s takes commands (no %s)"
+                               % (store, control.SOCKET_NAME)) from None
+        raise CommandError("%s; the process holding it takes no commands (start it with "
+                           "coremachine serve, or act from that process)" % locked) from None
+    if not reply.get("ok"):
+        raise CommandError(str(reply.get("error")), int(reply.get("exit", EXIT_FAIL)))
+    return reply
 
 
 def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
     from .coremachine import Coremachine
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         machine = Coremachine(core, machine_for(store, machine_ref))
         return {"state": machine.state, "context": machine.context, "length": core.length,
                 "fork": core.fork, "final": machine.is_final,
                 "available": machine.available_actions()}
 
 
-def history(store: str, start: Optional[int], end: Optional[int]) -> List[Dict[str, Any]]:
-    """Entries [start, end) as recorded: index, event, value, state, context, fork.
-    Reads the blocks directly: no machine definition needed."""
+def history(store: str, start: Optional[int], end: Optional[int]) -> Iterator[Dict[str, Any]]:
+    """Entries [start, end) as recorded: index, fork, event, value, state, context,
+    one at a time.  Reads the blocks directly: no machine definition needed."""
     from . import export as exporting
-    with open_store(store) as core:
-        return list(exporting.rows(core, start or 0, end))
+    with open_to_read(store) as core:
+        yield from exporting.rows(core, start or 0, end)
+
+
+def follow_history(store: str, start: Optional[int], poll: float = FOLLOW_POLL,
+                   stop: Optional[Callable[[], bool]] = None) -> Iterator[Dict[str, Any]]:
+    """:func:`history` from ``start``, then each new entry as the process that
+    holds the store (a gateway, a ``pull --live``, a writer) commits it: a new
+    read-only snapshot every ``poll`` seconds, so only verified, committed
+    blocks are shown.  Runs until ``stop()`` is true (never, by default).  A
+    new fork goes on from the lesser of the next index and the new length."""
+    from . import export as exporting
+    next_index, fork = max(0, start or 0), None
+    while stop is None or not stop():
+        try:
+            with open_to_read(store) as core:
+                if fork is not None and core.fork != fork:
+                    next_index = min(next_index, core.contiguous_length)
+                fork = core.fork
+                for row in exporting.rows(core, next_index):
+                    next_index = row["index"] + 1
+                    yield row
+        except SnapshotStaleError:
+            continue   # truncated while read: read the new state at once
+        time.sleep(poll)
 
 
 def export(store: str, fmt: str, output: Optional[str]) -> int:
     """Write the store's entries as ``fmt`` (jsonl, csv, sqlite) to ``output``
-    (None: standard output); returns how many."""
+    (None: standard output); returns how many.  A read-only snapshot: a store
+    that the gateway or a pull --live holds is exported as it runs."""
     from . import export as exporting
     if fmt == "sqlite" and output is None:
         raise CommandError("an SQLite export needs a file: give -o FILE", EXIT_USAGE)
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         rows = exporting.rows(core)
         if fmt == "sqlite":
             return exporting.write(rows, fmt, path=output)
@@ -186,7 +323,7 @@ def export(store: str, fmt: str, output: Optional[str]) -> int:
 
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         checked = core.verify(progress)
         return {"blocks": checked, "length": core.length, "fork": core.fork,
                 "signature": bool(core.signature)}
@@ -194,7 +331,7 @@ def verify(store: str, progress: Any = None) -> Dict[str, Any]:
 
 def info(store: str) -> Dict[str, Any]:
     meta = read_meta(store)
-    with open_store(store) as core:
+    with open_to_read(store) as core:
         size = sum(os.path.getsize(os.path.join(store, f)) for f in os.listdir(store)
                    if os.path.isfile(os.path.join(store, f)))
         return {"key": core.key.hex(), "discovery_key": core.discovery_key.hex(),
@@ -202,8 +339,9 @@ def info(store: str) -> Dict[str, Any]:
                 "contiguous_length": core.contiguous_length, "fork": core.fork,
                 "byte_length": core.byte_length, "format_version": caps.FORMAT_VERSION,
                 "mode": "compat (Hypercore 10)" if core.compat else "manifest (Hypercore 11)",
-                "role": "writer" if core.writable else "replica",
-                "durability": core.durability, "size_on_disk": size,
+                "role": "writer" if os.path.exists(os.path.join(store, "secret_key"))
+                else "replica",
+                "durability": meta.get("durability") or core.durability, "size_on_disk": size,
                 "machine": meta.get("machine"), "backend": _backend_name()}
 
 
@@ -212,17 +350,16 @@ def _backend_name() -> str:
     return backend
 
 
-def graph(machine_ref: str, fmt: str, output: Optional[str], store: Optional[str]) -> bytes:
+def graph(machine_ref: Optional[str], fmt: str, output: Optional[str],
+          store: Optional[str]) -> bytes:
+    """A diagram of ``machine_ref`` (default: the machine ``store`` was created
+    for), with the store's current state highlighted."""
     from . import graph as graphs
-    definition = load_machine(machine_ref)
+    if machine_ref is None and store is None:
+        raise CommandError("give --machine MODULE:ATTR or --store STORE", EXIT_USAGE)
     current = None
     if store:
         current = state(store, machine_ref)["state"]
-    return graphs.render(definition, fmt, output, current=current)
-
-
-def check_store_arg(store: str) -> None:
-    if not os.path.isdir(store):
-        raise StorageError("no store directory", store)
-    if not os.path.exists(os.path.join(store, "header")):
-        raise InvalidArgumentError("%s is not a store (no header file)" % store)
+        machine_ref = machine_ref or read_meta(store)["machine"]
+    assert machine_ref is not None
+    return graphs.render(load_machine(machine_ref), fmt, output, current=current)

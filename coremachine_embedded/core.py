@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 from . import _backend
 from .caps import Durability
 from .encoding import Node
-from .errors import ArgumentTypeError, InvalidArgumentError, need_bytes
+from .errors import (ArgumentTypeError, CoreMachineError, CorruptionError, InvalidArgumentError,
+                     SnapshotStaleError, need_bytes)
 from .proofs import ApplyResult
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -94,6 +95,13 @@ class Core:
         instead of ``directory``.
     :param create: create the store if missing (default: when a key pair or key
         is given).
+    :param readonly: a read-only snapshot of a store that another core (in this
+        or another process: ``coremachine serve``, ``pull --live``, a firmware
+        script) may hold open and write: the newest committed state when it is
+        opened, read and verified from then on; it takes no lock, never writes
+        and never waits for the writer.  Open it again to see later appends.
+        Writes raise :class:`ReadOnlyError`; a read that the writer truncated
+        away since raises :class:`SnapshotStaleError`.
     :raises StoreNotFoundError, StoreLockedError, KeyMismatchError,
         CorruptionError, FormatVersionError:
     """
@@ -104,7 +112,8 @@ class Core:
                  durability: Union[str, Durability] = Durability.SYNC,
                  flush_interval: float = 1.0,
                  checkpoint_bytes: int = 0, max_block_size: int = 0,
-                 storage: Any = None, create: Optional[bool] = None) -> None:
+                 storage: Any = None, create: Optional[bool] = None,
+                 readonly: bool = False) -> None:
         if key_pair is not None and not isinstance(key_pair, KeyPair):
             raise ArgumentTypeError("key_pair must be a KeyPair, not %s"
                                     % type(key_pair).__name__)
@@ -119,9 +128,13 @@ class Core:
             storage = os.fspath(directory)
         elif directory is not None:
             raise InvalidArgumentError("give a directory or a storage, not both")
+        if readonly and (key_pair is not None or create):
+            raise InvalidArgumentError("a read-only snapshot takes no key pair and creates "
+                                       "nothing")
         if create is None:
-            create = key_pair is not None or key is not None
+            create = not readonly and (key_pair is not None or key is not None)
         self.directory = None if directory is None else os.fspath(directory)
+        self._storage = storage
         self._lock = threading.RLock()
         self._listeners: List[Callable[["CoreChange"], None]] = []
         self._timer: Optional[threading.Timer] = None
@@ -130,7 +143,7 @@ class Core:
         self._log: _backend.Log = _impl.Log(
             storage, create=create, secret_key=key_pair.secret_key if key_pair else None,
             key=key, manifest=manifest, compat=compat, durability=durability,
-            checkpoint_bytes=checkpoint_bytes, max_block_size=max_block_size)
+            checkpoint_bytes=checkpoint_bytes, max_block_size=max_block_size, readonly=readonly)
 
     @property
     def lock(self) -> "threading.RLock":
@@ -187,6 +200,11 @@ class Core:
         return self._log.writable
 
     @property
+    def readonly(self) -> bool:
+        """A read-only snapshot (``Core(..., readonly=True)``)."""
+        return self._log.readonly
+
+    @property
     def compat(self) -> bool:
         return self._log.compat
 
@@ -218,9 +236,12 @@ class Core:
 
     # --- writing -------------------------------------------------------------
 
-    def append(self, data: Union[BytesLike, Sequence[BytesLike]]) -> int:
+    def append(self, data: Union[BytesLike, Sequence[BytesLike]], *,
+               origin: Optional[Callable[["CoreChange"], None]] = None) -> int:
         """Append one block or a list of blocks as ONE signed state.
 
+        :param origin: an :meth:`on_change` callback whose owner makes this
+            change and keeps track of it itself: it is not called for it.
         :returns: the new length.
         :raises TooLargeError: a block over ``max_block_size`` or a batch over 64 MiB.
         """
@@ -235,23 +256,27 @@ class Core:
                                     % type(data).__name__)
         with self._lock:
             log = self._log
-            before = (log.length, log.contiguous, log.fork) if self._listeners else None
+            listeners = self._listeners
+            before = (log.length, log.contiguous, log.fork) if listeners and (
+                listeners[0] is not origin or len(listeners) > 1) else None
             length = log.append(blocks)
             if self._timer is None and self._flush_interval_armed:
                 self._arm_timer()
             if before is not None:
-                self._notify("append", before, None)
+                self._notify("append", before, None, origin)
             return length
 
-    def truncate(self, length: int, fork: Optional[int] = None) -> None:
+    def truncate(self, length: int, fork: Optional[int] = None, *,
+                 origin: Optional[Callable[["CoreChange"], None]] = None) -> None:
         """Cut the log to ``length`` blocks and sign the new state with
-        ``fork`` (default: current fork + 1), as Hypercore does."""
+        ``fork`` (default: current fork + 1), as Hypercore does.  ``origin``:
+        as for :meth:`append`."""
         if not isinstance(length, int) or isinstance(length, bool):
             raise ArgumentTypeError("length must be an int")
         with self._lock:
             before = self._snapshot()
             self._log.truncate(length, self._log.fork + 1 if fork is None else fork)
-            self._notify("truncate", before, None)
+            self._notify("truncate", before, None, origin)
 
     def flush(self) -> None:
         """Make everything appended so far durable (one fdatasync)."""
@@ -290,7 +315,11 @@ class Core:
         if not isinstance(index, int) or isinstance(index, bool):
             raise ArgumentTypeError("index must be an int, not %s" % type(index).__name__)
         with self._lock:
-            return self._log.get(index)
+            try:
+                return self._log.get(index)
+            except CorruptionError as e:
+                self._raise_if_stale(e)
+                raise
 
     def get_range(self, start: int, end: int) -> List[bytes]:
         """Blocks ``start`` to ``end - 1``, each verified as :meth:`get` does,
@@ -306,7 +335,11 @@ class Core:
                 raise ArgumentTypeError("start and end must be ints, not %s"
                                         % type(value).__name__)
         with self._lock:
-            return self._log.get_range(start, end)
+            try:
+                return self._log.get_range(start, end)
+            except CorruptionError as e:
+                self._raise_if_stale(e)
+                raise
 
     def get_node(self, index: int) -> Node:
         """Tree node ``index`` as ``(index, size, hash)``, verified from the
@@ -399,11 +432,33 @@ class Core:
                 _impl.check_signature(log.key, log.manifest, log.tree_hash(), log.length,
                                       log.fork, sig)
             total = log.contiguous
-            for i in range(total):
-                log.get(i)
-                if progress is not None and (i & 1023 == 1023 or i + 1 == total):
-                    progress(i + 1, total)
+            try:
+                for i in range(total):
+                    log.get(i)
+                    if progress is not None and (i & 1023 == 1023 or i + 1 == total):
+                        progress(i + 1, total)
+            except CorruptionError as e:
+                self._raise_if_stale(e)
+                raise
             return total
+
+    def _raise_if_stale(self, error: CorruptionError) -> None:
+        """On a read-only snapshot, a read that failed because the writer has
+        truncated the store since is a SnapshotStaleError (else ``error`` stands)."""
+        if not self._log.readonly:
+            return
+        try:
+            now = _impl.Log(self._storage, readonly=True)
+        except CoreMachineError:
+            return
+        try:
+            fork = now.fork
+        finally:
+            now.close()
+        if fork != self._log.fork:
+            raise SnapshotStaleError("the store was truncated after this snapshot was taken "
+                                     "(fork %d, now %d): open it again" % (self._log.fork, fork),
+                                     error.filename) from error
 
     def has(self, index: int) -> bool:
         """True if block ``index`` is held locally."""
@@ -428,12 +483,14 @@ class Core:
         log = self._log
         return (log.length, log.contiguous, log.fork)
 
-    def _notify(self, kind: str, before: Tuple[int, int, int], result: Any) -> None:
+    def _notify(self, kind: str, before: Tuple[int, int, int], result: Any,
+                origin: Optional[Callable[["CoreChange"], None]] = None) -> None:
         if not self._listeners:
             return
         change = CoreChange(kind, before, self._snapshot(), result)
         for callback in list(self._listeners):
-            callback(change)
+            if callback is not origin:
+                callback(change)
 
     # --- lifetime ------------------------------------------------------------
 

@@ -68,6 +68,12 @@ class ForkError(InvalidProofError):
     code = "STALE_FORK"
 
 
+class MissingDependencyError(CoreMachineError, ImportError):
+    """A library this needs at run time is not installed (e.g. libsodium)."""
+
+    code = "MISSING_DEPENDENCY"
+
+
 class KeyMismatchError(CoreMachineError, ValueError):
     """A key, key pair or manifest does not belong to this core."""
 
@@ -126,6 +132,13 @@ class FormatVersionError(StorageError):
     code = "FORMAT_VERSION"
 
 
+class SnapshotStaleError(StorageError):
+    """A read-only snapshot cannot read what it holds any more: the writer
+    truncated the store since it was taken.  Open a new snapshot."""
+
+    code = "SNAPSHOT_STALE"
+
+
 class StoreNotFoundError(StorageError, FileNotFoundError):
     """No store in the directory and creating one was not asked for."""
 
@@ -157,6 +170,30 @@ class ConfigError(InvalidArgumentError):
         self.field = field
 
 
+class ProtocolError(CoreMachineError, ConnectionError):
+    """A replication peer broke Hypercore's protocol: its connection is closed."""
+
+    code = "PROTOCOL"
+
+
+class HandshakeError(ProtocolError):
+    """The Noise handshake failed (a malformed message or an unusable key)."""
+
+    code = "HANDSHAKE_FAILED"
+
+
+class DecryptError(ProtocolError):
+    """An encrypted frame did not authenticate (altered, replayed or misordered)."""
+
+    code = "DECRYPT_FAILED"
+
+
+class CapabilityError(ProtocolError):
+    """A peer opened a core's channel without proving it knows the core key."""
+
+    code = "INVALID_CAPABILITY"
+
+
 # The C core's error codes (caps.CErrorCode, csrc/cm.h's cm_err) -> exception classes.
 C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     CErrorCode.INVALID: InvalidArgumentError,
@@ -176,6 +213,7 @@ C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     CErrorCode.UNAVAILABLE: BlockNotAvailableError,
     CErrorCode.FORK: ForkError,
     CErrorCode.CLOSED: ClosedError,
+    CErrorCode.AUTH: DecryptError,
 }
 
 # Store file names indexed like csrc/cm.h's cm_file_id (cm_file_names in cm_store.c).

@@ -36,10 +36,10 @@ table is compiled into the backend's ``Table`` (C in the C backend).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _backend, _json
+from .awaitables import is_coroutine_function
 from .errors import CoreMachineError, InvalidArgumentError
 
 Callback = Callable[..., Any]
@@ -113,7 +113,7 @@ class MachineDefinition:
         self.exit = tuple(exit_)
         self.open_redirect = tuple(open_redirect)
         self.config = config
-        self._context_json = _json.dumps(context)
+        self._context_json = _json.encoder("pure")(context)  # = dumps; imports no library
         self.table = _backend.impl.Table(len(self.states), max(1, len(self.events)))
         # Per state, the events that have transitions, in definition order.
         self.events_by_state: Tuple[Tuple[Tuple[str, Tuple[Transition, ...]], ...], ...]
@@ -144,8 +144,8 @@ class MachineDefinition:
 
 
 def _is_async(fn: Optional[Callback]) -> bool:
-    return fn is not None and (inspect.iscoroutinefunction(fn)
-                               or inspect.iscoroutinefunction(getattr(fn, "__call__", None)))
+    return fn is not None and (is_coroutine_function(fn)
+                               or is_coroutine_function(getattr(fn, "__call__", None)))
 
 
 def _callable_or_none(value: Any, where: str) -> Optional[Callback]:
@@ -191,7 +191,7 @@ def create_machine(config: Union[MachineDefinition, Mapping[str, Any]]) -> Machi
     if not isinstance(context, dict):
         raise DefinitionError("context must be a dict (a JSON object)")
     try:
-        _json.dumps(context)
+        _json.encoder("pure")(context)  # as dumps would; no library to import for a definition
     except _json.JSONValueError as e:
         raise DefinitionError("context cannot be stored as JSON: %s" % e) from None
     states_cfg = config.get("states")

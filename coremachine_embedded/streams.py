@@ -15,10 +15,62 @@ callbacks and the pipe keeps going.
 from __future__ import annotations
 
 import asyncio
-import inspect
-from typing import Any, AsyncIterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Optional
 
-from .coremachine import Coremachine, Snapshot
+from .awaitables import is_awaitable
+
+if TYPE_CHECKING:
+    from .coremachine import Coremachine, Snapshot
+
+
+class ChangeIterator:
+    """``machine.changes()``: an async iterator of changes, fed from any
+    thread; ``dropped`` counts what a consumer more than ``maxsize`` behind lost."""
+
+    def __init__(self, maxsize: int, on_end: "Callable[[ChangeIterator], None]") -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: "asyncio.Queue[Optional[Snapshot]]" = asyncio.Queue()
+        self.maxsize = maxsize
+        self.dropped = 0
+        self.ended = False
+        self._on_end = on_end
+
+    def put(self, snap: "Optional[Snapshot]") -> None:
+        def add() -> None:
+            if self.queue.qsize() >= self.maxsize and snap is not None:
+                self.queue.get_nowait()
+                self.dropped += 1
+            self.queue.put_nowait(snap)
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            add()
+        elif not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(add)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
+
+    def end(self) -> None:
+        """Stop: the iterator yields what is queued, then finishes."""
+        self._on_end(self)
+        if not self.ended:
+            self.ended = True
+            self.put(None)
+
+    def __aiter__(self) -> "ChangeIterator":
+        return self
+
+    async def __anext__(self) -> "Snapshot":
+        snap = await self.queue.get()
+        if snap is None:
+            raise StopAsyncIteration
+        return snap
+
+    async def aclose(self) -> None:
+        self.end()
 
 
 async def _messages(source: Any) -> AsyncIterator[Any]:
@@ -66,7 +118,7 @@ async def serial_messages(url: str, maxsize: int = 256) -> AsyncIterator[Any]:
         await link.close()
 
 
-async def pipe_actions(source: Any, machine: Coremachine, maxsize: int = 64) -> int:
+async def pipe_actions(source: Any, machine: "Coremachine", maxsize: int = 64) -> int:
     """Feed every message of ``source`` to the machine (waiting while
     ``maxsize`` are pending) and wait until they are applied.  Returns how
     many messages were read."""
@@ -78,16 +130,16 @@ async def pipe_actions(source: Any, machine: Coremachine, maxsize: int = 64) -> 
     return count
 
 
-async def _deliver(sink: Any, snap: Snapshot) -> None:
+async def _deliver(sink: Any, snap: "Snapshot") -> None:
     if isinstance(sink, asyncio.Queue):
         await sink.put(snap)
         return
     result = sink(snap)
-    if inspect.isawaitable(result):
+    if is_awaitable(result):
         await result
 
 
-async def pipe_changes(machine: Coremachine, sink: Any, limit: Optional[int] = None) -> int:
+async def pipe_changes(machine: "Coremachine", sink: Any, limit: Optional[int] = None) -> int:
     """Deliver the machine's changes to ``sink`` until cancelled (or ``limit``
     changes).  Returns how many were delivered."""
     count = 0
@@ -99,11 +151,11 @@ async def pipe_changes(machine: Coremachine, sink: Any, limit: Optional[int] = N
             if limit is not None and count >= limit:
                 break
     finally:
-        await changes.aclose()  # type: ignore[attr-defined]
+        await changes.aclose()
     return count
 
 
-async def pipe(source: Any, machine: Coremachine, sink: Any = None) -> int:
+async def pipe(source: Any, machine: "Coremachine", sink: Any = None) -> int:
     """``source -> machine -> sink``: returns once the source is exhausted,
     every message is applied and the changes they caused were delivered."""
     if sink is None:
@@ -117,5 +169,5 @@ async def pipe(source: Any, machine: Coremachine, sink: Any = None) -> int:
     try:
         return await pipe_actions(source, machine)
     finally:
-        changes.end()  # type: ignore[attr-defined]  # delivers what is queued, then stops
+        changes.end()  # delivers what is queued, then stops
         await task

@@ -55,7 +55,8 @@ typedef enum cm_err {
     CM_ERR_KEY = -14,          /* key / key pair / manifest do not match          */
     CM_ERR_UNAVAILABLE = -15,  /* block or node inside the log but not held      */
     CM_ERR_FORK = -16,         /* proof is for an older fork                      */
-    CM_ERR_CLOSED = -17        /* core was closed                                 */
+    CM_ERR_CLOSED = -17,       /* core was closed                                 */
+    CM_ERR_AUTH = -18          /* an encrypted message failed authentication      */
 } cm_err;
 
 /* Which store file an error is about (cm_core_err_file). */
@@ -317,6 +318,7 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
 
 #define CM_IO_CREATE 1   /* create if missing */
 #define CM_IO_PRIVATE 2  /* create with mode 0600 */
+#define CM_IO_READONLY 4 /* open for reading only (a read-only snapshot) */
 
 typedef struct cm_io {
     void *ctx;
@@ -373,6 +375,13 @@ typedef struct cm_open_opts {
     cm_durability durability;
     uint64_t checkpoint_bytes;       /* 0 = CM_DEFAULT_CHECKPOINT_BYTES */
     uint64_t max_block_size;         /* 0 = CM_DEFAULT_MAX_BLOCK */
+    /* A read-only snapshot of a store that another core (in this or another
+     * process) may hold open and write: no lock is taken and nothing is ever
+     * written; the state is the newest committed one (the header slot plus
+     * the write-ahead records since, kept in memory), and reads are verified
+     * against it.  `create` and `secret_key` must not be set; `key` and
+     * `manifest` are checked if given (docs/format.md, "Read-only snapshots"). */
+    int readonly;
 } cm_open_opts;
 
 typedef struct cm_core cm_core;
@@ -401,6 +410,7 @@ uint64_t cm_core_contiguous_length(const cm_core *core);
 uint64_t cm_core_fork(const cm_core *core);
 uint64_t cm_core_byte_length(const cm_core *core);
 int cm_core_writable(const cm_core *core);
+int cm_core_readonly(const cm_core *core);
 int cm_core_compat(const cm_core *core);
 const uint8_t *cm_core_key(const cm_core *core);
 const uint8_t *cm_core_discovery_key(const cm_core *core);
@@ -511,6 +521,63 @@ int cm_table_lookup(const cm_table *t, uint32_t state, uint32_t event, uint32_t 
 #define CM_MAX_RUN 256  /* blocks in one cm_core_apply_run */
 int cm_core_apply_run(cm_core *core, uint64_t start, const cm_buf *values, size_t n,
                       uint64_t *stored);
+
+/* ------------------------------------------------------------------------ */
+/* Hypercore's replication stream: Noise DH and secret-stream frames         */
+/* (docs/protocol.md "Hypercore protocol"; the handshake logic is Python)     */
+/* ------------------------------------------------------------------------ */
+
+#define CM_NOISE_DHLEN 32
+#define CM_NOISE_TAG 16
+
+/* Noise DH as noise-curve-ed does it (not X25519): the scalar is the clamped
+ * first half of SHA-512(secret_key[0..32]) and the shared secret is the
+ * compressed Edwards point scalar * remote_public_key, without clamping again.
+ * CM_ERR_KEY if the remote key is not a usable point (small order, not on the
+ * curve) or the product is the identity. */
+int cm_noise_dh(const uint8_t secret_key[64], const uint8_t remote_public_key[32],
+                uint8_t out[CM_NOISE_DHLEN]);
+/* ChaCha20-Poly1305 (IETF) with Noise's nonce: 4 zero bytes || u64 LE counter.
+ * encrypt writes len + CM_NOISE_TAG bytes; decrypt writes ct_len - CM_NOISE_TAG
+ * bytes or returns CM_ERR_AUTH. */
+int cm_noise_encrypt(const uint8_t key[32], uint64_t counter, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *msg, size_t len, uint8_t *out);
+int cm_noise_decrypt(const uint8_t key[32], uint64_t counter, const uint8_t *ad, size_t ad_len,
+                     const uint8_t *ct, size_t ct_len, uint8_t *out);
+
+#define CM_SS_KEY 32
+#define CM_SS_HEADER 24          /* crypto_secretstream_xchacha20poly1305 header */
+#define CM_SS_ABYTES 17          /* tag byte + Poly1305 tag per message          */
+#define CM_SS_FRAME_PREFIX 3     /* uint24 LE body length                        */
+#define CM_SS_MAX_BODY ((1u << 24) - 1) /* the largest body a uint24 can announce */
+
+/* One direction of a secret-stream (crypto_secretstream_xchacha20poly1305
+ * state, kept opaque so that cm.h needs no libsodium header). */
+typedef struct cm_secretstream {
+    uint8_t opaque[64];
+} cm_secretstream;
+
+/* Sending side with a fresh random header (to send to the peer). */
+int cm_ss_init_push(cm_secretstream *s, const uint8_t key[CM_SS_KEY],
+                    uint8_t header[CM_SS_HEADER]);
+/* Receiving side from the peer's header.  A state made this way also pushes
+ * exactly what the peer's sending side pushed (used to replay recordings). */
+int cm_ss_init_pull(cm_secretstream *s, const uint8_t key[CM_SS_KEY],
+                    const uint8_t header[CM_SS_HEADER]);
+/* Seal n messages as frames, back to back: uint24 LE (len + 17) ||
+ * push(message, tag MESSAGE, no AD).  Needs sum(len + 20) bytes of out;
+ * CM_ERR_TOO_LARGE (nothing sealed, *len = bytes needed) if cap is short or a
+ * message does not fit a frame. */
+int cm_ss_push(cm_secretstream *s, const cm_buf *msgs, size_t n, uint8_t *out, size_t cap,
+               size_t *len);
+/* Open the complete frames at the start of in[0..len): their plaintexts go
+ * back to back into out (len bytes always suffice) and sizes[i] is the length
+ * of the i-th, for at most max_frames frames.  Stops before a partial frame.
+ * *frames and *consumed say how many frames and input bytes were used, also on
+ * error.  CM_ERR_DECODE: a frame shorter than CM_SS_ABYTES; CM_ERR_AUTH: a
+ * frame failed authentication (the stream is then unusable). */
+int cm_ss_pull(cm_secretstream *s, const uint8_t *in, size_t len, uint8_t *out, size_t cap,
+               size_t *sizes, size_t max_frames, size_t *frames, size_t *consumed);
 
 #ifdef __cplusplus
 }

@@ -24,7 +24,7 @@ static int read_leaf(cm_core *c, const cm_node *leaf, uint64_t off, uint8_t *buf
     size_t got;
     int rc;
     if (leaf->size > 0) {
-        if ((rc = cm__io_read(c, CM_FILE_DATA, buf, (size_t)leaf->size, off, &got)) != CM_OK)
+        if ((rc = cm__read_data(c, buf, (size_t)leaf->size, off, &got)) != CM_OK)
             return rc;
         if (got != leaf->size) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
     }
@@ -52,30 +52,18 @@ int cm_core_get(cm_core *c, uint64_t index, uint8_t *buf, size_t cap, size_t *le
     return read_block(c, index, buf, cap, len);
 }
 
-#define RANGE_RUN 64u   /* blocks verified as one subtree in cm_core_get_range */
 
 /* Aligned run [pos, pos+n) (n a power of two, 2..RANGE_RUN) into buf (at the
  * run's first byte): its 2n-1 tree slots in one read, each parent re-hashed
  * from its children, the top checked against the verified walk, then the
  * data in one read with every leaf re-hashed. */
 static int read_run(cm_core *c, uint64_t pos, uint64_t n, uint8_t *buf, uint64_t *sizes) {
-    uint8_t slab[(2 * RANGE_RUN - 1) * NODE_SLOT];
     cm_node t[2 * RANGE_RUN - 1], top, chk;
     uint64_t base = 2 * pos, count = 2 * n - 1, i, off, at;
     size_t got;
     int rc;
     if ((rc = cm__walk_held(c, base + n - 1, &top, &off)) != CM_OK) return rc;
-    if ((rc = cm__io_read(c, CM_FILE_TREE, slab, (size_t)(count * NODE_SLOT), base * NODE_SLOT,
-                      &got)) != CM_OK)
-        return rc;
-    if (got != count * NODE_SLOT) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
-    for (i = 0; i < count; i++) {
-        const uint8_t *slot = slab + i * NODE_SLOT;
-        if (cm__is_zero(slot, NODE_SLOT)) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
-        t[i].index = base + i;
-        t[i].size = cm__get_u64(slot);
-        memcpy(t[i].hash, slot + 8, 32);
-    }
+    if ((rc = cm__tree_read_slots(c, base, (size_t)count, t)) != CM_OK) return rc;
     for (i = 1; i < count; i += 2) {  /* parents sit at the odd relative indexes */
         const cm_node *l = &t[cm_ft_left_child(base + i) - base];
         const cm_node *r = &t[cm_ft_right_child(base + i) - base];
@@ -86,12 +74,13 @@ static int read_run(cm_core *c, uint64_t pos, uint64_t n, uint8_t *buf, uint64_t
     }
     if (!cm__node_eq(&t[n - 1], &top)) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
     if (top.size > 0) {
-        if ((rc = cm__io_read(c, CM_FILE_DATA, buf, (size_t)top.size, off, &got)) != CM_OK) return rc;
+        if ((rc = cm__read_data(c, buf, (size_t)top.size, off, &got)) != CM_OK) return rc;
         if (got != top.size) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
     }
     for (i = 0, at = 0; i < n; i++) {
         cm_hash_leaf(pos + i, buf + at, (size_t)t[2 * i].size, &chk);
-        if (memcmp(chk.hash, t[2 * i].hash, 32) != 0) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
+        if (memcmp(chk.hash, t[2 * i].hash, 32) != 0)
+            return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_DATA);
         sizes[i] = t[2 * i].size;
         at += t[2 * i].size;
     }

@@ -41,7 +41,8 @@ int cm__contiguous_plan(cm_core *c, cm_node *nodes, size_t *n_nodes, uint64_t *c
         while (p != c->roots[j].index) {
             cm_node sib;
             int present;
-            if (++guard > 64 || sn >= CM_MAX_ROOTS + 1) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            if (++guard > 64 || sn >= CM_MAX_ROOTS + 1)
+                return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
             if ((rc = cm__tree_read(c, cm_ft_sibling(p), &sib, &present)) != CM_OK) return rc;
             if (sib.index < p) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
             if (!present) {
@@ -72,7 +73,8 @@ int cm__contiguous_plan(cm_core *c, cm_node *nodes, size_t *n_nodes, uint64_t *c
         size_t i;
         for (i = 0; i < c->n_roots; i++)
             if (C == 0 || cm_ft_right_span(c->roots[i].index) > edge) nodes[nn++] = c->roots[i];
-        if (cm__nodes_sort_unique(nodes, &nn) != CM_OK) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+        if (cm__nodes_sort_unique(nodes, &nn) != CM_OK)
+            return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
         *n_nodes = nn;
     }
     *cbytes = bytes;
@@ -162,6 +164,7 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
     c->err_file = CM_FILE_NONE;
     memset(&r, 0, sizeof(r));
     if (res) *res = r;
+    if (c->readonly) return cm__fail(c, CM_ERR_READONLY, CM_FILE_NONE);
     if (c->writable) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
     if ((rc = cm__poisoned(c)) != CM_OK) return rc;
     if (!c->msg && !(c->msg = (cm_data_msg *)malloc(sizeof(*c->msg))))
@@ -218,7 +221,8 @@ int cm_core_apply_proof(cm_core *c, const uint8_t *msg, size_t len, cm_apply_res
     if (chk->has_unverified) {
         cm_node n;
         int present;
-        if (newer || c->length == 0 || cm_ft_right_span(chk->unverified.index) > 2 * c->length - 2) {
+        if (newer || c->length == 0 ||
+            cm_ft_right_span(chk->unverified.index) > 2 * c->length - 2) {
             rc = CM_ERR_BAD_PROOF;
             goto out;
         }
@@ -321,6 +325,7 @@ int cm_core_apply_run(cm_core *c, uint64_t start, const cm_buf *values, size_t n
     int rc, present;
     c->err_file = CM_FILE_NONE;
     *stored = 0;
+    if (c->readonly) return cm__fail(c, CM_ERR_READONLY, CM_FILE_NONE);
     if (c->writable) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
     if (n < 2 || n > CM_MAX_RUN || (n & (n - 1)) != 0 || start % n != 0 ||
         start >= CM_MAX_LENGTH || start + n > c->length)

@@ -31,6 +31,7 @@ const char *cm_strerror(int err) {
     case CM_ERR_UNAVAILABLE: return "not held locally (yet)";
     case CM_ERR_FORK: return "the proof is for another fork";
     case CM_ERR_CLOSED: return "the core is closed";
+    case CM_ERR_AUTH: return "an encrypted message failed authentication";
     default: return "unknown error";
     }
 }
@@ -41,46 +42,7 @@ int cm__fail(cm_core *c, int rc, cm_file_id f) {
     return rc;
 }
 
-/* ---- I/O wrappers that record the failing file ---- */
-
-int cm__io_read(cm_core *c, cm_file_id fid, uint8_t *buf, size_t len, uint64_t off,
-                size_t *got) {
-    int64_t n;
-    *got = 0;
-    errno = 0;
-    n = c->io.read(c->io.ctx, c->f[fid], buf, len, off);
-    if (n < 0) return cm__fail(c, (int)n, fid);
-    *got = (size_t)n;
-    return CM_OK;
-}
-
-int cm__io_write(cm_core *c, cm_file_id fid, const uint8_t *buf, size_t len, uint64_t off) {
-    int rc;
-    errno = 0;
-    rc = c->io.write(c->io.ctx, c->f[fid], buf, len, off);
-    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
-}
-
-int cm__io_sync(cm_core *c, cm_file_id fid) {
-    int rc;
-    errno = 0;
-    rc = c->io.sync(c->io.ctx, c->f[fid]);
-    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
-}
-
-int cm__io_truncate(cm_core *c, cm_file_id fid, uint64_t size) {
-    int rc;
-    errno = 0;
-    rc = c->io.truncate(c->io.ctx, c->f[fid], size);
-    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
-}
-
-int cm__io_size(cm_core *c, cm_file_id fid, uint64_t *size) {
-    int rc;
-    errno = 0;
-    rc = c->io.size(c->io.ctx, c->f[fid], size);
-    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
-}
+/* ---- opening a store file, recording the failure ---- */
 
 int cm__io_open(cm_core *c, cm_file_id fid, int flags) {
     int rc;
@@ -142,7 +104,7 @@ const uint8_t *cm__signer_pk(const cm_core *c) {
 
 int cm__ensure_signature(cm_core *c) {
     int rc;
-    if (!c->writable || c->sig_cached) return CM_OK;
+    if (!c->has_secret || c->sig_cached) return CM_OK;
     if (c->length == 0 && c->fork == 0) {
         c->sig_len = 0;
         c->sig_cached = 1;
@@ -183,6 +145,10 @@ int cm_core_writable(const cm_core *c) {
     return c->writable;
 }
 
+int cm_core_readonly(const cm_core *c) {
+    return c->readonly;
+}
+
 int cm_core_compat(const cm_core *c) {
     return (c->flags & HF_MANIFEST) == 0;
 }
@@ -214,7 +180,7 @@ size_t cm_core_roots(const cm_core *c, cm_node out[CM_MAX_ROOTS]) {
 }
 
 int cm_core_public_key(const cm_core *c, uint8_t out[32]) {
-    if (c->writable)
+    if (c->has_secret)
         memcpy(out, c->secret + 32, 32);
     else
         memcpy(out, cm__signer_pk(c), 32);

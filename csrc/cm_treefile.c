@@ -17,6 +17,7 @@ int cm__tree_read(cm_core *c, uint64_t index, cm_node *out, int *present) {
     out->size = 0;
     memset(out->hash, 0, 32);
     if (index > (UINT64_MAX / NODE_SLOT) - 1) return CM_OK;
+    if (c->readonly && cm__ov_node(&c->ov, index, out, present)) return CM_OK;
     memset(buf, 0, sizeof(buf));
     rc = cm__io_read(c, CM_FILE_TREE, buf, NODE_SLOT, index * NODE_SLOT, &got);
     if (rc != CM_OK) return rc;
@@ -24,6 +25,31 @@ int cm__tree_read(cm_core *c, uint64_t index, cm_node *out, int *present) {
     out->size = cm__get_u64(buf);
     memcpy(out->hash, buf + 8, 32);
     *present = 1;
+    return CM_OK;
+}
+
+int cm__tree_read_slots(cm_core *c, uint64_t first, size_t count, cm_node *out) {
+    uint8_t slab[(2 * RANGE_RUN - 1) * NODE_SLOT];
+    size_t got, i;
+    int rc;
+    if (count >= 2 * RANGE_RUN || first > UINT64_MAX / NODE_SLOT - count)
+        return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
+    memset(slab, 0, count * NODE_SLOT);
+    rc = cm__io_read(c, CM_FILE_TREE, slab, count * NODE_SLOT, first * NODE_SLOT, &got);
+    if (rc != CM_OK) return rc;
+    if (got != count * NODE_SLOT && !c->readonly) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+    for (i = 0; i < count; i++) {
+        const uint8_t *slot = slab + i * NODE_SLOT;
+        int present = !cm__is_zero(slot, NODE_SLOT);
+        out[i].index = first + i;
+        if (c->readonly && cm__ov_node(&c->ov, first + i, &out[i], &present)) {
+            if (!present) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+            continue;
+        }
+        if (!present) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_TREE);
+        out[i].size = cm__get_u64(slot);
+        memcpy(out[i].hash, slot + 8, 32);
+    }
     return CM_OK;
 }
 

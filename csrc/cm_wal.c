@@ -88,20 +88,6 @@ int cm__checkpoint(cm_core *c) {
     return CM_OK;
 }
 
-/* A record read back (CRC checked): fields, and pointers into the payload. */
-typedef struct rec_view {
-    uint32_t payload_len;
-    uint64_t gen, seq, durable_count;
-    uint32_t prev_crc, flags;
-    uint64_t fork, length, contiguous, byte_length;
-    const uint8_t *tree_hash;
-    uint64_t tree_truncate, data_truncate, data_offset, data_len;
-    uint32_t n_clear, n_nodes;
-    uint16_t sig_len, manifest_len;
-    const uint8_t *sig, *manifest, *clear, *data;
-    uint8_t *nodes;
-} rec_view;
-
 static uint64_t pad8(uint64_t n) {
     return (n + 7) & ~(uint64_t)7;
 }
@@ -163,7 +149,7 @@ int cm__rec_build(cm_core *c, const cm__rec_spec *s, uint8_t **nodes_at, uint8_t
 }
 
 /* Parse a CRC-checked payload.  0 on success, -1 if inconsistent. */
-static int rec_parse(uint8_t *payload, uint32_t plen, rec_view *v) {
+static int rec_parse(uint8_t *payload, uint32_t plen, cm__rec_view *v) {
     uint64_t need, sm;
     const uint8_t *p = payload;
     if (plen < REC_FIXED) return -1;
@@ -252,7 +238,7 @@ static void entries_sort(uint8_t *e, size_t n) {
 
 /* Apply a record to tree/data (steps 1-3 of docs/format.md).  Node entries
  * are sorted in place so adjacent slots go out in one write. */
-static int rec_apply_files(cm_core *c, rec_view *v) {
+static int rec_apply_files(cm_core *c, cm__rec_view *v) {
     uint8_t run[NODE_SLOT * 100];
     size_t run_n = 0;
     uint64_t run_start = 0;
@@ -261,7 +247,8 @@ static int rec_apply_files(cm_core *c, rec_view *v) {
     if (v->flags & RF_TRUNCATE) {
         static const uint8_t zero[NODE_SLOT];
         c->vgen++; /* nodes of the old history may be rewritten: forget verified ones */
-        if ((rc = cm__io_truncate(c, CM_FILE_TREE, v->tree_truncate * NODE_SLOT)) != CM_OK) return rc;
+        if ((rc = cm__io_truncate(c, CM_FILE_TREE, v->tree_truncate * NODE_SLOT)) != CM_OK)
+            return rc;
         if ((rc = cm__io_truncate(c, CM_FILE_DATA, v->data_truncate)) != CM_OK) return rc;
         for (i = 0; i < v->n_clear; i++) {
             uint64_t x = cm__get_u64(v->clear + 8 * (size_t)i);
@@ -294,7 +281,7 @@ static int rec_apply_files(cm_core *c, rec_view *v) {
 }
 
 /* Step 4: the state becomes the record's (roots and cbytes are the caller's). */
-static int rec_apply_state(cm_core *c, const rec_view *v) {
+static int rec_apply_state(cm_core *c, const cm__rec_view *v) {
     c->fork = v->fork;
     c->length = v->length;
     c->contiguous = v->contiguous;
@@ -319,7 +306,7 @@ static int rec_apply_state(cm_core *c, const rec_view *v) {
 int cm__wal_commit(cm_core *c, size_t total, int force_sync) {
     uint8_t *r = c->scratch;
     uint32_t plen = cm__get_u32(r + 4), crc;
-    rec_view v;
+    cm__rec_view v;
     int rc;
     cm__put_u64(r + 8, c->wal_gen);
     cm__put_u64(r + 16, c->wal_seq);
@@ -362,7 +349,7 @@ int cm__maybe_checkpoint(cm_core *c) {
  * layout) of generation `gen` (any generation if any_gen), with the payload
  * left in scratch + 8 and *v filled. */
 static int frame_at(cm_core *c, uint64_t off, uint64_t size, uint64_t gen, int any_gen,
-                    rec_view *v, uint32_t *crc_out, int *err) {
+                    cm__rec_view *v, uint32_t *crc_out, int *err) {
     uint8_t head[8 + REC_FIXED];
     size_t got;
     uint32_t plen;
@@ -407,7 +394,7 @@ static int later_durable(cm_core *c, uint64_t from, uint64_t size, uint64_t seq,
         if ((rc = cm__io_read(c, CM_FILE_WAL, buf, (size_t)want, base, &got)) != CM_OK) break;
         for (i = 0; i + 32 <= got && i < win; i += 8) {
             uint64_t pos = base + i;
-            rec_view v;
+            cm__rec_view v;
             uint32_t crc;
             int err;
             if (cm__get_u64(buf + i + 8) != c->wal_gen || cm__get_u64(buf + i + 24) <= seq)
@@ -433,14 +420,15 @@ int cm__replay(cm_core *c, cm_recovery *rec, int *torn) {
     *torn = 0;
     if ((rc = cm__io_size(c, CM_FILE_WAL, &size)) != CM_OK) return rc;
     for (;;) {
-        rec_view v;
+        cm__rec_view v;
         uint32_t crc;
         if (!frame_at(c, off, size, c->wal_gen, 0, &v, &crc, &rc)) {
             if (rc != CM_OK) return rc;
             break;
         }
         if (v.seq != seq || v.prev_crc != prev) break;
-        if ((rc = rec_apply_files(c, &v)) != CM_OK) return rc;
+        rc = c->readonly ? cm__ov_apply(c, &v) : rec_apply_files(c, &v);
+        if (rc != CM_OK) return rc;
         if ((rc = rec_apply_state(c, &v)) != CM_OK) return rc;
         seq++;
         prev = crc;
@@ -451,6 +439,13 @@ int cm__replay(cm_core *c, cm_recovery *rec, int *torn) {
     c->wal_synced = 0;
     c->wal_end = off;
     c->prev_crc = prev;
+    if (c->readonly) {
+        /* A snapshot ends where the chain does: past it, the writer may be
+         * writing this very moment (a checkpoint race is the opener's). */
+        cm__ov_seal(&c->ov);
+        c->wal_synced = seq;
+        return CM_OK;
+    }
     if (off < size) {
         /* Where replay stopped: an older generation (read without its CRC)
          * is a clean end; a valid record of a newer one means the header
@@ -460,11 +455,12 @@ int cm__replay(cm_core *c, cm_recovery *rec, int *torn) {
         int older = 0;
         if (size - off >= sizeof(head)) {
             uint64_t g;
-            if ((rc = cm__io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK) return rc;
+            if ((rc = cm__io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK)
+                return rc;
             g = cm__get_u64(head + 8);
             if (got == sizeof(head) && g < c->wal_gen) older = 1;
             if (got == sizeof(head) && g > c->wal_gen) {
-                rec_view v;
+                cm__rec_view v;
                 uint32_t crc;
                 if (frame_at(c, off, size, 0, 1, &v, &crc, &rc))
                     return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
@@ -498,6 +494,7 @@ int cm_core_flush(cm_core *c) {
 int cm_core_checkpoint(cm_core *c) {
     int rc;
     c->err_file = CM_FILE_NONE;
+    if (c->readonly) return cm__fail(c, CM_ERR_READONLY, CM_FILE_NONE);
     if ((rc = cm__poisoned(c)) != CM_OK) return rc;
     if (c->wal_seq == 0) return CM_OK;
     rc = cm__checkpoint(c);

@@ -23,8 +23,10 @@ int cm_core_append(cm_core *c, const cm_buf *blocks, size_t n, uint64_t *new_len
     if (!blocks) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
     if ((uint64_t)n > CM_MAX_APPEND_BLOCKS) return cm__fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
     for (i = 0; i < n; i++) {
-        if (blocks[i].len > 0 && blocks[i].data == NULL) return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
-        if ((uint64_t)blocks[i].len > c->max_block) return cm__fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
+        if (blocks[i].len > 0 && blocks[i].data == NULL)
+            return cm__fail(c, CM_ERR_INVALID, CM_FILE_NONE);
+        if ((uint64_t)blocks[i].len > c->max_block)
+            return cm__fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
         total += blocks[i].len;
         if (total > CM_MAX_APPEND_BYTES) return cm__fail(c, CM_ERR_TOO_LARGE, CM_FILE_NONE);
     }

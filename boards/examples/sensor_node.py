@@ -11,7 +11,9 @@ file, or are simulated; a microcontroller on a UART can send actions too
     python3 sensor_node.py --store /tmp/node --udp udp://0.0.0.0:7000 --readings 50 --interval 0.1
 
 The key to give the gateways is printed at start (and is in ``coremachine
-info STORE``).
+info STORE``).  While it runs, ``coremachine act STORE EVENT VALUE`` fires
+events on its machine and ``coremachine stop STORE`` stops it (its control
+socket, coremachine_embedded.control).
 """
 import argparse
 import asyncio
@@ -23,6 +25,7 @@ from typing import Callable, Optional
 
 from coremachine_embedded import (MISSING, Core, Coremachine, KeyPair, StoreNotFoundError, boards,
                                   streams)
+from coremachine_embedded.control import ControlServer
 from coremachine_embedded.demo import THERMOSTAT
 from coremachine_embedded.sync import Endpoint, open_link
 
@@ -78,14 +81,22 @@ async def run(args: argparse.Namespace) -> None:
         actions = asyncio.ensure_future(streams.pipe(streams.serial_messages(args.actions),
                                                      machine))
     read = sensor(args.sensor)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # `coremachine act STORE ...` fires on this machine; `coremachine stop STORE` ends the loop
+    control = ControlServer(store, machine=machine,
+                            on_stop=lambda: loop.call_soon_threadsafe(stop.set)).start()
     try:
         t = 0
-        while args.readings is None or t < args.readings:
+        while (args.readings is None or t < args.readings) and not stop.is_set():
             if machine.is_final:
                 break
             machine.action("READING", {"t": t, "celsius": read(t)})
             t += 1
-            await asyncio.sleep(args.interval)
+            try:
+                await asyncio.wait_for(stop.wait(), args.interval)
+            except asyncio.TimeoutError:
+                pass
         if args.shutdown and not machine.is_final:
             machine.action("SHUTDOWN")
         await asyncio.sleep(args.linger)
@@ -95,6 +106,7 @@ async def run(args: argparse.Namespace) -> None:
             actions.cancel()
         await endpoint.close()
         core.close()
+        control.close()
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from .crypto import (Verifier, aead_open, aead_seal, default_manifest, discovery
 from .flat import full_roots
 from ..proofs import ApplyResult, Check
 from .opening import Log
+from .stream import StreamPull, StreamPush, noise_decrypt, noise_dh, noise_encrypt
 from .table import Table
 
 NAME = "python"
@@ -33,6 +34,8 @@ def check_signature(key: bytes, manifest: Optional[bytes], tree_hash: bytes, len
     Verifier(bytes(key), manifest).check(bytes(tree_hash), length, fork, bytes(signature))
 
 
-__all__ = ["NAME", "aead_open", "aead_seal", "ApplyResult", "Check", "Log", "Table", "check_proof", "check_signature", "default_manifest",
+__all__ = ["NAME", "aead_open", "aead_seal", "ApplyResult", "Check", "Log", "StreamPull",
+           "StreamPush", "Table", "check_proof", "check_signature", "default_manifest",
            "discovery_key", "full_roots", "hash_leaf", "hash_parent", "keypair_from_seed",
-           "keypair_generate", "manifest_hash", "sign", "tree_hash", "verify"]
+           "keypair_generate", "manifest_hash", "noise_decrypt", "noise_dh", "noise_encrypt",
+           "sign", "tree_hash", "verify"]

@@ -19,9 +19,15 @@ class Blocks(TreeFile):
     def block_size(self, index: int) -> int:
         return self._locate(index)[1][1]
 
+    def _read_data(self, size: int, offset: int) -> bytes:
+        """Data bytes as the state has them (under a snapshot's overlay)."""
+        if self._overlay is not None:
+            return self._overlay.read_data(self._data, size, offset)
+        return self._data.read(size, offset)
+
     def get(self, index: int) -> bytes:
         offset, leaf = self._locate(index)
-        data = self._data.read(leaf[1], offset)
+        data = self._read_data(leaf[1], offset)
         if len(data) != leaf[1] or hash_leaf(index, data)[2] != leaf[2]:
             raise self._damaged("block %d does not match its tree node" % index, "data")
         return data

@@ -11,7 +11,8 @@ from typing import Any, List, Optional, Tuple
 
 from ..caps import MAX_SIGNATURE, MAX_SIGNERS, NS_DEFAULT, NS_MANIFEST, NS_TREE
 from ..encoding import Manifest, Node, Reader
-from ..errors import DecodeError, InvalidSignatureError, KeyMismatchError
+from ..errors import (DecodeError, InvalidSignatureError, KeyMismatchError,
+                      MissingDependencyError)
 
 _U64 = struct.Struct("<Q")
 _blake2b = hashlib.blake2b
@@ -21,7 +22,12 @@ _sodium: Any = None
 def _nacl() -> Any:
     global _sodium
     if _sodium is None:
-        import pysodium  # type: ignore[import-untyped]
+        try:
+            import pysodium  # type: ignore[import-untyped]
+        except (ImportError, OSError) as e:  # pysodium loads libsodium when imported
+            raise MissingDependencyError(
+                "the pure-Python backend signs with libsodium through pysodium: %s "
+                "(apt-get install libsodium23; pip install pysodium)" % e) from e
         _sodium = pysodium
     return _sodium
 

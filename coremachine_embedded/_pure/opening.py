@@ -1,26 +1,33 @@
 """Opening a store: pick the header slot, replay the wal, check the roots and
 the signature, sanitize a replica, checkpoint after a torn tail; creating one;
-the secret key; closing (docs/format.md, "Opening").
+the secret key; closing (docs/format.md, "Opening"); read-only snapshots
+("Read-only snapshots").
 
 Twin of csrc/cm_opening.c.  ``Log`` is the backend's log: every operation of
 the classes it derives from.
 """
 from __future__ import annotations
 
+import errno
 from typing import Any, Dict, List, Optional
 
 from .. import caps
 from ..caps import Durability
 from ..encoding import Manifest, Node
-from ..errors import (ArgumentTypeError, CoreMachineError, FormatVersionError, InvalidArgumentError,
-                      InvalidProofError, KeyMismatchError, StoreNotFoundError, need_bytes)
-from ..storage import CREATE, PRIVATE, File, FileStorage
+from ..errors import (ArgumentTypeError, CoreMachineError, CorruptionError, FormatVersionError,
+                      InvalidArgumentError, InvalidProofError, KeyMismatchError, StorageError,
+                      StoreNotFoundError, need_bytes)
+from ..storage import CREATE, PRIVATE, READONLY, File, FileStorage
 from .blocks import Blocks
 from .crypto import Verifier, default_manifest, keypair_from_seed, manifest_hash
 from .replica import Replica
+from .snapshot import Overlay
 from .store import HF_COMPAT, HF_MANIFEST, NODE_SLOT, SLOT_SIZE
 from .wal import _parse_slot, _Slot
 from .writer import Writer
+
+
+SNAPSHOT_TRIES = 16
 
 
 class Log(Writer, Replica, Blocks):
@@ -30,56 +37,130 @@ class Log(Writer, Replica, Blocks):
                  secret_key: Optional[bytes] = None, key: Optional[bytes] = None,
                  manifest: Optional[bytes] = None, compat: bool = False,
                  durability: Durability = Durability.SYNC, checkpoint_bytes: int = 0,
-                 max_block_size: int = 0) -> None:
+                 max_block_size: int = 0, readonly: bool = False) -> None:
         if not isinstance(durability, Durability):
             raise ArgumentTypeError("durability must be a Durability")
+        if readonly and (create or secret_key is not None):
+            raise InvalidArgumentError("a read-only snapshot creates nothing and takes no "
+                                       "secret key")
         self.durability = durability
         self._checkpoint_bytes = checkpoint_bytes or caps.DEFAULT_CHECKPOINT_BYTES
         self._max_block = max_block_size or caps.DEFAULT_MAX_BLOCK
+        self._readonly = readonly
+        self._overlay = None
         self._closed = False
-        self._failed: Optional[BaseException] = None
-        self._files: List[File] = []
-        self._secret_key: Optional[bytes] = None
-        self._sig: Optional[bytes] = None
-        self.recovery: Dict[str, int] = {"records_replayed": 0, "bytes_discarded": 0,
-                                         "header_slot": 0, "header_fallback": 0}
+        self._failed = None
+        self._files = []
+        self._secret_key = None
+        self._sig = None
+        self.recovery = _no_recovery()
+        if isinstance(storage, str):
+            storage = FileStorage(storage)
+        self._dir = getattr(storage, "directory", None)
         try:
-            self._open(storage, create, secret_key, key, manifest, compat)
+            if secret_key is not None:
+                secret_key = need_bytes("secret_key", secret_key, 64)
+            if key is not None:
+                key = need_bytes("key", key, 32)
+            if manifest is not None:
+                manifest = need_bytes("manifest", manifest)
+            if readonly:
+                self._open_snapshot(storage, key, manifest)
+            else:
+                self._open(storage, create, secret_key, key, manifest, compat)
         except BaseException:
             self._close_files()
             raise
 
     def _open(self, storage: Any, create: bool, secret_key: Optional[bytes],
               key: Optional[bytes], manifest: Optional[bytes], compat: bool) -> None:
-        if isinstance(storage, str):
-            storage = FileStorage(storage)
-        self._dir = getattr(storage, "directory", None)
-        if secret_key is not None:
-            secret_key = need_bytes("secret_key", secret_key, 64)
-        if key is not None:
-            key = need_bytes("key", key, 32)
-        if manifest is not None:
-            manifest = need_bytes("manifest", manifest)
         self._header = self._open_file(storage, "header", CREATE if create else 0)
         self._header.lock()
-        raw = self._header.read(2 * SLOT_SIZE, 0)
-        valid = [s for s in (_parse_slot(raw, 0), _parse_slot(raw, 1)) if s is not None]
         self._wal = self._open_file(storage, "wal", CREATE)
         self._tree = self._open_file(storage, "tree", CREATE)
         self._data = self._open_file(storage, "data", CREATE)
-        if not valid:
-            # A torn first header with nothing else written is an interrupted
-            # creation: nothing to lose.  Otherwise the header is damaged.
-            if any(f.size() for f in (self._wal, self._tree, self._data)):
-                raise self._damaged("no valid header slot", "header")
-            if not create:
-                raise StoreNotFoundError("the store was never initialised", "header")
+        slot = self._newest_slot([self._wal, self._tree, self._data], create)
+        if slot is None:
             self._create(storage, secret_key, key, manifest, compat)
             return
+        self._load_state(slot, storage, secret_key, key, manifest)
+        if self._seq:
+            # What replay read may have come from the page cache (kill -9):
+            # make it durable before later records count it as such.
+            self._wal.sync()
+            self._durable_count = self._seq
+        c = self.contiguous
+        if self._secret_key is None and (
+                self.length > c or self._tree.size() > (NODE_SLOT * (2 * c - 1) if c else 0)
+                or self._data.size() > self._contig_bytes):
+            # Anything past the contiguous region may hold writes of records
+            # that never became durable.
+            self._sanitize()
+        if self.recovery["bytes_discarded"]:
+            self._checkpoint()
+
+    def _open_snapshot(self, storage: Any, key: Optional[bytes],
+                       manifest: Optional[bytes]) -> None:
+        """A read-only snapshot: no lock, nothing written (docs/format.md,
+        "Read-only snapshots").  If a checkpoint started a new header slot
+        while the records were read, the state read is still one that was
+        committed, but the files may have moved on from it: read again from
+        the new slot.  A check that failed may be the writer changing the
+        files under the read (a truncation the records read do not reach
+        yet): read again too, a few times."""
+        self._header = self._open_file(storage, "header", READONLY)
+        present = {}
+        for name in ("wal", "tree", "data"):
+            try:
+                present[name] = self._open_file(storage, name, READONLY)
+            except StoreNotFoundError:
+                pass
+        error: Optional[CorruptionError] = None
+        for _ in range(SNAPSHOT_TRIES):
+            self.recovery = _no_recovery()
+            self._overlay = Overlay()
+            slot = self._newest_slot(list(present.values()), False)
+            assert slot is not None  # (no slot and no create: StoreNotFoundError)
+            for name in ("wal", "tree", "data"):
+                if name not in present:
+                    raise self._damaged("the %s file is missing" % name, name)
+            self._wal, self._tree, self._data = present["wal"], present["tree"], present["data"]
+            try:
+                self._load_state(slot, storage, None, key, manifest)
+            except CorruptionError as e:
+                error = e
+                continue
+            newest = self._newest_slot(list(present.values()), False)
+            if newest is None or newest.seq <= slot.seq:
+                return
+        if error is not None:
+            raise error
+
+    def _newest_slot(self, files: List[File], create: bool) -> Optional[_Slot]:
+        """The valid header slot with the highest seq; None if there is none
+        and a store is to be created."""
+        raw = self._header.read(2 * SLOT_SIZE, 0)
+        valid = [s for s in (_parse_slot(raw, 0), _parse_slot(raw, 1)) if s is not None]
+        if not valid:
+            # A torn first header with nothing else written is an interrupted
+            # creation (or, for a snapshot, one under way): nothing to lose.
+            # Otherwise the header is damaged.
+            if any(f.size() for f in files):
+                raise self._damaged("no valid header slot", "header")
+            if not create:
+                raise StoreNotFoundError("the store was never initialised", self._path("header"))
+            return None
         slot = max(valid, key=lambda s: s.seq)
         self.recovery["header_slot"] = slot.seq % 2
         other = raw[SLOT_SIZE * (1 - slot.seq % 2):SLOT_SIZE * (2 - slot.seq % 2)]
         self.recovery["header_fallback"] = int(len(valid) == 1 and any(other))
+        return slot
+
+    def _load_state(self, slot: _Slot, storage: Any, secret_key: Optional[bytes],
+                    key: Optional[bytes], manifest: Optional[bytes]) -> None:
+        """The state of ``slot`` plus the records after it, checked: the roots
+        against the tree hash, a replica's signature."""
+        self._header_seq = slot.seq
         if slot.version != caps.FORMAT_VERSION:
             # Older ones too: a format with no migration to this one is not read.
             raise FormatVersionError("the store is in format %d; this library reads format %d"
@@ -88,7 +169,7 @@ class Log(Writer, Replica, Blocks):
         self._load_header(slot, storage, secret_key, key, manifest)
         self._replay()
         self._load_roots()
-        if self._secret_key is None:
+        if not self._writer_store:
             if self._sig is None and (self.length or self.fork):
                 raise self._damaged("a replica state without its signature", "header")
             if self._sig is not None:
@@ -99,21 +180,7 @@ class Log(Writer, Replica, Blocks):
                                         "header") from None
         elif self.contiguous != self.length:
             raise self._damaged("a writer that lacks blocks", "header")
-        if self._seq:
-            # What replay read may have come from the page cache (kill -9):
-            # make it durable before later records count it as such.
-            self._wal.sync()
-            self._durable_count = self._seq
         self._contig_bytes = self._prefix_bytes(self.contiguous)
-        c = self.contiguous
-        if self._secret_key is None and (
-                self.length > c or self._tree.size() > (NODE_SLOT * (2 * c - 1) if c else 0)
-                or self._data.size() > self._contig_bytes):
-            # Anything past the contiguous region may hold writes of records
-            # that never became durable.
-            self._sanitize()
-        if self.recovery["bytes_discarded"]:
-            self._checkpoint()
 
     def _load_header(self, slot: _Slot, storage: Any, secret_key: Optional[bytes],
                      key: Optional[bytes], manifest: Optional[bytes]) -> None:
@@ -140,10 +207,17 @@ class Log(Writer, Replica, Blocks):
         self._generation = slot.generation
         self._set_state(slot.fork, slot.length, slot.contiguous, slot.byte_length,
                         slot.tree_hash, slot.signature)
+        self._secret_key = None
+        self._writer_store = True   # a secret_key file, even one we may not read
         try:
-            sk_file = storage.open("secret_key", 0)
+            sk_file = storage.open("secret_key", READONLY if self._readonly else 0)
         except StoreNotFoundError:
             sk_file = None
+            self._writer_store = False
+        except StorageError as e:
+            if not (self._readonly and e.errno == errno.EACCES):
+                raise
+            sk_file = None  # not ours to read: nothing signs
         if sk_file is not None:
             try:
                 stored = sk_file.read(65, 0)
@@ -153,13 +227,14 @@ class Log(Writer, Replica, Blocks):
             if secret_key is not None and stored != secret_key:
                 raise KeyMismatchError("the store holds another secret key")
             self._secret_key = stored
-        elif secret_key is not None:
+        elif secret_key is not None and not self._writer_store:
             # The signer's key given to a replica: it becomes the writer, which
             # needs every block.
             self._check_secret(secret_key, False)
             if self.contiguous != self.length:
                 raise InvalidArgumentError("a replica that lacks blocks cannot become the writer")
             self._write_secret(storage, secret_key)
+            self._writer_store = True
             self._sig = None  # a writer keeps no signature in its header
 
     def _open_file(self, storage: Any, name: str, flags: int) -> File:
@@ -227,6 +302,7 @@ class Log(Writer, Replica, Blocks):
                 flags = HF_MANIFEST
         self.key = core_key
         self._flags = flags
+        self._writer_store = secret_key is not None
         self.manifest = manifest if flags & HF_MANIFEST else None
         self._verifier = Verifier(self.key, self.manifest)
         if secret_key is not None:
@@ -243,7 +319,7 @@ class Log(Writer, Replica, Blocks):
         if self._closed:
             return
         try:
-            if self._failed is None:
+            if self._failed is None and not self._readonly:
                 self.flush()
                 if self._seq:
                     self._checkpoint()
@@ -258,3 +334,7 @@ class Log(Writer, Replica, Blocks):
             except Exception:
                 pass
         self._files = []
+
+
+def _no_recovery() -> Dict[str, int]:
+    return {"records_replayed": 0, "bytes_discarded": 0, "header_slot": 0, "header_fallback": 0}

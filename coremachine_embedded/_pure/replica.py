@@ -11,7 +11,7 @@ from typing import Dict, List, Sequence
 from .. import caps
 from ..encoding import DataMessage, Manifest, Node
 from ..errors import (BlockNotAvailableError, ForkError, InvalidArgumentError,
-                      InvalidProofError, TooLargeError, need_bytes)
+                      InvalidProofError, ReadOnlyError, TooLargeError, need_bytes)
 from ..proofs import ApplyResult
 from . import flat, proof
 from .crypto import Verifier, hash_leaf, hash_parent, manifest_hash
@@ -32,6 +32,8 @@ class Replica(Wal, TreeFile):
     def apply_proof(self, message: bytes) -> ApplyResult:
         """Verify a data message and store what it proves (replicas only)."""
         self._check_open()
+        if self._readonly:
+            raise ReadOnlyError("a read-only snapshot stores nothing")
         if self._secret_key is not None:
             raise InvalidArgumentError("a writer does not take proofs")
         msg = DataMessage.decode(need_bytes("proof", message))
@@ -119,6 +121,8 @@ class Replica(Wal, TreeFile):
         transfer, see csrc/cm.h cm_core_apply_run).  Returns blocks added."""
         self._check_open()
         n = len(values)
+        if self._readonly:
+            raise ReadOnlyError("a read-only snapshot stores nothing")
         if self._secret_key is not None:
             raise InvalidArgumentError("a writer does not take runs")
         if (n < 2 or n > caps.MAX_RUN or n & (n - 1) or start % n

@@ -5,12 +5,13 @@ A store (docs/format.md) is written by one ``Log`` object assembled from one
 class per concern, each in the module named like its C twin:
 
     store.py     StoreState  the state, errors, accessors, the signature
+    snapshot.py  Overlay     a read-only snapshot's records, kept in memory
     wal.py       Wal         header slots, write-ahead records, commit, replay
     treefile.py  TreeFile    tree file: node I/O, verified walks, roots
     blocks.py    Blocks      verified reads of blocks, proofs
     writer.py    Writer      append, truncate
     replica.py   Replica     apply_proof, apply_run, sanitize on open
-    opening.py   Log         opening and creating a store, the secret key, closing
+    opening.py   Log         opening, creating or snapshotting a store; closing
 
 A class uses only the ones it derives from (the C files' layers).  The pure
 backend is the reference model: both write the same files byte for byte.
@@ -19,13 +20,16 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..caps import Durability
 from ..encoding import Manifest, Node
 from ..errors import ClosedError, CorruptionError, ReadOnlyError, StorageError
 from ..storage import File
 from .crypto import Verifier, discovery_key
+
+if TYPE_CHECKING:  # a type only: snapshot.py is a layer above
+    from .snapshot import Overlay
 
 # The on-disk format (docs/format.md), as csrc/cm_store.h has it.
 MAGIC = b"CMEH"
@@ -61,12 +65,15 @@ class StoreState:
     _data: File
     _closed: bool
     _failed: Optional[BaseException]   # a write failed: memory and files may differ
+    _readonly: bool                    # a snapshot: no lock, no write, records in _overlay
+    _overlay: Optional["Overlay"]
     # identity
     key: bytes
     manifest: Optional[bytes]
     _flags: int
     _verifier: Verifier
-    _secret_key: Optional[bytes]
+    _secret_key: Optional[bytes]       # signs the state lazily
+    _writer_store: bool                # has a secret_key file (a snapshot may not read it)
     # state
     fork: int
     length: int
@@ -103,6 +110,8 @@ class StoreState:
 
     def _check_writer(self) -> None:
         self._check_open()
+        if self._readonly:
+            raise ReadOnlyError("this core is a read-only snapshot")
         if self._secret_key is None:
             raise ReadOnlyError("this core was opened without its secret key")
 
@@ -122,7 +131,11 @@ class StoreState:
 
     @property
     def writable(self) -> bool:
-        return self._secret_key is not None
+        return self._secret_key is not None and not self._readonly
+
+    @property
+    def readonly(self) -> bool:
+        return self._readonly
 
     @property
     def compat(self) -> bool:

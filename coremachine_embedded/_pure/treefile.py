@@ -36,6 +36,10 @@ class TreeFile(StoreState):
     """Reads of the tree file, each verified against the signed roots."""
 
     def _read_node(self, index: int) -> Optional[Node]:
+        if self._overlay is not None:
+            decided, node = self._overlay.node(index)
+            if decided:
+                return node
         raw = self._tree.read(NODE_SLOT, NODE_SLOT * index)
         if len(raw) < NODE_SLOT or raw == ZERO_NODE:
             return None

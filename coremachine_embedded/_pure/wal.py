@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence
 from .. import caps
 from ..caps import Durability
 from ..encoding import Node
-from ..errors import TooLargeError
+from ..errors import ReadOnlyError, TooLargeError
 from .store import (BODY_STABLE, MAGIC, MAX_RECORD, NODE_ENTRY, NODE_SLOT, RF_MANIFEST,
                     RF_SIGNATURE, RF_TRUNCATE, SLOT_SIZE, TREE_NODE, ZERO_NODE, StoreState)
 
@@ -175,7 +175,8 @@ class Wal(StoreState):
 
     def _replay(self) -> None:
         """Apply the records of the header's generation (docs/format.md,
-        "Opening" step 2); count a torn tail in ``recovery``."""
+        "Opening" step 2; to the overlay in a snapshot); count a torn tail in
+        ``recovery``."""
         self._reset_wal()
         size = self._wal.size()
         off = 0
@@ -183,8 +184,13 @@ class Wal(StoreState):
             rec = self._frame(off, size)
             if rec is None or rec.seq != self._seq or rec.prev_crc != self._prev_crc:
                 break
-            self._apply(rec.flags, rec.tree_truncate, rec.data_truncate, rec.clear, rec.nodes,
-                        rec.data_offset, rec.data)
+            if self._overlay is not None:
+                self._overlay.apply(bool(rec.flags & RF_TRUNCATE), rec.tree_truncate,
+                                    rec.data_truncate, rec.clear, rec.nodes, rec.data_offset,
+                                    rec.data)
+            else:
+                self._apply(rec.flags, rec.tree_truncate, rec.data_truncate, rec.clear,
+                            rec.nodes, rec.data_offset, rec.data)
             self._set_state(rec.fork, rec.length, rec.contiguous, rec.byte_length,
                             rec.tree_hash, rec.signature)
             if rec.manifest is not None:
@@ -194,6 +200,12 @@ class Wal(StoreState):
             off = rec.end
         self._wal_offset = off
         self.recovery["records_replayed"] = self._seq
+        if self._overlay is not None:
+            # A snapshot ends where the chain does: past it, the writer may be
+            # writing this very moment (a checkpoint race is the opener's).
+            self._overlay.seal()
+            self._durable_count = self._seq
+            return
         if off >= size:
             return
         head = self._wal.read(8 + _RECORD.size, off)
@@ -336,5 +348,7 @@ class Wal(StoreState):
 
     def checkpoint(self) -> None:
         self._check_open()
+        if self._readonly:
+            raise ReadOnlyError("a read-only snapshot does not checkpoint")
         if self._seq:
             self._checkpoint()

@@ -168,7 +168,6 @@ class Local(Member):
 
     def open(self) -> None:
         from ..coremachine import Coremachine
-        commands.check_store_arg(self.config.store)
         core = commands.open_store(self.config.store)
         try:
             self.machine_ref = self.config.machine or commands.read_meta(

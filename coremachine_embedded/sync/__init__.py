@@ -1,4 +1,5 @@
-"""Verified log replication over UDP and serial lines.
+"""Verified log replication over UDP, serial lines and MQTT brokers, and with
+Hypercore peers (JavaScript ``core.replicate()``, Corestores) over TCP or any stream.
 
 asyncio::
 
@@ -6,6 +7,10 @@ asyncio::
     endpoint = await sync.serve(core, "udp://0.0.0.0:7000")          # writer or replica
     await sync.pull(replica, "udp://10.0.0.5:7000")                   # until it holds the signed length
     await sync.pull(replica, "serial:///dev/ttyAMA0?baud=115200", live=True)   # follow forever
+    await sync.pull(replica, "mqtts://user:pw@broker.example/fleet", live=True)  # through a broker
+    server = await sync.serve([core_a, core_b], "tcp://0.0.0.0:7001")  # Hypercore's protocol
+    await sync.pull(replica, "tcp://10.0.0.5:7001", live=True)
+    await sync.replicate(core, reader, writer, initiator=True)        # any asyncio stream pair
 
 plain scripts::
 
@@ -13,7 +18,7 @@ plain scripts::
     sync.pull_blocking(replica, "udp://10.0.0.5:7000", timeout=60)
 
 One :class:`Endpoint` serves and pulls any number of cores over any number of
-links; the protocol is in docs/protocol.md.
+links; the protocols are in docs/protocol.md (Hypercore's: sync/hyper/).
 """
 from __future__ import annotations
 
@@ -25,7 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 from ..core import Core
 from ..errors import InvalidArgumentError
 from .counters import Counters
-from .endpoint import Endpoint, SourceStatus
+from .endpoint import Endpoint
+from .peers import SourceStatus
 from .udp import UDPLink
 
 #: socket buffer of a UDP socket shared by many peers (capped by net.core.rmem_max),
@@ -33,7 +39,8 @@ from .udp import UDPLink
 SHARED_SOCKET_BUFFER, SHARED_READ_BATCH = 8 << 20, 64
 
 __all__ = ["Endpoint", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",
-           "link_schemes", "serve", "pull", "serve_forever", "pull_blocking"]
+           "link_schemes", "serve", "pull", "replicate", "serve_forever", "pull_blocking",
+           "shown_url"]
 
 
 def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
@@ -45,6 +52,15 @@ def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
     if parts.scheme != "udp" or not parts.hostname or port is None:
         raise InvalidArgumentError("a UDP address looks like udp://host:port, not %r" % url)
     return parts.hostname, port, parse_qs(parts.query)
+
+
+def shown_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc="%s:***@%s" % (parts.username, host)).geturl()
 
 
 def _udp_mtu(url: str, query: Dict[str, List[str]]) -> int:
@@ -100,11 +116,43 @@ def _check_serial(url: str) -> None:
         raise InvalidArgumentError("%s: %s" % (url, e)) from None
 
 
-#: scheme -> (open(url, listen, shared) -> (link, peer address), check(url))
+def _open_mqtt(url: str, listen: bool,
+               shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    from .mqtt import SERVERS, MQTTLink
+    peer = None if listen else SERVERS
+    if shared is not None and ("mqtt", url) in shared:  # one broker connection per URL
+        return shared[("mqtt", url)], peer
+    link = MQTTLink.from_url(url)
+    if shared is not None:
+        shared[("mqtt", url)] = link
+    return link, peer
+
+
+def _check_mqtt(url: str) -> None:
+    from .mqtt import MQTTLink
+    MQTTLink.from_url(url)   # parses only: connects on attach
+
+
+def _no_datagrams(url: str, listen: bool,
+                  shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    raise InvalidArgumentError("%s is a Hypercore stream, not a datagram link: use "
+                               "sync.serve/sync.pull (sync.hyper)" % shown_url(url))
+
+
+def _check_tcp(url: str) -> None:
+    from .hyper import tcp_address
+    tcp_address(url)
+
+
+#: scheme -> (open(url, listen, shared) -> (link, peer address), check(url));
+#: tcp:// (Hypercore's protocol over a stream) is checked here but opened by hyper
 _SCHEMES: Dict[str, Tuple[Callable[[str, bool, Optional[Dict[Hashable, Any]]], Tuple[Any, Any]],
                           Callable[[str], None]]] = {
     "udp": (_open_udp, _check_udp),
     "serial": (_open_serial, _check_serial),
+    "mqtt": (_open_mqtt, _check_mqtt),
+    "mqtts": (_open_mqtt, _check_mqtt),
+    "tcp": (_no_datagrams, _check_tcp),
 }
 
 
@@ -136,17 +184,26 @@ def open_link(url: str, listen: bool = True,
     bind any local port and talk to host:port.  ``serial://...``: the port
     (its single peer is None).  ``?mtu=N`` sets the UDP datagram size.
 
+    ``mqtt://[user:pass@]broker[:port]/PREFIX`` or ``mqtts://``: a broker
+    connection; the peer is whoever serves the core there (sync/mqtt.py).
+
     ``shared``: a dict the caller keeps, holding the links opened so far; a
     link that can carry this peer too is reused rather than opened again (one
     UDP socket per address family for every ``udp://`` peer, one link per
-    serial port).  The links are not started: attach new ones to an endpoint.
+    serial port, one broker connection per MQTT URL).  The links are not started: attach new ones to an endpoint.
     """
     return _scheme(url)[0](url, listen, shared)
 
 
 async def serve(cores: Union[Core, Iterable[Core]], url: str,
-                endpoint: Optional[Endpoint] = None) -> Endpoint:
-    """Serve ``cores`` on ``url``; returns the running endpoint (close it when done)."""
+                endpoint: Optional[Endpoint] = None) -> Any:
+    """Serve ``cores`` on ``url``; returns the running endpoint (close it when
+    done).  ``tcp://host:port`` speaks Hypercore's protocol (a
+    :class:`~coremachine_embedded.sync.hyper.Server`; replicas among the
+    cores also pull from the peers that connect)."""
+    if urlsplit(url).scheme == "tcp":
+        from . import hyper
+        return await hyper.serve(cores, url)
     ep = endpoint or Endpoint()
     link, _ = open_link(url, listen=True)
     await ep.attach(link)
@@ -157,10 +214,14 @@ async def serve(cores: Union[Core, Iterable[Core]], url: str,
 
 async def pull(core: Core, url: str, *, live: bool = False, window: int = 128,
                progress: Optional[Callable[[int, int], None]] = None,
-               endpoint: Optional[Endpoint] = None) -> Endpoint:
+               endpoint: Optional[Endpoint] = None) -> Any:
     """Pull ``core`` (a replica) from the peer at ``url`` until it holds the
     peer's signed length, or forever with ``live``.  The replica also serves
-    what it holds over the same link."""
+    what it holds over the same link.  ``tcp://host:port``: a Hypercore peer
+    (returns the connection's counters)."""
+    if urlsplit(url).scheme == "tcp":
+        from . import hyper
+        return await hyper.pull(core, url, live=live, progress=progress)
     ep = endpoint or Endpoint(window=window)
     link, addr = open_link(url, listen=False)
     await ep.attach(link)
@@ -171,6 +232,16 @@ async def pull(core: Core, url: str, *, live: bool = False, window: int = 128,
             await ep.close()
         raise
     return ep
+
+
+async def replicate(cores: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    initiator: bool, live: bool = True, **options: Any) -> Counters:
+    """Replicate ``cores`` with a Hypercore peer over any asyncio stream pair
+    (a TCP or Unix socket, an SSH channel, a serial byte pipe): see
+    :func:`coremachine_embedded.sync.hyper.replicate`."""
+    from . import hyper
+    return await hyper.replicate(cores, reader, writer, initiator=initiator, live=live,
+                                 **options)
 
 
 def serve_forever(cores: Union[Core, Iterable[Core]], url: str) -> None:

@@ -251,18 +251,20 @@ class Download:
 
     # --- answers -----------------------------------------------------------------------
 
-    def on_data(self, body: bytes, pushed_ok: bool = False) -> Answered:
+    def on_data(self, body: bytes, head: Optional[DataHead] = None,
+                pushed_ok: bool = False) -> Answered:
         """A DATA message (a Hypercore proof): applied if it is the next block
         or an upgrade we asked for, kept if it builds on a block still to come,
-        otherwise counted and dropped.  With ``pushed_ok`` (it comes from the
-        peer we follow live) an unasked upgrade with our next block - a push,
-        request id ``wire.PUSHED`` - is applied when nothing is in flight: the
-        core verifies it like any other."""
+        otherwise counted and dropped.  ``head``: its head, if the caller
+        peeked already.  With ``pushed_ok`` (it comes from the peer we follow
+        live) an unasked upgrade with our next block - a push, request id
+        ``wire.PUSHED`` - is applied when nothing is in flight: the core
+        verifies it like any other."""
         if self.core.writable:
             self.counters.inc("dropped_unsolicited")
             return NOTHING
         try:
-            head = DataMessage.peek(body)
+            head = head or DataMessage.peek(body)
         except errors.DecodeError:
             self.counters.inc("dropped_malformed")
             return NOTHING
@@ -319,6 +321,15 @@ class Download:
         self._advance()
         return answered
 
+    def on_broadcast(self, body: bytes) -> None:
+        """A DATA message nobody asked for that proves itself: a writer's live
+        block or signed head (sync/broadcast.py).  Applied if it verifies,
+        with what it unblocks; otherwise counted and dropped."""
+        if self.core.writable:
+            self.counters.inc("dropped_unsolicited")
+            return
+        self._apply(body, upgrade=True)
+
     def on_no_data(self, request: int) -> List[Ask]:
         """The peer has no answer to ``request``: the asks that carried it
         (ask them again later)."""
@@ -346,7 +357,7 @@ class Download:
             if nxt is not None:
                 self._apply_one(nxt, False)
             else:
-                ask = self._run_at(c)
+                ask = self._run_at(c) if self.max_run > 1 else None
                 if ask is None or ask.run is None or c == ask.index or not ask.run.complete:
                     return
                 self._apply_run(ask)

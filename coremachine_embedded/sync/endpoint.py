@@ -8,6 +8,7 @@ and ties together one module per concern:
 
 - ``sessions.py``: who may talk to us - cookies (address validation) and
   replay windows;
+- ``peers.py``: what is kept per core (Entry) and per peer (Peer);
 - ``outbox.py``: envelope packing and fragmentation;
 - ``serving.py``: the answers to requests and runs, announcements, rate limits;
 - ``download.py``: what to request next for a pulled core, and applying answers;
@@ -25,84 +26,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import errors
 from ..core import Core
 from ..encoding import Reader
 from . import flow, serving, sessions, wire
+from .broadcast import BROADCAST, Fanout
 from .counters import Counters
 from .download import Ask, Download
-from .outbox import Message, Outbox, Reassembly, budget, fragments
+from .outbox import Message, budget, fragments
+from .peers import MAX_PEERS_PER_CORE, NO_COOKIE, Entry, Peer, SourceStatus
 
 log = logging.getLogger("coremachine_embedded.sync")
 
-MAX_PEERS_PER_CORE = 256
-PUSH_ROOM = 64        # room a push leaves in its envelope for the SYNC and RANGE after it
 PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
-NO_COOKIE = bytes(sessions.COOKIE_BYTES)
-
-
-class SourceStatus(NamedTuple):
-    """The peer a core is pulled from, as last heard (see :meth:`Endpoint.source_status`)."""
-
-    length: int                   # its signed length (-1: not heard yet)
-    fork: int
-    last_seen: Optional[float]    # time.monotonic() of its last valid envelope (None: never)
-    caught_up: bool               # this replica held its signed length at least once
-
-
-class _Peer:
-    """A remote endpoint as seen by one core."""
-
-    def __init__(self, link: Any, addr: Any, session: bytes) -> None:
-        self.link = link
-        self.addr = addr
-        self.session = session
-        self.echo = NO_COOKIE        # the cookie it gave us
-        self.live = False            # it pulls: tell it about new lengths
-        self.serves = False
-        self.last_seen = time.monotonic()
-        self.fork = -1               # its state, from SYNC/RANGE
-        self.length = -1
-        self.contiguous = 0
-        self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
-        self.outbox = Outbox()
-        self.reassembly = Reassembly()
-        self.limit = serving.RequestLimit()
-        self.rtt = flow.Rtt()
-        self.hello_sent = 0.0
-        self.hellos = 0              # HELLOs sent since it last answered one
-        self.last_answer = 0.0       # when it last sent us a DATA or VALUES
-
-    @property
-    def ready(self) -> bool:
-        return self.echo != NO_COOKIE
-
-
-class _Entry:
-    """A core at an endpoint, its peers, and the state of pulling it."""
-
-    def __init__(self, core: Core, download: Download) -> None:
-        self.core = core
-        self.dk = core.discovery_key
-        self.wire_key = wire.wire_key(core.key)
-        self.peers: "OrderedDict[Tuple[int, Any], _Peer]" = OrderedDict()
-        self.download = download
-        self.retries = flow.Retries()
-        self.pulling = False
-        self.live = False
-        self.source: Optional[Tuple[Any, Any]] = None     # (link, addr) we pull from
-        self.caught_up = asyncio.Event()
-        self.unsubscribe: Optional[Callable[[], None]] = None
-        self.last_keepalive = 0.0
-        self.next_check = 0.0      # monotonic: the timer need not look before this
-
-    def source_peer(self) -> Optional[_Peer]:
-        if self.source is None:
-            return None
-        return self.peers.get((id(self.source[0]), self.source[1]))
 
 
 class Endpoint:
@@ -126,12 +64,13 @@ class Endpoint:
         self.sessions = sessions.Sessions()
         self.session = self.sessions.session
         self._counter = 0
-        self._entries: Dict[bytes, _Entry] = {}
+        self._entries: Dict[bytes, Entry] = {}
         self._links: List[Any] = []
         self._frag_id = 1
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
-        self._active: Set[_Entry] = set()    # pulls the timer visits every tick
+        self._active: Set[Entry] = set()    # pulls the timer visits every tick
+        self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
 
     # --- setup ----------------------------------------------------------------------
 
@@ -140,25 +79,26 @@ class Endpoint:
         self._loop = asyncio.get_running_loop()
         self._links.append(link)
         await link.start(lambda data, addr: self.receive(link, data, addr))
+        self._fanout.attach(link)
         if self._timer is None:
             self._timer = self._loop.create_task(self._tick())
 
     def serve(self, core: Core) -> None:
         """Answer requests for ``core`` from anyone who knows its key."""
-        self._entry(core)
+        self._fanout.serve(self._entry(core))
 
     def download(self, core: Core) -> Optional[Download]:
         """The state of pulling ``core`` here (None if it is not served here)."""
         entry = self._entries.get(core.discovery_key)
         return entry.download if entry is not None else None
 
-    def _entry(self, core: Core) -> _Entry:
+    def _entry(self, core: Core) -> Entry:
         dk = core.discovery_key
         entry = self._entries.get(dk)
         if entry is not None and entry.core is not core:
             raise errors.InvalidArgumentError("this endpoint already has a core with this key")
         if entry is None:
-            entry = self._entries[dk] = _Entry(core, Download(core, self.counters,
+            entry = self._entries[dk] = Entry(core, Download(core, self.counters,
                                                               self.max_run))
             self._loop = self._loop or asyncio.get_running_loop()
             entry.unsubscribe = serving.watch(core, self._loop, lambda: self._announce(entry))
@@ -183,6 +123,7 @@ class Endpoint:
             entry.download.on_progress = report
         entry.download.resume()
         self._active.add(entry)
+        self._fanout.watch(entry)
         self._hello(entry, link, addr)
         try:
             if live:
@@ -191,22 +132,22 @@ class Endpoint:
         finally:
             if not live:
                 entry.pulling = False
+                self._fanout.watch(entry)
 
     def remove(self, core: Core) -> None:
-        """Stop serving and pulling ``core`` here (a task awaiting its
-        :meth:`pull` is the caller's to cancel); its peers are forgotten."""
+        """Stop serving and pulling ``core`` (the caller cancels its :meth:`pull`)."""
         entry = self._entries.get(core.discovery_key)
         if entry is None or entry.core is not core:
             return
         del self._entries[entry.dk]
         self._active.discard(entry)
+        self._fanout.forget(entry)
         if entry.unsubscribe:
             entry.unsubscribe()
         entry.pulling = False
 
     def source_status(self, core: Core) -> Optional[SourceStatus]:
-        """What the peer ``core`` is pulled from last said, or None if it is
-        not pulled here."""
+        """What the peer ``core`` is pulled from last said (None: not pulled here)."""
         entry = self._entries.get(core.discovery_key)
         if entry is None or entry.core is not core or not entry.pulling:
             return None
@@ -216,9 +157,8 @@ class Endpoint:
         return SourceStatus(peer.length, peer.fork, peer.last_seen, entry.caught_up.is_set())
 
     def ping(self, core: Core) -> bool:
-        """Ask the peer ``core`` is pulled from for an answer now (a HELLO,
-        which it answers with its SYNC), so that :meth:`source_status` shows
-        whether an idle source is still there.  False if not pulled here."""
+        """HELLO the peer ``core`` is pulled from (it answers with a SYNC, which
+        :meth:`source_status` shows); False if ``core`` is not pulled here."""
         entry = self._entries.get(core.discovery_key)
         if entry is None or entry.core is not core or not entry.pulling or entry.source is None:
             return False
@@ -239,35 +179,20 @@ class Endpoint:
 
     # --- receiving -------------------------------------------------------------------
 
-    def receive(self, link: Any, data: bytes, addr: Any) -> None:
-        """One envelope from ``addr`` on ``link``; everything invalid is dropped and counted."""
-        c = self.counters
-        c.inc("rx_envelopes")
-        c.inc("rx_bytes", len(data))
-        dk = wire.peek(data)
-        if dk is None:
-            c.inc("dropped_malformed")
-            return
-        entry = self._entries.get(dk)
-        if entry is None:
-            c.inc("dropped_unknown_core")
-            return
-        plain = wire.unseal(entry.wire_key, data)
-        if plain is None:
-            c.inc("dropped_auth")
-            return
-        try:
-            payload = wire.decode_payload(plain)
-        except errors.CoreMachineError:
-            c.inc("dropped_malformed")
-            return
-        if payload.session == self.session:
-            c.inc("dropped_own")  # our own envelope, looped back
-            return
+    def receive(self, link: Any, data: bytes, addr: Any) -> bool:
+        """One envelope from ``addr`` on ``link``; everything invalid is dropped
+        and counted.  True if it was authentic, new, and fresh or a greeting."""
+        if addr == BROADCAST:
+            return self._fanout.receive(data)
+        opened = self.open_envelope(data)
+        if opened is None:
+            return False
+        entry, payload = opened
+        dk, c = entry.dk, self.counters
         verdict = self.sessions.check(dk, payload.session, payload.counter, payload.echo)
         if verdict == sessions.REPLAY:
             c.inc("dropped_replay")
-            return
+            return False
         fresh = verdict == sessions.FRESH
         if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
             # No state for a sender that does not know our cookie (so that many
@@ -275,10 +200,10 @@ class Endpoint:
             c.inc("dropped_stale_cookie")
             peer = entry.peers.get((id(link), addr))
             if peer is None or peer.session != payload.session:
-                peer = _Peer(link, addr, payload.session)
+                peer = Peer(link, addr, payload.session)
             if time.monotonic() - peer.hello_sent > flow.HELLO_AGAIN:
                 self._hello(entry, link, addr, peer)
-            return
+            return False
         peer = self._peer(entry, link, addr, payload.session)
         for kind, body in payload.messages:
             if kind != wire.HELLO and not fresh:
@@ -294,12 +219,42 @@ class Endpoint:
             self._hello(entry, link, addr, peer)
         entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
         self._pump(entry)
+        return True
 
-    def _peer(self, entry: _Entry, link: Any, addr: Any, session: bytes) -> _Peer:
+    def open_envelope(self, data: bytes) -> Optional[Tuple[Entry, wire.Payload]]:
+        """Count ``data`` and open it: its core and payload, or None (dropped
+        and counted: not an envelope, a core we do not have, not sealed with
+        its key, malformed, or our own)."""
+        c = self.counters
+        c.inc("rx_envelopes")
+        c.inc("rx_bytes", len(data))
+        dk = wire.peek(data)
+        if dk is None:
+            c.inc("dropped_malformed")
+            return None
+        entry = self._entries.get(dk)
+        if entry is None:
+            c.inc("dropped_unknown_core")
+            return None
+        plain = wire.unseal(entry.wire_key, data)
+        if plain is None:
+            c.inc("dropped_auth")
+            return None
+        try:
+            payload = wire.decode_payload(plain)
+        except errors.CoreMachineError:
+            c.inc("dropped_malformed")
+            return None
+        if payload.session == self.session:
+            c.inc("dropped_own")  # our own envelope, looped back
+            return None
+        return entry, payload
+
+    def _peer(self, entry: Entry, link: Any, addr: Any, session: bytes) -> Peer:
         key = (id(link), addr)
         peer = entry.peers.get(key)
         if peer is None or peer.session != session:
-            fresh = _Peer(link, addr, session)
+            fresh = Peer(link, addr, session)
             if peer is not None and not peer.session:  # our greeting's placeholder
                 fresh.hello_sent, fresh.hellos = peer.hello_sent, peer.hellos
             elif peer is not None and entry.source_peer() is peer:
@@ -312,7 +267,7 @@ class Endpoint:
         peer.last_seen = time.monotonic()
         return peer
 
-    def _handle(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+    def _handle(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
         if kind == wire.HELLO:
             if peer.hellos == 1:  # the answer to our only HELLO: a first RTT (Karn)
@@ -366,7 +321,7 @@ class Endpoint:
 
     # --- serving ---------------------------------------------------------------------
 
-    def _send_sync(self, entry: _Entry, peer: _Peer, force: bool = False) -> None:
+    def _send_sync(self, entry: Entry, peer: Peer, force: bool = False) -> None:
         core = entry.core
         state = (core.fork, core.length)
         if not force and peer.told == state:
@@ -375,58 +330,45 @@ class Endpoint:
         for kind, body in serving.announcement(core, peer.length, entry.pulling):
             self._queue(entry, peer, kind, body)
 
-    def _admit(self, peer: _Peer, request: int) -> bool:
+    def _admit(self, peer: Peer, request: int) -> bool:
         return peer.limit.admit(request, self.request_rate, peer.outbox.full, self.counters)
 
-    def _answer(self, entry: _Entry, peer: _Peer, answer: serving.Answer) -> None:
+    def _answer(self, entry: Entry, peer: Peer, answer: serving.Answer) -> None:
         for kind, body in answer.messages:
             self._queue(entry, peer, kind, body)
         if answer.resync is not None:
             self._send_sync(entry, peer, force=answer.resync)
 
-    def _announce(self, entry: _Entry) -> None:
+    def _announce(self, entry: Entry) -> None:
+        self._fanout.announce(entry)
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
-                self._push(entry, peer)
+                # pushed ahead of the SYNC, in its envelope (serving.push says why)
+                proof = serving.push(entry.core, peer.fork, peer.length, budget(peer.link.mtu))
+                if proof is not None:
+                    self.counters.inc("pushed")
+                    self._queue(entry, peer, wire.DATA, proof)
+                    peer.length = entry.core.length   # the SYNC tells it so
                 self._send_sync(entry, peer)
         self._pump(entry)
 
-
-    def _push(self, entry: _Entry, peer: _Peer) -> None:
-        """A live peer gets what it would ask for next - the upgrade from the
-        length we know it has to ours, with the first new block - unasked,
-        ahead of the SYNC in the same envelope: a live update costs one
-        envelope, no request and no round trip.  We then take it to hold our
-        length (the SYNC says so); a peer that cannot use the push (it lacks
-        blocks, or is asking already) drops it unverified, and its answer to
-        the SYNC puts us right."""
-        core = entry.core
-        if peer.fork != core.fork:
-            return
-        proof = serving.push(core, peer.length)
-        if proof is None or wire.message_size(proof) > budget(peer.link.mtu) - PUSH_ROOM:
-            return
-        self.counters.inc("pushed")
-        self._queue(entry, peer, wire.DATA, proof)
-        peer.length = core.length
-
     # --- pulling ---------------------------------------------------------------------
 
-    def _hello(self, entry: _Entry, link: Any, addr: Any, peer: Optional[_Peer] = None) -> None:
+    def _hello(self, entry: Entry, link: Any, addr: Any, peer: Optional[Peer] = None) -> None:
         flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
         if peer is None:
             key = (id(link), addr)
             peer = entry.peers.get(key)
             if peer is None:
-                peer = entry.peers[key] = _Peer(link, addr, b"")
+                peer = entry.peers[key] = Peer(link, addr, b"")
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
         entry.next_check = min(entry.next_check, peer.hello_sent + flow.hello_backoff(peer.hellos))
         cookie = self.sessions.cookie(peer.session or bytes(sessions.SESSION_BYTES), entry.dk)
         self._queue(entry, peer, wire.HELLO, wire.Hello(flags, cookie).encode())
 
-    def _pump(self, entry: _Entry) -> None:
+    def _pump(self, entry: Entry) -> None:
         """Send whatever requests pulling ``entry`` needs now."""
         if not entry.pulling:
             return
@@ -452,7 +394,7 @@ class Endpoint:
             except errors.CoreMachineError:
                 pass
 
-    def _ask(self, entry: _Entry, peer: _Peer, ask: Ask, lost: bool = False) -> None:
+    def _ask(self, entry: Entry, peer: Peer, ask: Ask, lost: bool = False) -> None:
         self._active.add(entry)
         kind, body = entry.download.send(ask)
         ask.sent = time.monotonic()
@@ -464,12 +406,12 @@ class Endpoint:
             self._flush(entry, peer)
             self._queue(entry, peer, kind, body)
 
-    def _retry(self, entry: _Entry, peer: _Peer, asks: List[Ask], lost: bool = False) -> None:
+    def _retry(self, entry: Entry, peer: Peer, asks: List[Ask], lost: bool = False) -> None:
         for ask in asks:
             entry.download.retry(ask)
             self._ask(entry, peer, ask, lost=lost)
 
-    def _on_data(self, entry: _Entry, peer: _Peer, body: bytes) -> None:
+    def _on_data(self, entry: Entry, peer: Peer, body: bytes) -> None:
         if not entry.pulling:
             self.counters.inc("dropped_unsolicited")
             return
@@ -481,7 +423,7 @@ class Endpoint:
             if answered.early:
                 self._lost_before(entry, answered.sent)
 
-    def _on_values(self, entry: _Entry, peer: _Peer, msg: wire.Values) -> None:
+    def _on_values(self, entry: Entry, peer: Peer, msg: wire.Values) -> None:
         # Values are checked only when the whole run is there: take them only
         # from the peer the run was asked of, so nobody else can spoil a run.
         if peer is not entry.source_peer():
@@ -492,14 +434,14 @@ class Endpoint:
         if answered.sent is not None:
             self._lost_before(entry, answered.sent)
 
-    def _lost_before(self, entry: _Entry, sent: float) -> None:
+    def _lost_before(self, entry: Entry, sent: float) -> None:
         peer = entry.source_peer()
         if peer is not None:
             self._retry(entry, peer, entry.retries.lost_before(entry.download, sent), lost=True)
 
     # --- sending ---------------------------------------------------------------------
 
-    def _queue(self, entry: _Entry, peer: _Peer, kind: int, body: bytes) -> None:
+    def _queue(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         room = budget(peer.link.mtu)
         if wire.message_size(body) > room:
             fid = self._frag_id
@@ -516,17 +458,17 @@ class Endpoint:
             loop = self._loop or asyncio.get_running_loop()
             loop.call_soon(self._scheduled_flush, entry, peer)
 
-    def _scheduled_flush(self, entry: _Entry, peer: _Peer) -> None:
+    def _scheduled_flush(self, entry: Entry, peer: Peer) -> None:
         peer.outbox.scheduled = False
         self._flush(entry, peer)
 
-    def _flush(self, entry: _Entry, peer: _Peer, full_only: bool = False) -> None:
+    def _flush(self, entry: Entry, peer: Peer, full_only: bool = False) -> None:
         """Send what is queued for ``peer``, packed into envelopes; with
         ``full_only`` the last, unfilled envelope's messages stay queued."""
         for messages in peer.outbox.pack(budget(peer.link.mtu), full_only):
             self._send(entry, peer, messages)
 
-    def _send(self, entry: _Entry, peer: _Peer, messages: List[Message]) -> None:
+    def _send(self, entry: Entry, peer: Peer, messages: List[Message]) -> None:
         self._counter += 1
         payload = wire.encode_payload(self.session, self._counter, peer.echo, messages)
         envelope = wire.seal(entry.wire_key, entry.dk, payload)
@@ -564,7 +506,7 @@ class Endpoint:
                 if not self._pending(entry):
                     self._active.discard(entry)
 
-    def _pending(self, entry: _Entry) -> bool:
+    def _pending(self, entry: Entry) -> bool:
         """Does pulling ``entry`` need the fine timer: requests in flight, or
         a greeting whose retry is due sooner than the next sweep?"""
         if not entry.pulling:
@@ -577,7 +519,7 @@ class Endpoint:
         return (not peer.ready or peer.length < 0) and \
             flow.hello_backoff(peer.hellos) < flow.SWEEP
 
-    def _timeouts(self, entry: _Entry, now: float) -> None:
+    def _timeouts(self, entry: Entry, now: float) -> None:
         if not entry.pulling or entry.source is None:
             return
         link, addr = entry.source
@@ -587,10 +529,8 @@ class Endpoint:
             if peer is None or flow.hello_due(now, peer.hello_sent, peer.hellos):
                 self._hello(entry, link, addr, peer)
             return
-        # A source heard from lately has not lost our announcements' answers: only
-        # a quiet one needs asking, and the others only need to know we are still
-        # here (thousands of live pulls, each pushed an append every second, send
-        # one SYNC each per LIVE_REFRESH).
+        # A source quiet for KEEPALIVE may have lost our answers: ask it; any
+        # other needs a SYNC per LIVE_REFRESH only (to keep pushing to us).
         since = now - entry.last_keepalive
         if entry.live and (since > flow.LIVE_REFRESH or (
                 since > flow.KEEPALIVE and now - peer.last_seen > flow.KEEPALIVE)):

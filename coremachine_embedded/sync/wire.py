@@ -130,10 +130,12 @@ class Sync(NamedTuple):
     uploading: bool = True
     downloading: bool = False
     has_manifest: bool = False
+    allow_push: bool = False
 
     def encode(self) -> bytes:
         flags = ((1 if self.can_upgrade else 0) | (2 if self.uploading else 0)
-                 | (4 if self.downloading else 0) | (8 if self.has_manifest else 0))
+                 | (4 if self.downloading else 0) | (8 if self.has_manifest else 0)
+                 | (16 if self.allow_push else 0))
         return (encode_uint(flags) + encode_uint(self.fork) + encode_uint(self.length)
                 + encode_uint(self.remote_length))
 
@@ -142,7 +144,7 @@ class Sync(NamedTuple):
         r = Reader(body)
         flags = r.uint()
         return cls(r.uint(), r.uint(), r.uint(), bool(flags & 1), bool(flags & 2),
-                   bool(flags & 4), bool(flags & 8))
+                   bool(flags & 4), bool(flags & 8), bool(flags & 16))
 
 
 class Request(NamedTuple):
@@ -188,9 +190,9 @@ class NoData(NamedTuple):
     request: int
     reason: int = 0
 
-    def encode(self) -> bytes:
+    def encode(self) -> bytes:  # the flags are always written, as hypercore does
         if not self.reason:
-            return encode_uint(self.request)
+            return encode_uint(self.request) + b"\x00"
         return encode_uint(self.request) + encode_uint(1) + encode_uint(self.reason)
 
     @classmethod

@@ -14,7 +14,7 @@ import random
 from typing import Dict, List, Optional, Tuple
 
 from coremachine_embedded.errors import StoreLockedError, StoreNotFoundError
-from coremachine_embedded.storage import CREATE
+from coremachine_embedded.storage import CREATE, READONLY
 
 
 class PowerCut(Exception):
@@ -100,11 +100,16 @@ class SimDisk:
 
 
 class SimFile:
-    def __init__(self, disk: SimDisk, name: str) -> None:
+    def __init__(self, disk: SimDisk, name: str, readonly: bool = False) -> None:
         self.disk = disk
         self.name = name
         self.state = disk.files[name]
         self.locked = False
+        self.readonly = readonly
+
+    def _writing(self) -> None:
+        if self.readonly:
+            raise AssertionError("%s was opened read-only and written" % self.name)
 
     def read(self, size: int, offset: int) -> bytes:
         if not self.disk.powered:
@@ -112,12 +117,15 @@ class SimFile:
         return bytes(self.state.current[offset:offset + size])
 
     def write(self, data: bytes, offset: int) -> None:
+        self._writing()
         self.disk._op(self.state, ("write", offset, bytes(data)))
 
     def truncate(self, size: int) -> None:
+        self._writing()
         self.disk._op(self.state, ("truncate", size, b""))
 
     def sync(self) -> None:
+        self._writing()
         if not self.disk.powered:
             raise PowerCut()
         self.disk.syncs += 1
@@ -130,6 +138,7 @@ class SimFile:
         return len(self.state.current)
 
     def lock(self) -> None:
+        self._writing()
         if self.name in self.disk.locked:
             raise StoreLockedError("locked", self.name)
         self.disk.locked.add(self.name)
@@ -149,8 +158,8 @@ class SimStorage:
         if not self.disk.powered:
             raise PowerCut()
         if name not in self.disk.files:
-            if not flags & CREATE:
+            if not flags & CREATE or flags & READONLY:
                 raise StoreNotFoundError("no such file", name)
             # A new file's existence is durable (the real storage fsyncs the directory).
             self.disk.files[name] = _FileState(0o600 if flags & 2 else 0o644)
-        return SimFile(self.disk, name)
+        return SimFile(self.disk, name, bool(flags & READONLY))

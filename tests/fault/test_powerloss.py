@@ -4,7 +4,8 @@ backend, through the injectable file interface (tests/fault/powerloss.py).
 After each cut the disk is rebuilt with any subset of the unsynced writes (in
 order, some torn at a random byte).  Reopening must always succeed, verify, hold
 every append that was reported durable, and return nothing beyond a state the
-writer actually reached.
+writer actually reached; a read-only snapshot taken first writes nothing and
+reads that same state.
 """
 from __future__ import annotations
 
@@ -71,9 +72,20 @@ def run(disk: SimDisk, ops: list, durability: str, compat: bool,
 
 
 def check_recovered(disk: SimDisk, compat: bool, states: List[State], floor: int) -> None:
+    # A read-only snapshot of the crashed disk, before anything repairs it:
+    # it writes nothing and reads the state the writer's own open recovers.
+    image = {name: bytes(f.current) for name, f in disk.files.items()}
+    try:
+        with cm.Core(storage=disk.storage(), readonly=True) as snap:
+            seen = (snap.length, snap.fork, tuple(snap.get(i) for i in range(snap.length)))
+            assert snap.verify() == snap.length
+    except cm.StoreNotFoundError:
+        seen = (0, 0, ())  # the power went before the store's creation committed
+    assert {name: bytes(f.current) for name, f in disk.files.items()} == image
     core = cm.Core(storage=disk.storage(), key_pair=KP, compat=compat)
     try:
         got = (core.length, core.fork, tuple(core.get(i) for i in range(core.length)))
+        assert seen == got
         assert got in states[floor:], (
             "recovered length %d fork %d; durable floor was %s" % (got[0], got[1],
                                                                    states[floor][:2]))

@@ -1,30 +1,54 @@
 """Installs the real JavaScript packages (npm) into a cache folder for the
-interop tests and benchmarks, and runs Node scripts against them."""
+interop tests and benchmarks, and runs Node scripts against them.
+
+``python3 tests/interop/jsenv.py plan`` prints the packages not installed yet;
+``... install`` installs them (.ci/ensure-deps.sh --test runs both).
+"""
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import subprocess
-from typing import Any, Sequence
+import sys
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.environ.get("COREMACHINE_NPM_CACHE", os.path.join(ROOT, ".cache", "npm"))
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "js")
 
 
+#: The environments the tests and benchmarks use: name -> (packages, --legacy-peer-deps).
+ENVS: Dict[str, Tuple[Sequence[str], bool]] = {
+    "hypercore11": (["hypercore@11", "hypercore-crypto@3"], False),
+    "coremachine": (["coremachine@1.1.0", "hypercore@11", "hypercore-crypto@3"], True),
+}
+
+
 class NodeUnavailable(RuntimeError):
     pass
 
 
-def ensure(name: str, packages: Sequence[str], legacy_peer_deps: bool = False) -> str:
-    """A directory with ``packages`` installed (once; reused afterwards)."""
+def _installed(name: str, packages: Sequence[str]) -> bool:
+    stamp = os.path.join(CACHE, name, ".installed")
+    if not os.path.exists(stamp):
+        return False
+    with open(stamp) as f:
+        return f.read() == "\n".join(packages)
+
+
+def ensure(name: str, packages: Optional[Sequence[str]] = None,
+           legacy_peer_deps: bool = False) -> str:
+    """A directory with ``packages`` (default: those of ``ENVS[name]``) installed
+    (once; reused afterwards)."""
+    if packages is None:
+        packages, legacy_peer_deps = ENVS[name]
     if shutil.which("node") is None or shutil.which("npm") is None:
         raise NodeUnavailable("node and npm are needed (apt-get install nodejs npm)")
     target = os.path.join(CACHE, name)
     stamp = os.path.join(target, ".installed")
     wanted = "\n".join(packages)
-    if os.path.exists(stamp) and open(stamp).read() == wanted:
+    if _installed(name, packages):
         return target
     os.makedirs(target, exist_ok=True)
     with open(os.path.join(target, "package.json"), "w") as f:
@@ -49,3 +73,20 @@ def run(env_dir: str, script: str, payload: Any, timeout: float = 600) -> Any:
     if proc.returncode != 0:
         raise RuntimeError("node %s failed:\n%s" % (script, proc.stderr[-4000:]))
     return json.loads(proc.stdout)
+
+
+def main(argv: Sequence[str]) -> int:
+    missing = {name: spec for name, spec in ENVS.items() if not _installed(name, spec[0])}
+    if argv == ["plan"]:
+        print("; ".join("%s/ (%s)" % (name, " ".join(spec[0])) for name, spec in missing.items()))
+        return 0
+    if argv == ["install"]:
+        for name in missing:
+            ensure(name)
+        return 0
+    print("usage: jsenv.py plan|install", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

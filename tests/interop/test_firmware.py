@@ -95,3 +95,28 @@ def test_micropython_action_source_feeds_a_node(tmp_path) -> None:
         assert [machine.entry(i).value["t"] for i in range(12)] == list(range(12))
         assert [machine.entry(i).state for i in (5, 6, 7, 8)] == ["heating", "idle", "idle",
                                                                   "heating"]
+
+
+def test_sensor_node_takes_act_and_stop_from_the_command_line(tmp_path) -> None:
+    store = str(tmp_path / "node")
+    node = start_node(store, "--udp", "udp://127.0.0.1:%d" % free_port(), "--interval", "0.05",
+                      "--sensor", "file:%s" % (tmp_path / "celsius"))
+    (tmp_path / "celsius").write_text("21.0\n")
+    try:
+        node_key(node)
+        cli = [sys.executable, "-m", "coremachine_embedded"]
+        # the sensor reads 21 C (idle); a reading of 15 C sent from the shell heats
+        r = subprocess.run(cli + ["act", store, "READING", '{"t": -1, "celsius": 15}',
+                                  "--machine", "coremachine_embedded.demo:THERMOSTAT"],
+                           capture_output=True, text=True, timeout=60, env=ENV)
+        assert r.returncode == 0 and r.stdout == "heating\n", r.stderr
+        r = subprocess.run(cli + ["stop", store], capture_output=True, text=True, timeout=60,
+                           env=ENV)
+        assert r.returncode == 0, r.stderr
+        out, _ = node.communicate(timeout=30)
+    finally:
+        if node.poll() is None:
+            node.kill()
+    assert node.returncode == 0, out
+    assert "node: heating <- READING {'t': -1, 'celsius': 15}" in out
+    assert out.splitlines()[-1].startswith("node: done, ")

@@ -49,8 +49,7 @@ QUICK_START = create_machine({
 
 @pytest.fixture(scope="module")
 def js_env() -> str:
-    return jsenv.ensure("coremachine", ["coremachine@1.1.0", "hypercore@11", "hypercore-crypto@3"],
-                        legacy_peer_deps=True)
+    return jsenv.ensure("coremachine")
 
 
 def random_events(rng: random.Random) -> list:

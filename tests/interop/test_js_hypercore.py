@@ -13,7 +13,7 @@ from tests.interop import jsenv
 
 @pytest.fixture(scope="module")
 def hypercore_env() -> str:
-    return jsenv.ensure("hypercore11", ["hypercore@11", "hypercore-crypto@3"])
+    return jsenv.ensure("hypercore11")
 
 
 def random_cases(rng: random.Random, count: int) -> list:

@@ -4,26 +4,19 @@ state after every step and byte-identical store files at the end; their proofs
 are identical and replicas fed those proofs write identical files too."""
 from __future__ import annotations
 
-import os
 import random
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
 from coremachine_embedded.caps import Durability
+from tests.compiled import extension
+from tests.fixtures.recipes import read_files
 
-try:
-    from coremachine_embedded import _core
-except ImportError as e:  # pragma: no cover - depends on the build
-    if os.environ.get("COREMACHINE_IMPL") == "python":
-        pytest.skip("the C extension is not built (COREMACHINE_IMPL=python run): %s" % e,
-                    allow_module_level=True)
-    raise
+_core = extension("_core")
 
 BACKENDS = (_pure, _core)
-FILES = ("header", "wal", "tree", "data", "secret_key")
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("append"), st.lists(st.binary(max_size=300), min_size=1, max_size=8)),
@@ -46,16 +39,6 @@ def outcome(fn, kwargs) -> tuple:
         return ("ok", fn(**kwargs))
     except Exception as e:  # noqa: BLE001 - comparing what each backend raises
         return ("error", type(e), getattr(e, "code", None))
-
-
-def read_files(d) -> dict:
-    out = {}
-    for name in FILES:
-        path = os.path.join(d, name)
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                out[name] = f.read()
-    return out
 
 
 def assert_same_replica_files(base) -> None:

@@ -7,13 +7,20 @@ current format does not change without a version bump (docs/format.md,
 writer, a truncated store, a store whose last append died half-written and a
 sparse replica, plus operation sequences with the outcomes and file hashes they
 produced.  The suite runs once per backend, so both read every fixture.
+
+While a store is open, its tree and data files may lag behind its wal: their
+writes wait in memory until a sync (write-behind, storage.OSFile and
+csrc/cm_io_posix.c), and the wal rebuilds them after a crash.  So an open
+store's format is its header, wal and key file, compared byte for byte; its
+tree and data files are compared once the store is closed (after opening a
+copy taken while open, which replays the wal, for the stores captured open).
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -64,16 +71,41 @@ def test_fixture_store_opens_reads_and_verifies(tmp_path, version: int, name: st
         assert core.verify() == core.contiguous_length
 
 
+LAGGING = ("tree", "data")   # may lag behind the wal while a store is open
+
+
+def _same_files(got: str, committed: str, name: str, skip: Tuple[str, ...] = ()) -> None:
+    assert sorted(os.listdir(got)) == sorted(os.listdir(committed)), BUMP
+    for file in os.listdir(got):
+        if file in skip:
+            continue
+        with open(os.path.join(got, file), "rb") as a, \
+                open(os.path.join(committed, file), "rb") as b:
+            assert a.read() == b.read(), "%s/%s: %s" % (name, file, BUMP)
+
+
+def _closed_copy(src: str, dst: str) -> str:
+    shutil.copytree(src, dst)
+    cm.Core(dst).close()
+    return dst
+
+
 @pytest.mark.parametrize("name", recipes.STORES)
 def test_current_format_writes_its_fixtures_byte_for_byte(tmp_path, name: str) -> None:
     dst = str(tmp_path / "store")
     recipes.build_store(name, recipes.fresh(str(tmp_path / "work")), dst)
     committed = os.path.join(FIXTURES, "format-v%d" % caps.FORMAT_VERSION, name)
-    assert sorted(os.listdir(dst)) == sorted(os.listdir(committed)), BUMP
-    for file in os.listdir(dst):
-        with open(os.path.join(dst, file), "rb") as a, \
-                open(os.path.join(committed, file), "rb") as b:
-            assert a.read() == b.read(), "%s/%s: %s" % (name, file, BUMP)
+    if name not in recipes.OPEN_STORES:
+        _same_files(dst, committed, name)
+        return
+    _same_files(dst, committed, name, skip=LAGGING)
+    _same_files(_closed_copy(dst, str(tmp_path / "got-closed")),
+                _closed_copy(committed, str(tmp_path / "committed-closed")), name)
+
+
+def _without_lagging(hashes: Dict[str, Dict[str, str]]) -> Dict[str, Dict[str, str]]:
+    return {core: {f: h for f, h in files.items() if f not in LAGGING}
+            for core, files in hashes.items()}
 
 
 def _scenario_chunks(size: int = 25) -> List[range]:
@@ -92,5 +124,6 @@ def test_scenarios_give_the_same_outcomes_and_files(tmp_path, chunk: range) -> N
         scenario = data["scenarios"][i]
         got = recipes.replay(recipes.fresh(str(tmp_path / str(i))), scenario)
         assert got["outcomes"] == scenario["outcomes"], "scenario %d" % i
-        assert (got["open"], got["closed"]) == (scenario["open"], scenario["closed"]), \
+        assert _without_lagging(got["open"]) == _without_lagging(scenario["open"]), \
             "scenario %d: %s" % (i, BUMP)
+        assert got["closed"] == scenario["closed"], "scenario %d: %s" % (i, BUMP)

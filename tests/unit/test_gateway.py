@@ -169,7 +169,7 @@ def test_a_store_that_cannot_be_opened_yet_is_retried(tmp_path, caplog) -> None:
 
 def test_local_machines_are_served_on_the_listen_urls(tmp_path) -> None:
     store = str(tmp_path / "valve")
-    commands.init(store, MACHINE_REF, None, False, "sync").close()
+    commands.init(store, MACHINE_REF, None, False, "sync")[0].close()
     port = free_udp_port()
     text = ('[gateway]\nstore_dir = "r"\nlisten = ["udp://127.0.0.1:%d"]\n'
             '[[local]]\nname = "valve"\nstore = "%s"\nactions = ["READING"]\n' % (port, store))

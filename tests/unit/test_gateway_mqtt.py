@@ -38,7 +38,7 @@ def make_config(tmp_path: Any, devices: List[SimDevice], broker_url: str,
 
 def local_valve(tmp_path: Any, actions: str = '["READING"]') -> str:
     store = str(tmp_path / "valve")
-    commands.init(store, MACHINE_REF, None, False, "sync").close()
+    commands.init(store, MACHINE_REF, None, False, "sync")[0].close()
     return '[[local]]\nname = "valve"\nstore = "%s"\nactions = %s\n' % (store, actions)
 
 

@@ -42,7 +42,7 @@ def quickstart_config() -> Dict[str, Any]:
     """The README quick start's ``create_machine`` config, taken from README.md itself."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         block = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
-    code = block.split("# Open (or create)")[0]
+    code = block.split("\n# Open the log")[0]
     code = code.replace("definition = create_machine(", "config = (")
     namespace: Dict[str, Any] = {}
     exec(compile(code, "README.md", "exec"), namespace)

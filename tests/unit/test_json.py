@@ -21,12 +21,13 @@ from typing import Any, List, Tuple
 
 import pytest
 
-from coremachine_embedded import _json
+from coremachine_embedded import _json, _json_ref
 from coremachine_embedded.errors import (ArgumentTypeError, CoreMachineError,
                                          DecodeError)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JSON_PY = os.path.join(ROOT, "coremachine_embedded", "_json.py")
+JSON_REF_PY = os.path.join(ROOT, "coremachine_embedded", "_json_ref.py")
 
 BACKENDS = _json.backends()
 ENCODERS = {name: _json.encoder(name) for name in BACKENDS}
@@ -162,15 +163,15 @@ def test_exact_float_algorithm_equals_repr() -> None:
             continue
         n += 1
         for y in (x, -x):
-            assert _json._float_str_exact(y) == _json._float_str_repr(y), repr(y)
+            assert _json_ref._float_str_exact(y) == _json_ref._float_str_repr(y), repr(y)
     assert n > 20000
 
 
 def test_array_index_rule() -> None:
-    assert _json._is_index("0") and _json._is_index("4294967294")
+    assert _json_ref._is_index("0") and _json_ref._is_index("4294967294")
     for k in ("", "00", "01", "-1", "-0", "+1", "1.0", "4294967295", "99999999999",
               "\u0661", "1 ", "a"):
-        assert not _json._is_index(k), k
+        assert not _json_ref._is_index(k), k
 
 
 # --- rejections -------------------------------------------------------------
@@ -396,7 +397,7 @@ _MP_SCRIPT = r'''
 import sys, struct, binascii
 sys.path.insert(0, %(dir)r)
 from collections import OrderedDict
-import cm_json as J
+from cmj import cm_json as J
 
 def F(bits):
     return struct.unpack("<d", struct.pack("<Q", bits))[0]
@@ -442,8 +443,12 @@ def test_pure_encoder_on_micropython() -> None:
         isinstance(x, (Color, Name, Ratio)) for x in v.values()))]
     nrandom = 500
     with tempfile.TemporaryDirectory() as tmp:
-        # under another name: "_json" would shadow the C accelerator of CPython's json
-        shutil.copyfile(JSON_PY, os.path.join(tmp, "cm_json.py"))
+        # under another name: "_json" would shadow the C accelerator of CPython's json;
+        # in a package of their own, without the rest of coremachine_embedded
+        os.mkdir(os.path.join(tmp, "cmj"))
+        open(os.path.join(tmp, "cmj", "__init__.py"), "w").close()
+        shutil.copyfile(JSON_PY, os.path.join(tmp, "cmj", "cm_json.py"))
+        shutil.copyfile(JSON_REF_PY, os.path.join(tmp, "cmj", "_json_ref.py"))
         script = _MP_SCRIPT % {"dir": tmp, "values": ",".join(_src(v) for v in values),
                                "nrandom": nrandom,
                                "nan": struct.unpack("<Q", struct.pack("<d", NAN))[0]}

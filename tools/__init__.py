@@ -1,0 +1,1 @@
+"""Build tools: wheels for the Pi (wheels.py), Debian trees for other architectures (debroot.py)."""
