@@ -239,12 +239,12 @@ def _per_device_gateway(config: str, record: Any) -> List[Dict[str, int]]:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        endpoints, tasks, cores = [], [], []
+        endpoints, tasks, cores, unsubscribe = [], [], [], []
         for dev in cfg.devices:
             core = Core(dev.store, key=dev.key, durability="batch")
             cores.append(core)
-            core.on_change(lambda change, name=dev.name, core=core: loop.call_soon(
-                record, _Named(name, core)))
+            unsubscribe.append(core.on_change(lambda change, name=dev.name, core=core:
+                                              loop.call_soon(record, _Named(name, core))))
             ep = Endpoint()
             link, addr = open_link(dev.urls[0], listen=False)
             await ep.attach(link)
@@ -257,6 +257,9 @@ def _per_device_gateway(config: str, record: Any) -> List[Dict[str, int]]:
         totals = [dict(ep.counters) for ep in endpoints]
         for ep in endpoints:
             await ep.close()
+        for stop_recording in unsubscribe:
+            stop_recording()
+        await asyncio.sleep(0)    # the records already scheduled run before the cores close
         for core in cores:
             core.close()
         return totals

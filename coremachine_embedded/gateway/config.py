@@ -239,6 +239,9 @@ def loads(text: str, path: str = "<config>") -> GatewayConfig:
     listen = tuple(gw.get("listen", "list[str]", []))
     for url in listen:
         _check_url(gw, "listen", url)
+        # a Hypercore server serves a fixed set of cores: the fleet's changes with reloads
+        gw.check("listen", not url.startswith("tcp://"), "takes udp://, serial:// or "
+                 "mqtt(s):// URLs (tcp:// serves a fixed set: use coremachine serve)")
     cfg: Dict[str, Any] = {
         "path": os.path.abspath(path), "name": name, "store_dir": store_dir, "machine": machine,
         "listen": listen,

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .. import sync
 from ..errors import ClosedError, CoreMachineError
 from .config import GatewayConfig
-from .links import LinkPool, PooledLink
+from .links import LinkPool, PooledLink, StreamPull
 from .members import Device, Local, Member, forget_definitions
 
 log = logging.getLogger("coremachine_embedded.gateway")
@@ -238,7 +238,8 @@ class Gateway:
                 async with self._catching_up:
                     dev.attached_at = time.monotonic()
                     dev.pull_task = asyncio.ensure_future(
-                        pooled.endpoint.pull(core, pooled.link, addr, live=True))
+                        pooled.endpoint.pull(core) if isinstance(pooled.endpoint, StreamPull)
+                        else pooled.endpoint.pull(core, pooled.link, addr, live=True))
                     await self._caught_up(dev, pooled)
                 await asyncio.wait([dev.pull_task])
             finally:
@@ -254,7 +255,7 @@ class Gateway:
             if dev.pull_task.cancelled():  # the supervisor moves it to its next URL
                 delay = cfg.retry_min
                 continue
-            error = dev.pull_task.exception()
+            error = dev.pull_task.exception() or "the connection ended"
             log.error("device %s: pulling over %s failed: %s (retrying in %.1f s)", dev.name,
                       url, error, delay)
             await asyncio.sleep(delay)

@@ -1,12 +1,16 @@
 """The links the gateway pulls over: opened through :func:`sync.open_link`,
 shared by every device they can carry (one UDP socket for all ``udp://``
-devices, one port per serial line), each with its own
-:class:`~coremachine_embedded.sync.Endpoint` so that its counters are the
-link's.  A link closes when its last device lets go of it."""
+devices, one port per serial line, one broker connection per ``mqtt://``
+URL), each with its own :class:`~coremachine_embedded.sync.Endpoint` so that
+its counters are the link's.  A link closes when its last device lets go of
+it.  A ``tcp://`` device (Hypercore's protocol) is one connection of its own:
+:class:`StreamPull`."""
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Dict, Hashable, List, Tuple
+import time
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 from .. import sync
 
@@ -16,7 +20,7 @@ log = logging.getLogger("coremachine_embedded.gateway")
 class PooledLink:
     """A started link, its endpoint, and how many devices use it."""
 
-    def __init__(self, name: str, link: Any, endpoint: sync.Endpoint) -> None:
+    def __init__(self, name: str, link: Any, endpoint: Any) -> None:
         self.name = name          # the label in logs and metrics
         self.link = link
         self.endpoint = endpoint
@@ -30,6 +34,46 @@ class PooledLink:
         for key, value in getattr(self.link, "counters", {}).items():
             out["link_" + key] = value
         return out
+
+
+class StreamPull:
+    """A device pulled over ``tcp://`` with Hypercore's protocol: the
+    endpoint of its own :class:`PooledLink` (the metrics read ``counters``,
+    the supervisor ``source_status``).  The peer counts as heard while the
+    connection is open (the protocol keeps it alive); the writer's signed
+    length is what the replica verified."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.counters = sync.Counters()
+        self.connected_at: Optional[float] = None
+
+    async def pull(self, core: Any) -> None:
+        """Follow ``core`` until the connection ends (raises what ended it)."""
+        from ..sync.hyper import tcp_address
+        host, port = tcp_address(self.url)
+        reader, writer = await asyncio.open_connection(host, port)
+        self.connected_at = time.monotonic()
+        try:
+            await sync.replicate(core, reader, writer, initiator=True, live=True,
+                                 counters=self.counters)
+        finally:
+            self.connected_at = None
+
+    def source_status(self, core: Any) -> Optional[sync.SourceStatus]:
+        if self.connected_at is None:
+            return sync.SourceStatus(-1, -1, None, False)
+        return sync.SourceStatus(core.length, core.fork, time.monotonic(),
+                                 core.contiguous_length == core.length)
+
+    def ping(self, core: Any) -> bool:
+        return False   # the connection's keepalives do it
+
+    def remove(self, core: Any) -> None:
+        pass           # the pull's task is cancelled by its caller
+
+    async def close(self) -> None:
+        pass
 
 
 class LinkPool:
@@ -46,6 +90,12 @@ class LinkPool:
         :raises InvalidArgumentError, OSError: the URL cannot be opened now
             (a name that does not resolve, a port that cannot be bound ...).
         """
+        if url.startswith("tcp://"):   # one connection per device: not shared
+            sync.check_url(url)
+            stream = StreamPull(url)
+            own = self._pooled[id(stream)] = PooledLink(url, stream, stream)
+            own.users = 1
+            return own, None
         link, addr = sync.open_link(url, listen=False, shared=self._shared)
         pooled = self._pooled.get(id(link))
         if pooled is None:

@@ -96,3 +96,47 @@ def test_blocks_that_are_not_machine_entries(tmp_path) -> None:
     buf = io.StringIO()
     assert export.write(iter(rows), "jsonl", buf) == 3
     assert [json.loads(line) for line in buf.getvalue().splitlines()] == rows
+
+
+def test_history_follow_prints_entries_as_a_running_writer_commits_them(tmp_path) -> None:
+    """``history --follow --jsonl`` on a store this process holds open and
+    writes (as the gateway holds its replicas): the entries already there,
+    then each new one once committed; SIGTERM ends it with exit 0."""
+    import select
+    import signal
+    store = str(tmp_path / "node")
+    core = Core(store, key_pair=KeyPair.generate(), durability="sync")
+    machine = Coremachine(core, THERMOSTAT)
+    machine.action("READING", {"t": 0, "celsius": 18.0})
+    proc = subprocess.Popen([sys.executable, "-m", "coremachine_embedded", "history", store,
+                             "--follow", "--jsonl", "--from", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout is not None
+
+    def next_row() -> dict:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "history --follow printed nothing in 30 s"
+        return json.loads(proc.stdout.readline())
+    try:
+        assert next_row()["index"] == 0
+        for i, celsius in enumerate([21.0, 16.5], start=1):
+            machine.action("READING", {"t": i, "celsius": celsius})
+            row = next_row()
+            assert (row["index"], row["value"]["celsius"]) == (i, celsius)
+            assert row["state"] == machine.state and row["fork"] == 0
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        machine.close()
+        core.close()
+
+
+def test_history_follow_refuses_json_and_to(tmp_path) -> None:
+    store = str(tmp_path / "node")
+    thermostat_store(store)
+    r = cm("history", store, "--follow", "--json")
+    assert r.returncode == 2 and "--follow" in r.stderr and "\n" == r.stderr[-1:], r.stderr

@@ -247,3 +247,54 @@ def test_metrics_page_over_http(tmp_path) -> None:
             assert re.match(r"[a-z_]+", line).group(0) in declared, line
             assert re.fullmatch(r'[a-z_]+(\{([a-z_]+="[^"]*",?)+\})? -?[0-9.e+]+', line), line
     assert os.path.isdir(str(tmp_path / "replicas"))
+
+
+def test_devices_over_tcp_and_mqtt(tmp_path) -> None:
+    """A device serving Hypercore's protocol on tcp:// and one served through
+    a real Mosquitto broker (mqtt://): followed live like the UDP ones, with
+    their links in the metrics; the tcp one reconnects after its server
+    restarts."""
+    from coremachine_embedded import sync
+    from tests.unit.mqtt_broker import Broker, need_broker
+    need_broker()
+
+    async def main() -> None:
+        broker = Broker(str(tmp_path)).start()
+        over_tcp, over_mqtt = SimDevice(str(tmp_path), "t"), SimDevice(str(tmp_path), "m")
+        port = free_udp_port()   # (free for TCP too on 127.0.0.1, as a rule)
+        server = await sync.serve(over_tcp.core, "tcp://127.0.0.1:%d" % port)
+        mqtt_url = broker.url + "/fleet"
+        ep = await sync.serve(over_mqtt.core, mqtt_url)
+        for d in (over_tcp, over_mqtt):
+            d.reading(18.0)
+        text = ('[gateway]\nname = "test"\nstore_dir = "%s"\nmachine = "%s"\nsilence = 2\n'
+                'retry_min = 0.05\nretry_max = 0.5\n' % (tmp_path / "replicas", MACHINE_REF)
+                + '[[device]]\nname = "t"\nkey = "%s"\nurl = "tcp://127.0.0.1:%d"\n'
+                % (over_tcp.core.key.hex(), port)
+                + '[[device]]\nname = "m"\nkey = "%s"\nurl = "%s"\n'
+                % (over_mqtt.core.key.hex(), mqtt_url))
+        gw = Gateway(gwconfig.loads(text, str(tmp_path / "gateway.toml")))
+        await gw.start()
+        try:
+            both = (over_tcp, over_mqtt)
+            await wait_for(lambda: all(holds(gw, d) for d in both), what="first catch-up")
+            for d in both:
+                d.reading(21.0)
+            await wait_for(lambda: all(holds(gw, d) for d in both), what="live entries")
+            page = render(gw)
+            assert metric(page, "coremachine_link_devices", link="tcp://127.0.0.1:%d" % port) == 1
+            assert metric(page, "coremachine_device_lag", device="t") == 0
+            await server.close()                  # the tcp device restarts
+            server = await sync.serve(over_tcp.core, "tcp://127.0.0.1:%d" % port)
+            over_tcp.reading(22.0)
+            await wait_for(lambda: holds(gw, over_tcp), what="the tcp device after its restart")
+            for d in both:
+                check_copy(gw.devices[d.name].core, d.core)
+        finally:
+            await gw.stop()
+            await server.close()
+            await ep.close()
+            broker.stop()
+            for d in (over_tcp, over_mqtt):
+                d.close()
+    run(main, timeout=90)
