@@ -499,6 +499,8 @@ class Endpoint:
                 except errors.CoreMachineError as e:  # a core that failed: report, go on
                     self.counters.inc("errors")
                     log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
+                if entry not in self._active:
+                    continue   # (swept: nothing in flight, before or since)
                 peer = entry.source_peer()
                 # deadlines are an RTO or more away: a quarter of it is soon enough
                 entry.next_check = now + max(flow.TICK_BUSY, peer.rtt.rto() / 4 if peer
@@ -537,6 +539,8 @@ class Endpoint:
             entry.last_keepalive = now
             self._send_sync(entry, peer, force=True)
         download = entry.download
+        if not download.busy:
+            return
         up = download.upgrade
         retried = up is not None and now > up.deadline
         if up is not None and retried:
