@@ -107,6 +107,8 @@ def _link_families(family: Any, links: List[Tuple[str, Any]]) -> None:
               ("rx_envelopes", "coremachine_link_rx_envelopes_total", "Envelopes received."),
               ("tx_envelopes", "coremachine_link_tx_envelopes_total", "Envelopes sent."),
               ("blocks", "coremachine_link_blocks_total", "Blocks verified and stored."),
+              ("pushes", "coremachine_link_pushes_total",
+               "Live entries a device pushed unasked (verified and stored)."),
               ("retries", "coremachine_link_retries_total", "Requests sent again."),
               ("timeouts", "coremachine_link_timeouts_total",
                "Requests that timed out on a quiet link."),
