@@ -51,9 +51,22 @@ async def start(cfg: gwconfig.GatewayConfig) -> Gateway:
     return gw
 
 
-async def stop(gw: Gateway) -> None:
+async def stop(gw: Gateway, *devices: SimDevice) -> None:
+    """Stop the bridge and the gateway, then the simulated devices."""
     await gw.bridge.stop()
     await gw.stop()
+    for dev in devices:
+        await dev.down()
+        dev.close()
+
+
+def run_with_broker(broker: Broker, main: Any, timeout: float, *recorders: Recorder) -> None:
+    try:
+        run(main, timeout=timeout)
+    finally:
+        for rec in recorders:
+            rec.close()
+        broker.stop()
 
 
 def indexes(rec: Recorder, name: str) -> List[int]:
@@ -108,14 +121,8 @@ def test_states_events_and_home_assistant_discovery(tmp_path) -> None:
             assert "coremachine_mqtt_connected 1" in page
             assert 'coremachine_mqtt_published_total{kind="events"} 3' in page
         finally:
-            await stop(gw)
-            await dev.down()
-            dev.close()
-    try:
-        run(main, timeout=60)
-    finally:
-        rec.close()
-        broker.stop()
+            await stop(gw, dev)
+    run_with_broker(broker, main, 60, rec)
 
 
 def test_actions_only_for_what_the_configuration_allows(tmp_path) -> None:
@@ -167,14 +174,8 @@ def test_actions_only_for_what_the_configuration_allows(tmp_path) -> None:
             assert gw.bridge.counters["actions_refused"] == 3
             assert gw.bridge.counters["actions_rejected"] == 2
         finally:
-            await stop(gw)
-            await dev.down()
-            dev.close()
-    try:
-        run(main, timeout=60)
-    finally:
-        rec.close()
-        broker.stop()
+            await stop(gw, dev)
+    run_with_broker(broker, main, 60, rec)
 
 
 def test_broker_restart_mid_run_loses_nothing_and_late_subscribers_get_states(tmp_path,
@@ -220,15 +221,8 @@ def test_broker_restart_mid_run_loses_nothing_and_late_subscribers_get_states(tm
                 late.close()
             assert gw.bridge.counters["connects"] == 2
         finally:
-            await stop(gw)
-            for d in devs:
-                await d.down()
-                d.close()
-    try:
-        run(main, timeout=90)
-    finally:
-        rec.close()
-        broker.stop()
+            await stop(gw, *devs)
+    run_with_broker(broker, main, 90, rec)
     assert "MQTT: lost the broker" in caplog.text
 
 
@@ -258,13 +252,8 @@ def test_an_unreachable_broker_is_retried_and_logged_then_caught_up(tmp_path, ca
             finally:
                 rec.close()
         finally:
-            await stop(gw)
-            await dev.down()
-            dev.close()
-    try:
-        run(main, timeout=60)
-    finally:
-        broker.stop()
+            await stop(gw, dev)
+    run_with_broker(broker, main, 60)
     assert "MQTT: broker 127.0.0.1:%d unreachable" % broker.port in caplog.text
 
 
@@ -291,11 +280,5 @@ def test_a_restarted_gateway_resumes_from_its_acknowledged_cursors(tmp_path) -> 
                            what="the entries appended while the gateway was down")
             assert indexes(rec, "resume")[:2] == [0, 1]
         finally:
-            await stop(gw)
-            await dev.down()
-            dev.close()
-    try:
-        run(main, timeout=60)
-    finally:
-        rec.close()
-        broker.stop()
+            await stop(gw, dev)
+    run_with_broker(broker, main, 60, rec)
