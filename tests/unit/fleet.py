@@ -7,7 +7,7 @@ import asyncio
 import os
 import socket
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 from coremachine_embedded import Core, Coremachine, KeyPair
 from coremachine_embedded.demo import THERMOSTAT
@@ -72,6 +72,12 @@ def check_copy(replica: Core, writer: Core) -> None:
     assert replica.tree_hash() == writer.tree_hash()
     for i in range(writer.length):
         assert replica.get(i) == writer.get(i)
+
+
+def holds(gw: Any, dev: SimDevice) -> bool:
+    """The gateway ``gw`` holds all of ``dev``'s log."""
+    member = gw.devices.get(dev.name)
+    return bool(member and member.core and member.core.contiguous_length == dev.core.length)
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:

@@ -20,17 +20,12 @@ from coremachine_embedded.sync import Endpoint, UDPLink
 
 from tests.fault.hostile import run
 from tests.unit.fleet import MACHINE_REF, SimDevice, check_copy, free_udp_port, gateway_toml, \
-    wait_for
+    holds, wait_for
 
 
 def config(tmp_path, devices: List[SimDevice], extra: str = "") -> gwconfig.GatewayConfig:
     path = str(tmp_path / "gateway.toml")
     return gwconfig.loads(gateway_toml(str(tmp_path / "replicas"), devices, extra), path)
-
-
-def holds(gw: Gateway, dev: SimDevice) -> bool:
-    member = gw.devices.get(dev.name)
-    return bool(member and member.core and member.core.contiguous_length == dev.core.length)
 
 
 def metric(page: str, name: str, **labels: str) -> float:

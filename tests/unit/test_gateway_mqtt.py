@@ -20,7 +20,8 @@ from coremachine_embedded.gateway.metrics import render
 from coremachine_embedded.gateway.mqtt_bridge import MqttBridge
 
 from tests.fault.hostile import run
-from tests.unit.fleet import MACHINE_REF, SimDevice, check_copy, gateway_toml, wait_for
+from tests.unit.fleet import MACHINE_REF, SimDevice, check_copy, gateway_toml, holds, \
+    wait_for
 from tests.unit.mqtt_broker import Broker, Recorder, need_broker
 
 
@@ -282,3 +283,43 @@ def test_a_restarted_gateway_resumes_from_its_acknowledged_cursors(tmp_path) -> 
         finally:
             await stop(gw, dev)
     run_with_broker(broker, main, 60, rec)
+
+
+def test_tls_and_a_password_from_the_configuration(tmp_path) -> None:
+    """The bridge connects over TLS (the broker's CA from ``ca_file``) with a
+    user and a ``password_file``, and publishes the device's state; with a
+    wrong password it is refused, logs it and retries, and nothing crashes."""
+    from tests.fault.mqtt_broker import Broker as AuthBroker
+    broker = AuthBroker(users={"gw": "s3cret"}, tls=True)
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "bad").write_text("wrong\n")
+
+    def cfg(password_file: str, devices: List[SimDevice]) -> gwconfig.GatewayConfig:
+        text = gateway_toml(str(tmp_path / "replicas"), devices) + (
+            '[mqtt]\nurl = "mqtts://127.0.0.1:%d"\nusername = "gw"\npassword_file = "%s"\n'
+            'ca_file = "%s"\nretry_min = 0.2\nretry_max = 0.5\n'
+            % (broker.port, tmp_path / password_file, broker.ca))
+        return gwconfig.loads(text, str(tmp_path / "gateway.toml"))
+
+    async def main() -> None:
+        dev = await SimDevice(str(tmp_path), "kitchen").up()
+        dev.reading(19.0)
+        gw = await start(cfg("pw", [dev]))
+        try:
+            await wait_for(lambda: holds(gw, dev) and 'coremachine_mqtt_published_total'
+                           '{kind="states"} 0' not in render(gw)
+                           and "coremachine_mqtt_connected 1" in render(gw),
+                           what="a state published over TLS")
+        finally:
+            await stop(gw)
+        gw = await start(cfg("bad", [dev]))
+        try:
+            await wait_for(lambda: gw.bridge.counters.get("connect_failures", 0) >= 2,
+                           what="refused connections retried")
+            assert "coremachine_mqtt_connected 0" in render(gw)
+        finally:
+            await stop(gw, dev)
+    try:
+        run(main, timeout=60)
+    finally:
+        broker.close()
