@@ -22,11 +22,11 @@ from libc.string cimport memcpy
 import os
 
 from .caps import Durability
-from .errors import (ArgumentTypeError, CoreMachineError, InvalidArgumentError,
-                     StorageError, StoreLockedError, StoreNotFoundError, TooLargeError,
-                     FILE_NAMES, from_code)
+from .errors import (ArgumentTypeError, CoreMachineError, InsecureFileError,
+                     InvalidArgumentError, StorageError, StoreLockedError, StoreNotFoundError,
+                     TooLargeError, FILE_NAMES, from_code)
 from .proofs import ApplyResult, Check
-from .storage import CREATE, PRIVATE, READONLY
+from .storage import CREATE, PRIVATE, READONLY, insecure
 
 NAME = "c"
 
@@ -63,6 +63,8 @@ cdef bytes _need(object value, str name, Py_ssize_t size=-1):
 
 cdef object _error(int code, str what, object filename=None, object err=None):
     message = "%s: %s" % (what, cm_strerror(code).decode()) if what else cm_strerror(code).decode()
+    if err:
+        message += " (%s)" % os.strerror(err)
     return from_code(code, message, filename, err)
 
 

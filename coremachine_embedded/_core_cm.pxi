@@ -15,6 +15,7 @@ cdef extern from "cm.h":
         CM_ERR_TOO_LARGE
         CM_ERR_RANGE
         CM_ERR_CLOSED
+        CM_ERR_INSECURE
         CM_MAX_ROOTS
         CM_MAX_MANIFEST
         CM_MAX_SIGNATURE
@@ -78,6 +79,7 @@ cdef extern from "cm.h":
         int (*size)(void *ctx, void *file, uint64_t *size) noexcept
         int (*lock)(void *ctx, void *file) noexcept
         void (*close)(void *ctx, void *file) noexcept
+        int (*flush)(void *ctx, void *file) noexcept
 
     int cm_io_posix_new(const char *directory, cm_io **out)
     void cm_io_posix_free(cm_io *io)
@@ -108,12 +110,14 @@ cdef extern from "cm.h":
         uint64_t bytes_discarded
         int header_slot
         int header_fallback
+        int forked
+        int err_file
+        int err_errno
 
     int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery) nogil
     int cm_core_close(cm_core *core) nogil
     int cm_core_err_file(const cm_core *core)
     int cm_core_errno(const cm_core *core)
-    int cm_open_err_file()
 
     uint64_t cm_core_length(const cm_core *core)
     uint64_t cm_core_contiguous_length(const cm_core *core)

@@ -19,6 +19,7 @@ cdef class _PyIO:
         self.io.size = _io_size
         self.io.lock = _io_lock
         self.io.close = _io_close
+        self.io.flush = _io_flush
 
     cdef int fail(self, exc) noexcept:
         if self.error is None:
@@ -27,6 +28,8 @@ cdef class _PyIO:
             return CM_ERR_NOT_FOUND
         if isinstance(exc, StoreLockedError):
             return CM_ERR_LOCKED
+        if isinstance(exc, InsecureFileError):
+            return CM_ERR_INSECURE
         return CM_ERR_IO
 
 
@@ -73,6 +76,17 @@ cdef int _io_sync(void *ctx, void *file) noexcept with gil:
     cdef _PyIO self = <_PyIO>ctx
     try:
         (<object>file).sync()
+        return 0
+    except BaseException as e:
+        return self.fail(e)
+
+
+cdef int _io_flush(void *ctx, void *file) noexcept with gil:
+    cdef _PyIO self = <_PyIO>ctx
+    try:
+        flush = getattr(<object>file, "flush", None)   # optional: write-behind only
+        if flush is not None:
+            flush()
         return 0
     except BaseException as e:
         return self.fail(e)

@@ -54,10 +54,11 @@ cdef class Log:
             rc = cm_core_open(&opts, &self.core, &rec)
         self.recovery = {"records_replayed": rec.records_replayed,
                          "bytes_discarded": rec.bytes_discarded,
-                         "header_slot": rec.header_slot, "header_fallback": rec.header_fallback}
+                         "header_slot": rec.header_slot, "header_fallback": rec.header_fallback,
+                         "forked": rec.forked}
         if rc != 0:
             self.core = NULL
-            self._raise(rc, "open", cm_open_err_file(), 0)
+            self._raise(rc, "open", rec.err_file, rec.err_errno)
 
     def __dealloc__(self):
         if self.core != NULL:
@@ -75,6 +76,8 @@ cdef class Log:
         name = FILE_NAMES[file_id] if 0 < file_id < len(FILE_NAMES) else None
         if name is not None and self.directory is not None:
             name = os.path.join(self.directory, name)
+            if rc == CM_ERR_INSECURE:  # say what is wrong with it, as the pure backend does
+                raise InsecureFileError(insecure(name) or "%s: insecure" % what, name)
         raise _error(rc, what, name, err or None)
 
     cdef int _check(self, int rc, str what, bint writing=False) except -1:

@@ -13,7 +13,8 @@ import hashlib
 from typing import Tuple, Union
 
 #: On-disk store format (docs/format.md); separate from the package version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_OLDEST = 1              # the oldest on-disk format opened (and migrated)
 #: Version byte of a sync envelope (docs/protocol.md; no C twin: sync is Python).
 WIRE_VERSION = 1
 
@@ -87,6 +88,7 @@ class CErrorCode:
     FORK = -16
     CLOSED = -17
     AUTH = -18
+    INSECURE = -19
 
 
 class Durability(str, enum.Enum):

@@ -197,7 +197,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     progress = Progress("verify")
     result = commands.verify(args.store, progress)
     progress.done()
-    print("%s: %d blocks re-hashed against the tree, signature of length %d (fork %d) valid"
+    for warning in result["warnings"]:
+        print("coremachine: warning: %s: %s" % (args.store, warning), file=sys.stderr)
+    print("%s: header and wal checksums checked, %d blocks re-hashed against the tree, "
+          "signature of length %d (fork %d) valid"
           % (args.store, result["blocks"], result["length"], result["fork"]))
     return EXIT_OK
 

@@ -12,11 +12,12 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import Core, KeyPair, _json, caps
 from .errors import (CoreMachineError, SnapshotStaleError, StoreLockedError,
                      StoreNotFoundError)
+from .storage import insecure
 
 META = "coremachine.json"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -104,16 +105,23 @@ def machine_for(store: str, ref: Optional[str]) -> Any:
 # --- commands -----------------------------------------------------------------------
 
 def keygen(keyfile: str, force: bool = False) -> KeyPair:
-    """Write a new key pair's secret key (hex) to ``keyfile``, mode 0600."""
+    """Write a new key pair's secret key (hex) to ``keyfile``: created
+    exclusively, never through a symlink, mode 0600 (``force`` removes an
+    existing regular file first)."""
     kp = KeyPair.generate()
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    if os.path.islink(keyfile):
+        raise CommandError("%s: %s" % (keyfile, insecure(keyfile)))
+    if force and os.path.lexists(keyfile):
+        os.unlink(keyfile)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(keyfile, flags, 0o600)
     except FileExistsError:
         raise CommandError("%s exists (use --force to replace it)" % keyfile) from None
+    except OSError as e:
+        raise CommandError("cannot write key file %s: %s" % (keyfile, e)) from None
     with os.fdopen(fd, "w") as f:
         f.write(kp.secret_key.hex() + "\n")
-    os.chmod(keyfile, 0o600)
     return kp
 
 
@@ -127,8 +135,18 @@ def core_key(kp: KeyPair, compat: bool = False) -> bytes:
 
 
 def read_keyfile(keyfile: str) -> KeyPair:
+    """The key pair in ``keyfile`` (a regular file only its owner can read)."""
     try:
-        with open(keyfile) as f:
+        fd = os.open(keyfile, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        why = insecure(keyfile)
+        raise CommandError("cannot read key file %s: %s" % (keyfile, why or e)) from None
+    why = insecure(keyfile, os.fstat(fd))
+    if why:
+        os.close(fd)
+        raise CommandError("%s: %s" % (keyfile, why))
+    try:
+        with os.fdopen(fd) as f:
             raw = bytes.fromhex(f.read().strip())
     except (OSError, ValueError) as e:
         raise CommandError("cannot read key file %s: %s" % (keyfile, e)) from None
@@ -324,9 +342,10 @@ def export(store: str, fmt: str, output: Optional[str]) -> int:
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:
     with open_to_read(store) as core:
-        checked = core.verify(progress)
+        warnings: List[str] = []
+        checked = core.verify(progress, warnings)
         return {"blocks": checked, "length": core.length, "fork": core.fork,
-                "signature": bool(core.signature)}
+                "signature": bool(core.signature), "warnings": warnings}
 
 
 def info(store: str) -> Dict[str, Any]:

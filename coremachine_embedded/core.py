@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import _backend
 from .caps import Durability
-from .encoding import Node
+from .encoding import DataMessage, Node
 from .errors import (ArgumentTypeError, CoreMachineError, CorruptionError, InvalidArgumentError,
-                     SnapshotStaleError, need_bytes)
+                     InvalidProofError, SnapshotStaleError, need_bytes)
 from .proofs import ApplyResult
+from .storecheck import check_store
 
 BytesLike = Union[bytes, bytearray, memoryview]
 _impl = _backend.impl
@@ -55,6 +57,29 @@ class KeyPair:
 
     def __repr__(self) -> str:  # never print the secret key
         return "KeyPair(public_key=%s)" % self.public_key.hex()
+
+
+class InOrder:
+    """Runs deliveries in the order they were asked for: one asked while
+    another runs (a change notification whose callback makes a change) waits
+    until that one has reached everybody.  Used under the owner's lock."""
+
+    __slots__ = ("_queue", "_running")
+
+    def __init__(self) -> None:
+        self._queue: Deque[Callable[[], None]] = deque()
+        self._running = False
+
+    def __call__(self, deliver: Callable[[], None]) -> None:
+        self._queue.append(deliver)
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queue:
+                self._queue.popleft()()
+        finally:   # a callback raised: what is queued goes out with the next one
+            self._running = False
 
 
 class CoreChange:
@@ -137,6 +162,7 @@ class Core:
         self._storage = storage
         self._lock = threading.RLock()
         self._listeners: List[Callable[["CoreChange"], None]] = []
+        self._in_order = InOrder()
         self._timer: Optional[threading.Timer] = None
         self._flush_interval = float(flush_interval)
         self._flush_interval_armed = durability is Durability.BATCH
@@ -377,6 +403,23 @@ class Core:
         with self._lock:
             return self._log.proof(request, block, nodes, upgrade, manifest)
 
+    def check_upgrade(self, message: BytesLike) -> Tuple[int, int, bytes]:
+        """Verify an upgrade proof from length 0 against this core's key and
+        manifest, storing nothing: how a peer proves the signed state it has
+        when this replica may hold as much already.  Returns the ``(fork,
+        length, tree hash)`` its signature signs.
+
+        :raises InvalidProofError, InvalidSignatureError, DecodeError: it does
+            not prove a signed state of this core.
+        """
+        message = need_bytes("message", message)
+        with self._lock:
+            key, manifest = self._log.key, self._log.manifest
+        check = _impl.check_proof(key, manifest, [], message)
+        if not check.upgraded:
+            raise InvalidProofError("the proof carries no signed state")
+        return DataMessage.peek(message).fork, check.length, check.tree_hash
+
     def missing_nodes(self, index: int) -> int:
         """How many tree levels above block ``index`` this replica lacks."""
         with self._lock:
@@ -417,16 +460,26 @@ class Core:
                 self._notify("proof", before, None)
             return added
 
-    def verify(self, progress: Any = None) -> int:
-        """Re-hash every held block against the tree and check the signature
-        of the current state.  Returns the number of blocks checked.
+    def verify(self, progress: Any = None, warnings: Optional[List[str]] = None) -> int:
+        """Check every checksummed region of the store files (both header
+        slots, the wal records), re-hash every held block against the tree
+        and check the signature of the current state.  Returns the number of
+        blocks checked.
 
         :param progress: optional callable ``progress(done, total)``.
+        :param warnings: a list that gets what is wrong with older copies
+            nothing reads (the other header slot, wal records of earlier
+            generations): damage there loses nothing; and, on a read-only
+            snapshot, a last record not completely written (a torn write,
+            or one under way), which the writer's next open drops.
         :raises CorruptionError: naming the damaged file.
         :raises InvalidSignatureError: the signature does not sign the tree.
         """
         with self._lock:
             log = self._log
+            found = check_store(self.directory, self._storage, self._log.readonly)
+            if warnings is not None:
+                warnings.extend(found)
             sig = log.signature()
             if sig is not None:
                 _impl.check_signature(log.key, log.manifest, log.tree_hash(), log.length,
@@ -468,8 +521,9 @@ class Core:
 
     def on_change(self, callback: Callable[["CoreChange"], None]) -> Callable[[], None]:
         """Call ``callback(change)`` after every append, truncation and stored
-        proof (inside the core's lock: keep it short).  Returns a function that
-        removes the callback."""
+        proof (inside the core's lock: keep it short), in commit order: a
+        change a callback makes is told to every callback after the one being
+        told.  Returns a function that removes the callback."""
         with self._lock:
             self._listeners.append(callback)
 
@@ -488,9 +542,12 @@ class Core:
         if not self._listeners:
             return
         change = CoreChange(kind, before, self._snapshot(), result)
-        for callback in list(self._listeners):
-            if callback is not origin:
-                callback(change)
+
+        def deliver() -> None:
+            for callback in list(self._listeners):
+                if callback is not origin:
+                    callback(change)
+        self._in_order(deliver)
 
     # --- lifetime ------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, List, Mapping
 
 from . import _json
 from .awaitables import close, is_awaitable, is_coroutine_function
-from .core import Core, CoreChange
+from .core import Core, CoreChange, InOrder
 from .errors import CoreMachineError, CorruptionError, OutOfRangeError, ReadOnlyError
 from .machine import (GuardRejectedError, InvalidActionError, MachineDefinition, Transition,
                       create_machine)
@@ -100,6 +100,7 @@ class Coremachine:
         self._change_callbacks: List[Callable[[Snapshot], Any]] = []
         self._error_callbacks: List[Callable[[BaseException, Any], Any]] = []
         self._subscribers: List["ChangeIterator"] = []
+        self._in_order = InOrder()   # changes go out in commit order, also when a callback acts
         self._cursor: Optional[int] = None
         self._view: Optional[Snapshot] = None
         self._inbox: Optional["asyncio.Queue[Any]"] = None
@@ -443,7 +444,7 @@ class Coremachine:
             self.core.truncate(length, origin=self._follow)
             self._load_head()
             snap = self._head_snapshot(previous)
-        self._emit(snap)
+            self._emit(snap)
         return snap
 
     # --- the stream side --------------------------------------------------------------
@@ -486,13 +487,16 @@ class Coremachine:
                 self._subscribers.remove(sub)
 
     def _emit(self, snap: Snapshot) -> None:
-        for callback in list(self._change_callbacks):
-            try:
-                callback(snap.copy())
-            except Exception as e:
-                self._report(e, snap)
-        for sub in list(self._subscribers):
-            sub.put(snap.copy())
+        """Tell callbacks and iterators (under the lock; in commit order)."""
+        def deliver() -> None:
+            for callback in list(self._change_callbacks):
+                try:
+                    callback(snap.copy())
+                except Exception as e:
+                    self._report(e, snap)
+            for sub in list(self._subscribers):
+                sub.put(snap.copy())
+        self._in_order(deliver)
 
     def _report(self, error: BaseException, message: Any) -> None:
         for callback in list(self._error_callbacks):

@@ -289,8 +289,8 @@ class Manifest:
             raise DecodeError("manifest hash type is not blake2b")
         quorum = r.uint()
         count = r.uint()
-        if count > MAX_SIGNERS:
-            raise DecodeError("%d signers (at most %d)" % (count, MAX_SIGNERS))
+        if count > MAX_SIGNERS:   # over a limit (as cm_encoding.c): not malformed
+            raise TooLargeError("%d signers (at most %d)" % (count, MAX_SIGNERS))
         signers = []
         for _ in range(count):
             if r.uint() != 0:
@@ -303,11 +303,10 @@ class Manifest:
             prologue = (r.fixed(32), r.uint())
         if flags & 4:
             n = r.uint()
-            if n > MAX_SIGNERS:
-                raise DecodeError("%d linked cores" % n)
+            if n > (len(r.buf) - r.pos) // 32:
+                raise DecodeError("%d linked cores in %d bytes" % (n, len(r.buf) - r.pos))
             linked = [r.fixed(32) for _ in range(n)]
         if flags & 8:
             user_data = r.buffer()
-        if quorum == 0 or quorum > count:
-            raise DecodeError("manifest quorum %d with %d signers" % (quorum, count))
+        # (a quorum of 0 or over the signers decodes; no signature verifies under it)
         return cls(signers, version, quorum, bool(flags & 1), prologue, linked, user_data)

@@ -120,6 +120,13 @@ class StorageError(CoreMachineError, OSError):
         return "%s: %s%s" % (self.code, self.message, where)
 
 
+class InsecureFileError(StorageError, PermissionError):
+    """A private store file (the secret key) is a symlink, not a regular
+    file, or open to group or others: it is not used (nor written through)."""
+
+    code = "INSECURE_FILE"
+
+
 class CorruptionError(StorageError):
     """Store content failed a check.  ``filename`` names the damaged file."""
 
@@ -214,6 +221,7 @@ C_ERRORS: Dict[int, Type[CoreMachineError]] = {
     CErrorCode.FORK: ForkError,
     CErrorCode.CLOSED: ClosedError,
     CErrorCode.AUTH: DecryptError,
+    CErrorCode.INSECURE: InsecureFileError,
 }
 
 # Store file names indexed like csrc/cm.h's cm_file_id (cm_file_names in cm_store.c).

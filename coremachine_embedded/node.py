@@ -208,7 +208,7 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
     """Pull ``key_hex`` into ``store`` from ``url``; returns the exit code."""
     from .control import ControlServer
     from .errors import InvalidArgumentError
-    from .sync import Counters, Endpoint, open_link, shown_url
+    from .sync import Counters, Endpoint, Pulled, open_link, shown_url
 
     try:
         key = bytes.fromhex(key_hex)
@@ -233,6 +233,7 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
         # `coremachine stop STORE` ends it as SIGTERM would
         control = ControlServer(store, on_stop=stop.request).start()
         ep: Optional[Endpoint] = None
+        task: "asyncio.Future[Optional[Pulled]]"
         if url.startswith("tcp://"):
             counters = Counters()
             task = asyncio.ensure_future(_pull_stream(core, url, live, counters, progress))
@@ -260,8 +261,15 @@ def pull(store: str, key_hex: str, url: str, live: bool, timeout: Optional[float
             outcome["answered"] = _answered(counters)
         if task.done() and not task.cancelled() and task.exception() is None:
             outcome["done"] = True
-            print("pulled %s: length %d, fork %d, verified" % (core.key.hex(), core.length,
-                                                                core.fork))
+            pulled = task.result()
+            if isinstance(pulled, Pulled):
+                # exit 0 only from signed state: the length the peer's signature proved
+                print("pulled %s: signed length %d, fork %d, verified; the peer at %s proved "
+                      "signed length %d" % (core.key.hex(), pulled.length, pulled.fork,
+                                            shown_url(url), pulled.proved))
+            else:
+                print("pulled %s: length %d, fork %d, verified" % (core.key.hex(), core.length,
+                                                                    core.fork))
             return EXIT_OK
         if task.done() and not task.cancelled():
             raise task.exception()  # type: ignore[misc]

@@ -1,5 +1,10 @@
 """The injectable file interface a store is written through.
 
+:data:`PRIVATE` marks the secret key: it is never opened through a symlink,
+it is created exclusively (``O_CREAT|O_EXCL|O_NOFOLLOW``) with mode 0600,
+and an existing one must be a regular file that group and others cannot
+access (:class:`~.errors.InsecureFileError` otherwise).
+
 A *storage* is a factory of named files (``header``, ``wal``, ``tree``, ``data``,
 ``secret_key``); a *file* offers positioned reads and writes, ``sync``
 (fdatasync), ``truncate``, ``size``, an exclusive ``lock`` and ``close``.
@@ -11,13 +16,14 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import stat
 from typing import Optional, Protocol
 
 from .caps import IO_CREATE, IO_PRIVATE, IO_READONLY
-from .errors import StorageError, StoreLockedError, StoreNotFoundError
+from .errors import InsecureFileError, StorageError, StoreLockedError, StoreNotFoundError
 
 CREATE = IO_CREATE      #: create the file if it is missing
-PRIVATE = IO_PRIVATE    #: create it with mode 0600
+PRIVATE = IO_PRIVATE    #: the secret key: no symlinks, exclusive creation, mode 0600
 READONLY = IO_READONLY  #: open it for reading only (never with CREATE)
 
 
@@ -40,6 +46,9 @@ class File(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: ``flush()`` writes out what the file holds back in memory
+    # (write-behind), without syncing; the store calls it when present.
+
 
 class Storage(Protocol):
     def open(self, name: str, flags: int = 0) -> File:
@@ -54,6 +63,8 @@ WRITE_BEHIND_FILES = ("tree", "data")
 
 class OSFile:
     """A store file on disk (``os.pread``/``os.pwrite``/``os.fdatasync``).
+    A failing call raises :class:`StorageError` naming the file, with the
+    errno (a full disk is ``ENOSPC``), as the C backend does.
 
     Write-behind (the twin of csrc/cm_io_posix.c): the tree and data files
     are rebuilt from the wal after a crash, so their writes may wait in memory
@@ -72,16 +83,22 @@ class OSFile:
         self.wb_off = 0
         self.disk_size = os.fstat(fd).st_size if behind else 0
 
+    def _failed(self, e: OSError) -> StorageError:
+        return StorageError(e.strerror or str(e), self.path, e.errno)
+
     def read(self, size: int, offset: int) -> bytes:
         chunks = []
         want, at = size, offset
-        while want > 0:
-            chunk = os.pread(self.fd, want, at)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            want -= len(chunk)
-            at += len(chunk)
+        try:
+            while want > 0:
+                chunk = os.pread(self.fd, want, at)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                want -= len(chunk)
+                at += len(chunk)
+        except OSError as e:
+            raise self._failed(e) from None
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         wb, start = self.wb, self.wb_off
         if wb and offset < start + len(wb) and offset + size > start:
@@ -100,7 +117,7 @@ class OSFile:
                 return
             if self.wb and offset + len(data) >= self.wb_off:
                 # it touches a full window, or the tail moved far past it
-                self._flush()
+                self.flush()
                 if self._take(data, offset):
                     return
             # before the window and apart from it, or larger than a window
@@ -109,10 +126,13 @@ class OSFile:
     def _pwrite(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
         end = offset + len(view)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view = view[n:]
-            offset += n
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as e:
+            raise self._failed(e) from None
         self.disk_size = max(self.disk_size, end)
 
     def _take(self, data: bytes, offset: int) -> bool:
@@ -143,23 +163,33 @@ class OSFile:
         wb[offset - self.wb_off:offset - self.wb_off + n] = data
         return True
 
-    def _flush(self) -> None:
-        """Write the window out (it stays if that fails)."""
+    def flush(self) -> None:
+        """Write the window out, without syncing (it stays if that fails)."""
         if self.wb:
             self._pwrite(bytes(self.wb), self.wb_off)
             self.wb = bytearray()
 
     def sync(self) -> None:
-        self._flush()
-        os.fdatasync(self.fd)
+        self.flush()
+        try:
+            os.fdatasync(self.fd)
+        except OSError as e:
+            raise self._failed(e) from None
 
     def truncate(self, size: int) -> None:
-        self._flush()
-        os.ftruncate(self.fd, size)
+        self.flush()
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as e:
+            raise self._failed(e) from None
         self.disk_size = size
 
     def size(self) -> int:
-        return max(os.fstat(self.fd).st_size, self.wb_off + len(self.wb) if self.wb else 0)
+        try:
+            on_disk = os.fstat(self.fd).st_size
+        except OSError as e:
+            raise self._failed(e) from None
+        return max(on_disk, self.wb_off + len(self.wb) if self.wb else 0)
 
     def lock(self) -> None:
         import fcntl
@@ -174,7 +204,7 @@ class OSFile:
     def close(self) -> None:
         if self.fd >= 0:
             try:  # the store synced before closing; what is left the wal rebuilds
-                self._flush()
+                self.flush()
             except OSError:
                 pass
             os.close(self.fd)
@@ -189,22 +219,53 @@ class FileStorage:
 
     def open(self, name: str, flags: int = 0) -> OSFile:
         path = os.path.join(self.directory, name)
-        mode = 0o600 if flags & PRIVATE else 0o644
+        private = os.O_NOFOLLOW if flags & PRIVATE else 0
         access = os.O_RDONLY if flags & READONLY else os.O_RDWR
         try:
-            fd = os.open(path, access | os.O_CLOEXEC)
+            fd = os.open(path, access | os.O_CLOEXEC | private)
         except FileNotFoundError:
             if not flags & CREATE or flags & READONLY:
                 raise StoreNotFoundError("no such store file", path) from None
             os.makedirs(self.directory, exist_ok=True)
+            exclusive = os.O_EXCL if private else 0
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | private | exclusive,
+                             0o600 if private else 0o644)
             except OSError as e:
-                raise StorageError(e.strerror or str(e), path, e.errno) from None
+                raise _open_error(e, path, private) from None
             _sync_directory(self.directory)
         except OSError as e:
-            raise StorageError(e.strerror or str(e), path, e.errno) from None
+            raise _open_error(e, path, private) from None
+        if private:
+            why = insecure(path, os.fstat(fd))
+            if why:
+                os.close(fd)
+                raise InsecureFileError(why, path)
         return OSFile(fd, path, behind=name in WRITE_BEHIND_FILES)
+
+
+def insecure(path: str, st: Optional[os.stat_result] = None) -> Optional[str]:
+    """Why a private file (the secret key) must not be used, or None."""
+    try:
+        st = st or os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return "a secret key file is a symlink (it is never followed)"
+    if not stat.S_ISREG(st.st_mode):
+        return "a secret key file is not a regular file"
+    if st.st_mode & 0o077:
+        return ("a secret key file has mode %04o: group or others can access it "
+                "(chmod 600 it)" % stat.S_IMODE(st.st_mode))
+    return None
+
+
+def _open_error(e: OSError, path: str, private: int) -> StorageError:
+    if private and e.errno in (_errno.ELOOP, _errno.EEXIST, _errno.EISDIR):
+        # ELOOP: a symlink (O_NOFOLLOW); EEXIST: one appeared as it was
+        # created; EISDIR: a directory
+        return InsecureFileError(insecure(path) or "%s" % (e.strerror or e), path, e.errno)
+    return StorageError(e.strerror or str(e), path, e.errno)
 
 
 def _sync_directory(directory: str) -> None:

@@ -31,7 +31,8 @@ extern "C" {
 #define CM_VERSION "0.1.0"
 
 /* On-disk format version, separate from the code version (docs/format.md). */
-#define CM_FORMAT_VERSION 1
+#define CM_FORMAT_VERSION 2
+#define CM_FORMAT_OLDEST 1   /* the oldest version opened (and migrated) */
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                   */
@@ -56,7 +57,9 @@ typedef enum cm_err {
     CM_ERR_UNAVAILABLE = -15,  /* block or node inside the log but not held      */
     CM_ERR_FORK = -16,         /* proof is for an older fork                      */
     CM_ERR_CLOSED = -17,       /* core was closed                                 */
-    CM_ERR_AUTH = -18          /* an encrypted message failed authentication      */
+    CM_ERR_AUTH = -18,         /* an encrypted message failed authentication      */
+    CM_ERR_INSECURE = -19      /* a private file is a symlink, not a regular file,
+                                  or open to group or others                      */
 } cm_err;
 
 /* Which store file an error is about (cm_core_err_file). */
@@ -317,7 +320,10 @@ int cm_proof_check_msg(const cm_verifier *v, const cm_node *roots, size_t n_root
 /* ------------------------------------------------------------------------ */
 
 #define CM_IO_CREATE 1   /* create if missing */
-#define CM_IO_PRIVATE 2  /* create with mode 0600 */
+#define CM_IO_PRIVATE 2  /* the secret key: never opened through a symlink, created
+                            exclusively with mode 0600; an existing one must be a
+                            regular file group and others cannot access
+                            (CM_ERR_INSECURE otherwise) */
 #define CM_IO_READONLY 4 /* open for reading only (a read-only snapshot) */
 
 typedef struct cm_io {
@@ -337,6 +343,9 @@ typedef struct cm_io {
     /* Exclusive, non-blocking lock held until close; CM_ERR_LOCKED if taken. */
     int (*lock)(void *ctx, void *file);
     void (*close)(void *ctx, void *file);
+    /* Optional (NULL if nothing is ever held back): write out what the file
+     * holds in memory (write-behind), without making it durable. */
+    int (*flush)(void *ctx, void *file);
 } cm_io;
 
 /* POSIX implementation over a directory (created if CM_IO_CREATE is used and
@@ -392,6 +401,12 @@ typedef struct cm_recovery {
     uint64_t bytes_discarded;    /* torn bytes after the last valid record */
     int header_slot;             /* 0 or 1: the slot in use */
     int header_fallback;         /* 1: newest slot was torn, the other was used */
+    int forked;                  /* 1: a writer's files held more than header and wal
+                                    explain (records were lost): it moved to a new fork */
+    /* When cm_core_open fails: the file at fault (CM_FILE_NONE if none) and,
+     * for CM_ERR_IO, errno.  Per call, so concurrent opens cannot mix them. */
+    cm_file_id err_file;
+    int err_errno;
 } cm_recovery;
 
 int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery);
@@ -401,8 +416,6 @@ int cm_core_close(cm_core *core);
 /* Last error details: which file, and errno for CM_ERR_IO. */
 cm_file_id cm_core_err_file(const cm_core *core);
 int cm_core_errno(const cm_core *core);
-/* cm_core_open failures: file id of the last failed open (thread-unsafe). */
-cm_file_id cm_open_err_file(void);
 
 /* State */
 uint64_t cm_core_length(const cm_core *core);

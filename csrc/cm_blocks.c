@@ -125,6 +125,31 @@ int cm_core_get_range(cm_core *c, uint64_t start, uint64_t end, uint8_t *buf, si
     return CM_OK;
 }
 
+/* A writer hands out only signatures of durable states: a state it could
+ * lose in a power cut and sign differently afterwards would contradict what
+ * it published.  So the wal is synced first (one fdatasync, batch or none
+ * durability only), and the tree and data files get what write-behind holds
+ * (no sync): if the wal is lost later, they show that records were there
+ * (opening re-forks, docs/format.md "Opening" step 5). */
+static int durable_signature(cm_core *c) {
+    int rc;
+    if (c->writable) {
+        if (c->wal_synced != c->wal_seq && (rc = cm_core_flush(c)) != CM_OK) return rc;
+        if ((rc = cm__io_flush(c, CM_FILE_TREE)) != CM_OK) return rc;
+        if ((rc = cm__io_flush(c, CM_FILE_DATA)) != CM_OK) return rc;
+    }
+    return cm__ensure_signature(c);
+}
+
+int cm_core_signature(cm_core *c, uint8_t *out, size_t cap, size_t *len) {
+    int rc = durable_signature(c);
+    if (rc != CM_OK) return rc;
+    *len = c->sig_len;
+    if (cap < c->sig_len) return CM_ERR_TOO_LARGE;
+    if (c->sig_len) memcpy(out, c->sig, c->sig_len);
+    return CM_OK;
+}
+
 int cm_core_proof(cm_core *c, const cm_proof_request *req, uint8_t *out, size_t cap,
                   size_t *len) {
     cm_data_msg *m;
@@ -134,7 +159,7 @@ int cm_core_proof(cm_core *c, const cm_proof_request *req, uint8_t *out, size_t 
     int rc;
     c->err_file = CM_FILE_NONE;
     *len = 0;
-    if ((rc = cm__ensure_signature(c)) != CM_OK) return rc;
+    if (req->has_upgrade && (rc = durable_signature(c)) != CM_OK) return rc;
     if (!c->msg && !(c->msg = (cm_data_msg *)malloc(sizeof(*c->msg))))
         return cm__fail(c, CM_ERR_NOMEM, CM_FILE_NONE);
     m = c->msg;

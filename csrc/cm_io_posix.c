@@ -120,17 +120,39 @@ static char *join(const char *dir, const char *name) {
     return p;
 }
 
+/* A private file (the secret key) opened as fd: a regular file that group
+ * and others cannot access, or CM_ERR_INSECURE (fd closed). */
+static int private_ok(int fd) {
+    struct stat st;
+    int rc = CM_OK;
+    if (fstat(fd, &st) < 0) {
+        rc = CM_ERR_IO;
+    } else if (!S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+        rc = CM_ERR_INSECURE;
+        errno = EPERM;
+    }
+    if (rc != CM_OK) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return rc;
+}
+
 static int px_open(void *ctx, const char *name, int flags, void **file) {
     posix_ctx *c = (posix_ctx *)ctx;
     posix_file *f;
     char *path;
     int fd;
+    /* the secret key: never through a symlink, created exclusively */
+    int private_flags = (flags & CM_IO_PRIVATE) ? O_NOFOLLOW : 0;
     *file = NULL;
     if (strchr(name, '/') != NULL) return CM_ERR_INVALID;
     path = join(c->dir, name);
     if (!path) return CM_ERR_NOMEM;
     do {
-        fd = open(path, ((flags & CM_IO_READONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        fd = open(path, ((flags & CM_IO_READONLY) ? O_RDONLY : O_RDWR) | O_CLOEXEC |
+                  private_flags);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0 && errno == ENOENT) {
         if (!(flags & CM_IO_CREATE) || (flags & CM_IO_READONLY)) {
@@ -144,8 +166,8 @@ static int px_open(void *ctx, const char *name, int flags, void **file) {
             return CM_ERR_IO;
         }
         do {
-            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC,
-                      (flags & CM_IO_PRIVATE) ? 0600 : 0644);
+            fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | private_flags |
+                      (private_flags ? O_EXCL : 0), private_flags ? 0600 : 0644);
         } while (fd < 0 && errno == EINTR);
         if (fd >= 0 && fsync_dir(c->dir) < 0) {
             int e = errno;
@@ -159,9 +181,15 @@ static int px_open(void *ctx, const char *name, int flags, void **file) {
         int e = errno;
         free(path);
         errno = e;
+        /* ELOOP: a symlink; EEXIST: one appeared while it was created; EISDIR */
+        if (private_flags && (e == ELOOP || e == EEXIST || e == EISDIR)) return CM_ERR_INSECURE;
         return CM_ERR_IO;
     }
     free(path);
+    if (private_flags) {
+        int rc = private_ok(fd);
+        if (rc != CM_OK) return rc;
+    }
     f = (posix_file *)malloc(sizeof(*f));
     if (!f) {
         close(fd);
@@ -357,6 +385,11 @@ static int px_lock(void *ctx, void *file) {
     return CM_OK;
 }
 
+static int px_flush(void *ctx, void *file) {
+    (void)ctx;
+    return wb_flush((posix_file *)file);
+}
+
 static void px_close(void *ctx, void *file) {
     posix_file *f = (posix_file *)file;
     (void)ctx;
@@ -396,6 +429,7 @@ int cm_io_posix_new(const char *directory, cm_io **out) {
     io->size = px_size;
     io->lock = px_lock;
     io->close = px_close;
+    io->flush = px_flush;
     *out = io;
     return CM_OK;
 }

@@ -12,12 +12,6 @@
 
 #include "cm_store.h"
 
-static cm_file_id g_open_err_file = CM_FILE_NONE;
-
-cm_file_id cm_open_err_file(void) {
-    return g_open_err_file;
-}
-
 static void close_files(cm_core *c) {
     int i;
     for (i = 5; i >= 1; i--) {
@@ -47,7 +41,7 @@ static int read_secret(cm_core *c, uint8_t out[64], int *exists, int *readable) 
         c->io.close(c->io.ctx, c->f[CM_FILE_SECRET_KEY]);
         c->f[CM_FILE_SECRET_KEY] = NULL;
     }
-    rc = cm__io_open(c, CM_FILE_SECRET_KEY, c->readonly ? CM_IO_READONLY : 0);
+    rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_PRIVATE | (c->readonly ? CM_IO_READONLY : 0));
     if (rc == CM_ERR_NOT_FOUND || (c->readonly && rc == CM_ERR_IO && c->err_errno == EACCES)) {
         c->err_file = CM_FILE_NONE;  /* no key (or not ours to read): nothing signs */
         *exists = rc != CM_ERR_NOT_FOUND;
@@ -131,7 +125,7 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
     if (c->writable) {
         /* A secret_key file left by an interrupted creation is reused only if
          * it holds this very key (or was torn before reaching 64 bytes). */
-        rc = cm__io_open(c, CM_FILE_SECRET_KEY, 0);
+        rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_PRIVATE);
         if (rc == CM_OK) {
             uint8_t existing[64];
             size_t got;
@@ -143,6 +137,7 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
                     return cm__fail(c, CM_ERR_KEY, CM_FILE_SECRET_KEY);
             }
         } else if (rc == CM_ERR_NOT_FOUND) {
+            c->err_file = CM_FILE_NONE;
             rc = cm__io_open(c, CM_FILE_SECRET_KEY, CM_IO_CREATE | CM_IO_PRIVATE);
             if (rc != CM_OK) return rc;
         } else {
@@ -169,6 +164,7 @@ static int create_store(cm_core *c, const cm_open_opts *o) {
     c->n_roots = 0;
     c->sig_len = 0;
     c->hdr_seq = 0;
+    c->hdr_version = CM_FORMAT_VERSION;
     c->wal_gen = 0;
     return cm__write_header(c, 0, 0);
 }
@@ -217,6 +213,7 @@ static int load_header(cm_core *c, const cm__hdr *h, const cm_open_opts *o) {
     memcpy(c->sig, h->sig, h->sig_len);
     c->sig_len = h->sig_len;
     c->hdr_seq = h->seq;
+    c->hdr_version = h->format_version;
     c->wal_gen = h->wal_gen;
 
     {
@@ -264,6 +261,29 @@ static int read_slots(cm_core *c, uint8_t slots[2][SLOT_SIZE], cm__hdr h[2], int
     return CM_OK;
 }
 
+/* A writer whose tree or data file holds more than its state (records were
+ * written and applied, then lost: a power cut before their sync, or damage
+ * to the wal) may have handed out signatures of states it no longer has:
+ * signing new states on the same fork could contradict them, so it moves to
+ * a new fork at what it holds (a truncation, checkpointed). */
+static int refork_if_lost(cm_core *c, cm_recovery *rec) {
+    uint64_t tsize, dsize;
+    int rc;
+    if ((rc = cm__io_size(c, CM_FILE_TREE, &tsize)) != CM_OK) return rc;
+    if ((rc = cm__io_size(c, CM_FILE_DATA, &dsize)) != CM_OK) return rc;
+    if (tsize <= (c->length > 0 ? (2 * c->length - 1) * NODE_SLOT : 0) && dsize <= c->byte_length)
+        return CM_OK;
+    rec->forked = 1;
+    return cm_core_truncate(c, c->length, c->fork + 1);
+}
+
+/* Format 1 -> 2 (and the checkpoint after a torn tail): the layout is the
+ * same; format 2 only checkpoints every truncation, which a header slot of
+ * version 2 written now (crash-safe as any checkpoint) starts to promise. */
+static int migrate(cm_core *c) {
+    return cm__checkpoint(c);
+}
+
 /* No valid slot: if wal, tree and data are all empty (or, for a snapshot,
  * missing), creation was interrupted before anything else was written or is
  * under way - no store yet.  Otherwise the header is damaged. */
@@ -303,7 +323,7 @@ static int load_state(cm_core *c, const cm_open_opts *o, cm_recovery *rec, int *
     *seq = h[use].seq;
     /* Older versions too: a store of a format without a migration to this
      * one is not read (docs/format.md, "Changing the format"). */
-    if (h[use].format_version != CM_FORMAT_VERSION)
+    if (h[use].format_version < CM_FORMAT_OLDEST || h[use].format_version > CM_FORMAT_VERSION)
         return cm__fail(c, CM_ERR_VERSION, CM_FILE_HEADER);
     if ((rc = load_header(c, &h[use], o)) != CM_OK) return rc;
     if ((rc = cm__replay(c, rec, torn)) != CM_OK) return rc;
@@ -344,7 +364,10 @@ static int open_core(cm_core *c, const cm_open_opts *o, cm_recovery *rec) {
             if ((rc = cm__sanitize(c)) != CM_OK) return rc;
         }
     }
-    if (torn && (rc = cm__checkpoint(c)) != CM_OK) return rc;
+    if (c->writable && (rc = refork_if_lost(c, rec)) != CM_OK) return rc;
+    if ((torn || c->hdr_version < CM_FORMAT_VERSION) && !rec->forked &&
+        (rc = migrate(c)) != CM_OK)
+        return rc;
     cm__scratch_trim(c);
     return CM_OK;
 }
@@ -383,7 +406,7 @@ int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery)
     int rc;
     cm_recovery *rec = recovery ? recovery : &dummy;
     memset(rec, 0, sizeof(*rec));
-    g_open_err_file = CM_FILE_NONE;
+    rec->err_file = CM_FILE_NONE;
     if (out) *out = NULL;
     if (!opts || !out || !opts->io) return CM_ERR_INVALID;
     if (opts->durability != CM_DURABLE_SYNC && opts->durability != CM_DURABLE_BATCH &&
@@ -405,7 +428,8 @@ int cm_core_open(const cm_open_opts *opts, cm_core **out, cm_recovery *recovery)
     cm__ov_init(&c->ov);
     rc = c->readonly ? open_snapshot(c, opts, rec) : open_core(c, opts, rec);
     if (rc != CM_OK) {
-        g_open_err_file = c->err_file;
+        rec->err_file = c->err_file;
+        rec->err_errno = c->err_errno;
         core_free(c);
         return rc;
     }

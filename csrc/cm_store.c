@@ -32,6 +32,8 @@ const char *cm_strerror(int err) {
     case CM_ERR_FORK: return "the proof is for another fork";
     case CM_ERR_CLOSED: return "the core is closed";
     case CM_ERR_AUTH: return "an encrypted message failed authentication";
+    case CM_ERR_INSECURE:
+        return "the secret key file is a symlink, not a regular file, or open to group or others";
     default: return "unknown error";
     }
 }
@@ -187,11 +189,3 @@ int cm_core_public_key(const cm_core *c, uint8_t out[32]) {
     return CM_OK;
 }
 
-int cm_core_signature(cm_core *c, uint8_t *out, size_t cap, size_t *len) {
-    int rc = cm__ensure_signature(c);
-    if (rc != CM_OK) return rc;
-    *len = c->sig_len;
-    if (cap < c->sig_len) return CM_ERR_TOO_LARGE;
-    if (c->sig_len) memcpy(out, c->sig, c->sig_len);
-    return CM_OK;
-}

@@ -106,6 +106,7 @@ struct cm_core {
 
     /* header and write-ahead file (cm_wal.c) */
     uint64_t hdr_seq, wal_gen;
+    uint32_t hdr_version;        /* the format version of the slot opened */
     uint64_t wal_seq;    /* records written in this generation */
     uint64_t wal_synced; /* of which known durable */
     uint64_t wal_end;    /* where the next record goes */
@@ -208,6 +209,14 @@ static inline int cm__io_sync(cm_core *c, cm_file_id fid) {
     int rc;
     errno = 0;
     rc = c->io.sync(c->io.ctx, c->f[fid]);
+    return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
+}
+
+static inline int cm__io_flush(cm_core *c, cm_file_id fid) {
+    int rc;
+    if (!c->io.flush || !c->f[fid]) return CM_OK;
+    errno = 0;
+    rc = c->io.flush(c->io.ctx, c->f[fid]);
     return rc < 0 ? cm__fail(c, rc, fid) : CM_OK;
 }
 

@@ -47,8 +47,9 @@ int cm__hdr_parse(const uint8_t *slot, size_t n, cm__hdr *h) {
     if (memcmp(b, "CMEH", 4) != 0) return 0;
     h->format_version = cm__get_u32(b + 4);
     h->seq = cm__get_u64(b + 8);
-    /* Another format version: valid, refused on open (its layout is unknown). */
-    if (h->format_version != CM_FORMAT_VERSION) return 1;
+    /* Another format version: valid, refused on open (its layout is unknown);
+     * the versions from CM_FORMAT_OLDEST have this one's layout. */
+    if (h->format_version < CM_FORMAT_OLDEST || h->format_version > CM_FORMAT_VERSION) return 1;
     if (body_len < BODY_FIXED) return 0;
     h->flags = cm__get_u32(b + 16);
     memcpy(h->key, b + 24, 32);
@@ -80,6 +81,7 @@ int cm__checkpoint(cm_core *c) {
     if ((rc = cm__io_sync(c, CM_FILE_TREE)) != CM_OK) return rc;
     if ((rc = cm__write_header(c, c->hdr_seq + 1, c->wal_gen + 1)) != CM_OK) return rc;
     c->hdr_seq++;
+    c->hdr_version = CM_FORMAT_VERSION;
     c->wal_gen++;
     c->wal_seq = 0;
     c->wal_synced = 0;

@@ -116,5 +116,7 @@ int cm_core_truncate(cm_core *c, uint64_t length, uint64_t fork) {
     memcpy(c->roots, roots, nr * sizeof(cm_node));
     c->n_roots = nr;
     c->cbytes = bytes;
-    return cm__maybe_checkpoint(c);
+    /* The new fork goes into the header at once: losing wal bytes later can
+     * never take the store back to the fork it signed before (format 2). */
+    return cm__checkpoint(c);
 }

@@ -1,7 +1,7 @@
 """Verified reads of blocks (get, get_range) and proofs (a block with its
 Merkle path) (docs/format.md, "Reading").
 
-Twin of csrc/cm_blocks.c.
+Twin of csrc/cm_blocks.c (with the signature a writer hands out).
 """
 from __future__ import annotations
 
@@ -11,10 +11,27 @@ from ..errors import ArgumentTypeError, BlockNotAvailableError, OutOfRangeError
 from . import proof
 from .crypto import hash_leaf
 from .treefile import TreeFile
+from .wal import Wal
 
 
-class Blocks(TreeFile):
+class Blocks(Wal, TreeFile):
     """Blocks read from the data file at offsets the verified walk computes."""
+
+    def signature(self) -> Optional[bytes]:
+        """A writer hands out only signatures of durable states: a state it
+        could lose in a power cut and sign differently afterwards would
+        contradict what it published.  So the wal is synced first (one
+        fdatasync, batch or none durability only), and the tree and data
+        files get what write-behind holds (no sync): if the wal is lost
+        later, they show that records were there (opening re-forks)."""
+        if self._secret_key is not None:
+            if self._unsynced:
+                self.flush()
+            for f in (self._tree, self._data):
+                held_back = getattr(f, "flush", None)   # optional: write-behind only
+                if held_back is not None:
+                    held_back()
+        return super().signature()
 
     def block_size(self, index: int) -> int:
         return self._locate(index)[1][1]
@@ -49,7 +66,7 @@ class Blocks(TreeFile):
     def proof(self, request: int = 0, block: Optional[int] = None, nodes: int = 0,
               upgrade: Optional[Tuple[int, int]] = None, manifest: bool = False) -> bytes:
         self._check_open()
-        sig = self.signature() or b""
+        sig = (self.signature() or b"") if upgrade is not None else b""
         man = self.manifest if manifest and not self.compat else None
         msg = proof.build(self._get_node, self.length, self.fork, sig,
                           None if block is None else (block, b"", nodes), upgrade, request, man)

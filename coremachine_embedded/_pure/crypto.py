@@ -157,6 +157,10 @@ class Verifier:
                 raise InvalidSignatureError("trailing bytes after the signature")
         except DecodeError:
             raise InvalidSignatureError("malformed signature container") from None
+        quorum = self.manifest.quorum
+        if quorum == 0 or quorum > len(self.manifest.signers):
+            raise InvalidSignatureError("manifest quorum %d with %d signers"
+                                        % (quorum, len(self.manifest.signers)))
         seen = set()
         for signer, sig, patch in proofs:
             if patch != 0 or signer in seen or signer >= len(self.manifest.signers):

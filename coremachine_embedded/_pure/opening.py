@@ -96,8 +96,31 @@ class Log(Writer, Replica, Blocks):
             # Anything past the contiguous region may hold writes of records
             # that never became durable.
             self._sanitize()
-        if self.recovery["bytes_discarded"]:
-            self._checkpoint()
+        if self._secret_key is not None:
+            self._refork_if_lost()
+        if (self.recovery["bytes_discarded"] or slot.version < caps.FORMAT_VERSION) \
+                and not self.recovery["forked"]:
+            self._migrate()
+
+    def _refork_if_lost(self) -> None:
+        """A writer whose tree or data file holds more than its state (records
+        were written and applied, then lost: a power cut before their sync,
+        or damage to the wal) may have handed out signatures of states it no
+        longer has: signing new states on the same fork could contradict
+        them, so it moves to a new fork at what it holds (a truncation,
+        checkpointed)."""
+        n = self.length
+        if (self._tree.size() > (NODE_SLOT * (2 * n - 1) if n else 0)
+                or self._data.size() > self.byte_length):
+            self.recovery["forked"] = 1
+            self.truncate(n, self.fork + 1)
+
+    def _migrate(self) -> None:
+        """Format 1 -> 2 (and the checkpoint after a torn tail): the layout is
+        the same; format 2 only checkpoints every truncation, which a header
+        slot of version 2 written now (crash-safe as any checkpoint) starts
+        to promise."""
+        self._checkpoint()
 
     def _open_snapshot(self, storage: Any, key: Optional[bytes],
                        manifest: Optional[bytes]) -> None:
@@ -161,7 +184,7 @@ class Log(Writer, Replica, Blocks):
         """The state of ``slot`` plus the records after it, checked: the roots
         against the tree hash, a replica's signature."""
         self._header_seq = slot.seq
-        if slot.version != caps.FORMAT_VERSION:
+        if not caps.FORMAT_OLDEST <= slot.version <= caps.FORMAT_VERSION:
             # Older ones too: a format with no migration to this one is not read.
             raise FormatVersionError("the store is in format %d; this library reads format %d"
                                      % (slot.version, caps.FORMAT_VERSION),
@@ -210,7 +233,7 @@ class Log(Writer, Replica, Blocks):
         self._secret_key = None
         self._writer_store = True   # a secret_key file, even one we may not read
         try:
-            sk_file = storage.open("secret_key", READONLY if self._readonly else 0)
+            sk_file = storage.open("secret_key", PRIVATE | (READONLY if self._readonly else 0))
         except StoreNotFoundError:
             sk_file = None
             self._writer_store = False
@@ -254,7 +277,7 @@ class Log(Writer, Replica, Blocks):
         if self._flags & HF_MANIFEST:
             assert self.manifest is not None
             signers = Manifest.decode(self.manifest).signers
-            ok = signers[0][1] == pk
+            ok = bool(signers) and signers[0][1] == pk
         else:
             ok = pk == self.key
         if not ok:
@@ -287,7 +310,7 @@ class Log(Writer, Replica, Blocks):
             else:
                 manifest = manifest if manifest is not None else default_manifest(pk)
                 m = Manifest.decode(manifest)
-                if m.signers[0][1] != pk or m.quorum != 1:
+                if not m.signers or m.signers[0][1] != pk or m.quorum != 1:
                     raise KeyMismatchError("the manifest's first signer must be this key pair, "
                                            "with quorum 1")
                 core_key = manifest_hash(manifest)
@@ -337,4 +360,5 @@ class Log(Writer, Replica, Blocks):
 
 
 def _no_recovery() -> Dict[str, int]:
-    return {"records_replayed": 0, "bytes_discarded": 0, "header_slot": 0, "header_fallback": 0}
+    return {"records_replayed": 0, "bytes_discarded": 0, "header_slot": 0, "header_fallback": 0,
+            "forked": 0}

@@ -129,8 +129,9 @@ def _parse_slot(raw: bytes, i: int) -> Optional[_Slot]:
         return None
     slot = _Slot()
     slot.seq, slot.version = seq, version
-    if version != caps.FORMAT_VERSION:
-        return slot  # refused on open, with the version in the message
+    if not caps.FORMAT_OLDEST <= version <= caps.FORMAT_VERSION:
+        return slot  # refused on open, with the version in the message (the
+        # versions from FORMAT_OLDEST have this one's layout)
     if blen < _HEADER.size:
         return None
     (_, _, _, flags, _, key, fork, length, contig, byte_length, th, gen, siglen, manlen,

@@ -71,4 +71,6 @@ class Writer(Wal, TreeFile):
                      clear=spanning_ancestors(length))
         self.roots = roots
         self._contig_bytes = byte_length
-        self._maybe_checkpoint()
+        # The new fork goes into the header at once: losing wal bytes later can
+        # never take the store back to the fork it signed before (format 2).
+        self._checkpoint()

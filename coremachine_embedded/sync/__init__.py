@@ -31,14 +31,14 @@ from ..core import Core
 from ..errors import InvalidArgumentError
 from .counters import Counters
 from .endpoint import Endpoint
-from .peers import SourceStatus
+from .peers import Pulled, SourceStatus
 from .udp import UDPLink
 
 #: socket buffer of a UDP socket shared by many peers (capped by net.core.rmem_max),
 #: and the datagrams it reads per wake-up
 SHARED_SOCKET_BUFFER, SHARED_READ_BATCH = 8 << 20, 64
 
-__all__ = ["Endpoint", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",
+__all__ = ["Endpoint", "Pulled", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",
            "link_schemes", "serve", "pull", "replicate", "serve_forever", "pull_blocking",
            "shown_url"]
 

@@ -22,12 +22,13 @@ def is_aligned(start: int, count: int) -> bool:
 class Run:
     """A requested run being assembled from VALUES messages."""
 
-    __slots__ = ("start", "count", "values")
+    __slots__ = ("start", "count", "values", "bytes")
 
     def __init__(self, start: int, count: int) -> None:
         self.start = start
         self.count = count
         self.values: Dict[int, bytes] = {}
+        self.bytes = 0   # of the values held
 
     @property
     def complete(self) -> bool:
@@ -37,8 +38,9 @@ class Run:
     def add(self, first: int, values: Sequence[bytes]) -> None:
         for k, v in enumerate(values):
             i = first + k
-            if self.start < i < self.start + self.count:
+            if self.start < i < self.start + self.count and i not in self.values:
                 self.values[i] = v
+                self.bytes += len(v)
 
     def wanted(self, need_first: bool) -> bytes:
         """The bitmap a retry asks with (wire.Run.wanted): the values not here

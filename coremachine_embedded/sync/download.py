@@ -17,13 +17,17 @@ every answer to :meth:`Download.on_data`, :meth:`Download.on_values` or
     done = download.caught_up(peer_fork, peer_length)
 
 The order: the signed tree of the peer's length first (an upgrade proof, whose
-signature the core checks), then blocks in a window, each request asking for
+signature the core checks; when the replica may hold that much already, an
+upgrade from 0 that proves what the peer holds: :attr:`Download.proved`), then
+blocks in a window, each request asking for
 just the tree levels that neither the store nor an earlier in-flight proof
 provides (:meth:`Core.missing_nodes`), or aligned batched runs (batch.py) when
 ``max_run`` > 1.  Proofs that arrive before the block they build on wait in
 :attr:`Download.ahead`; a reorg drops everything planned for the old history.
 Nothing is stored that the core did not verify (:meth:`Core.apply_proof`,
-:meth:`Core.apply_run`).  Request ids are unique per download.
+:meth:`Core.apply_run`), and a download is caught up only with a signed
+length the peer proved: what a peer claims in SYNC steers what to ask for,
+never when to stop.  Request ids are unique per download.
 """
 from __future__ import annotations
 
@@ -39,11 +43,13 @@ from .counters import Counters
 log = logging.getLogger("coremachine_embedded.sync")
 
 WAITING = 8   # blocks received and waiting for an earlier one, at most: this x the window
+CANDIDATES = 2   # different proofs of one block kept waiting (one may be a forgery)
 
 
 class Ask:
     """A request in flight: an upgrade (maybe with the first new block), one
-    block, or a batched run starting at ``index``.
+    block, or a batched run starting at ``index``; a ``confirm`` upgrade asks
+    for the proof of the peer's signed state from 0 (checked, not stored).
 
     ``nodes`` are the tree nodes its answer will bring (per level, the node on
     the path and its sibling); ``missing`` the blocks of its answer not here
@@ -52,10 +58,11 @@ class Ask:
     """
 
     __slots__ = ("id", "index", "upgrade", "nodes", "run", "missing", "tries", "sent",
-                 "deadline", "prev_id", "prev_sent")
+                 "deadline", "prev_id", "prev_sent", "confirm")
 
     def __init__(self, index: Optional[int], upgrade: Optional[Tuple[int, int]],
-                 nodes: List[int], run: Optional[batch.Run] = None) -> None:
+                 nodes: List[int], run: Optional[batch.Run] = None,
+                 confirm: bool = False) -> None:
         self.id = 0
         self.index = index
         self.upgrade = upgrade
@@ -65,6 +72,7 @@ class Ask:
         self.tries = 0
         self.sent = 0.0
         self.deadline = 0.0
+        self.confirm = confirm
         self.prev_id, self.prev_sent = 0, 0.0   # the transmission before the current one
 
     def sent_at(self, request: int) -> Optional[float]:
@@ -115,7 +123,11 @@ class Download:
         self.held = 0                               # blocks those asks cover
         self.flight = 0                             # ...and are not here yet
         self.upgrade: Optional[Ask] = None
-        self.ahead: Dict[int, bytes] = {}           # proofs waiting for earlier blocks
+        # (fork, length) the peer proved with the writer's signature in this pull
+        self.proved: Optional[Tuple[int, int]] = None
+        self.claimed = (0, 0)                       # (fork, length) the peer last claimed
+        self.refused: Optional[Tuple[int, int]] = None   # ...when it refused our upgrade
+        self.ahead: Dict[int, List[bytes]] = {}     # proofs waiting for earlier blocks
         self.promised: Dict[int, int] = {}          # node -> in-flight proofs bringing it
         self.next = core.contiguous_length
         self.on_progress: Optional[Callable[[int], None]] = None  # (contiguous length)
@@ -124,8 +136,10 @@ class Download:
     # --- asking ------------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Plan from what the store holds (a pull starts or starts again)."""
+        """Plan from what the store holds (a pull starts or starts again); the
+        peer has to prove its signed length again."""
         self.next = self.core.contiguous_length
+        self.proved = None
 
     @property
     def busy(self) -> bool:
@@ -134,24 +148,34 @@ class Download:
 
     def plan(self, fork: int, length: int, window: int, run_bytes: int = 0) -> List[Ask]:
         """New asks to send now to a peer at ``fork`` and signed ``length``:
-        the upgrade to its length while we are behind, then blocks, keeping at
+        the upgrade to its length while we are behind (or the proof of its
+        signed state, which we may hold already), then blocks, keeping at
         most ``window`` blocks asked and not here.  A run's values should
         fill about ``run_bytes``."""
         core = self.core
+        claimed = self.claimed = (fork, length)
+        if self.proved is not None and self.proved > claimed:
+            fork, length = self.proved  # its signature beats its SYNC
         behind = fork > core.fork or (fork == core.fork and length > core.length)
-        if behind and self.upgrade is None:
-            start = core.length if fork == core.fork else 0
-            ask = Ask(None, (start, length - start), [])
-            # Live following: ask for the first new block with the upgrade.
-            if start == core.length == core.contiguous_length and not self.inflight:
-                ask.index = start
-            self.upgrade = ask
-            return [ask]
-        if behind or self.upgrade is not None:
-            return []
+        asks = []
+        if self.upgrade is None and claimed != self.refused:
+            if behind:
+                start = core.length if fork == core.fork else 0
+                up = Ask(None, (start, length - start), [])
+                # Live following: ask for the first new block with the upgrade.
+                if start == core.length == core.contiguous_length and not self.inflight:
+                    up.index = start
+                asks.append(up)
+            elif self.proved is None:
+                # Its signed state, whatever it claims: an upgrade from 0 (to its
+                # length with the additional nodes), only checked if we hold some.
+                asks.append(Ask(None, (0, 1), [], confirm=core.length > 0))
+            if asks:
+                self.upgrade = asks[0]
+        if behind or (self.upgrade is not None and not self.upgrade.confirm):
+            return asks
         if self.next < core.contiguous_length:
             self.next = core.contiguous_length
-        asks = []
         while (self.flight < window and self.held < WAITING * window
                and self.next < core.length):
             i = self.next
@@ -208,7 +232,11 @@ class Download:
             ask.deadline = 0.0
 
     def caught_up(self, fork: int, length: int) -> bool:
-        """The core holds everything of a peer at ``fork`` and ``length``."""
+        """The core holds everything of a peer at ``fork`` and ``length``, and
+        at least the signed length the peer proved."""
+        if self.proved is None:
+            return False
+        fork, length = max((fork, length), self.proved)
         core = self.core
         return (core.fork == fork and core.length >= length
                 and core.contiguous_length >= core.length and self.upgrade is None)
@@ -270,13 +298,17 @@ class Download:
             return NOTHING
         if head.upgrade:
             up = self.upgrade
-            if up is None:
+            if up is None or (up.confirm and head.request == wire.PUSHED):
+                # (a push while the proof of the peer's state is asked proves it too)
                 if not (pushed_ok and head.request == wire.PUSHED and self._pushable(head)):
                     # a late answer to a retried upgrade, or a push we cannot use
                     self.counters.inc("duplicates")
                     return NOTHING
                 self.counters.inc("pushes")
-            self._apply(body, upgrade=True)   # (an upgrade we asked for: checked alike)
+            if up is not None and up.confirm and head.request != wire.PUSHED:
+                self._confirm(body)
+            else:
+                self._apply(body, upgrade=True)   # (an upgrade we asked for: checked alike)
             return _answering(up, head.request)
         index = head.block_index
         if index is None:
@@ -289,11 +321,11 @@ class Download:
             self.counters.inc("duplicates")
             return answered
         if index > contiguous:
-            if ask is None or index in self.ahead:
-                self.counters.inc("duplicates" if index in self.ahead else "dropped_unsolicited")
+            if ask is None:
+                self.counters.inc("dropped_unsolicited")
                 return answered
-            self.ahead[index] = body
-            self._mark(ask)
+            if self._wait(index, body, answered.ask is not None):
+                self._mark(ask)
             return answered._replace(early=True)
         self._apply(body)
         return answered
@@ -336,6 +368,7 @@ class Download:
         self.counters.inc("no_data")
         if self.upgrade is not None and self.upgrade.id == request:
             self.upgrade = None
+            self.refused = self.claimed  # ask again when it claims something else
         return [ask for ask in self.inflight.values() if ask.id == request]
 
     def unanswered(self) -> List[Ask]:
@@ -343,6 +376,25 @@ class Download:
         return [ask for ask in self.inflight.values() if ask.missing]
 
     # --- applying ----------------------------------------------------------------------
+
+    def _confirm(self, body: bytes) -> None:
+        """The proof of the peer's signed state, from 0: checked, not stored."""
+        core = self.core
+        try:
+            fork, length, digest = core.check_upgrade(body)
+        except (errors.InvalidProofError, errors.DecodeError, errors.TooLargeError) as e:
+            self.counters.inc("dropped_invalid_proof")
+            log.debug("proof of the peer's state rejected: %s", e)
+            if self.upgrade is not None and DataMessage.peek(body).request == self.upgrade.id:
+                self.upgrade = None  # the answer to our request: ask again
+            return
+        self.upgrade = None
+        if (fork, length) == (core.fork, core.length) and digest != core.tree_hash():
+            # a second signed tree at our fork and length: the writer forked its history
+            self.counters.inc("dropped_invalid_proof")
+            log.warning("the peer proves another tree at fork %d, length %d", fork, length)
+            return
+        self.proved = (fork, length)
 
     def _apply(self, body: bytes, upgrade: bool = False) -> None:
         """Apply a proof, then every waiting proof or run it unblocks, in order."""
@@ -353,9 +405,12 @@ class Download:
         core = self.core
         while True:
             c = core.contiguous_length
-            nxt = self.ahead.pop(c, None)
-            if nxt is not None:
-                self._apply_one(nxt, False)
+            waiting = self.ahead.pop(c, None)
+            if waiting is not None:
+                for body in waiting:  # the first that verifies is stored
+                    self._apply_one(body, False)
+                    if core.contiguous_length != c:
+                        break
             else:
                 ask = self._run_at(c) if self.max_run > 1 else None
                 if ask is None or ask.run is None or c == ask.index or not ask.run.complete:
@@ -363,6 +418,51 @@ class Download:
                 self._apply_run(ask)
             if core.contiguous_length == c:
                 return
+
+    def _wait(self, index: int, body: bytes, answers_ask: bool) -> bool:
+        """Keep a proof of block ``index`` until the blocks before it are here.
+        A different proof of a block already waiting waits too (up to
+        :data:`CANDIDATES`; the answer to the ask in flight displaces another),
+        so a forged proof never pushes out the real one.  False if not kept."""
+        waiting = self.ahead.setdefault(index, [])
+        if body in waiting:
+            self.counters.inc("duplicates")
+            return False
+        if len(waiting) >= CANDIDATES:
+            if not answers_ask:
+                self.counters.inc("dropped_unsolicited")
+                return False
+            waiting.pop()
+        waiting.insert(0 if answers_ask else len(waiting), body)
+        return True
+
+    def held_bytes(self) -> int:
+        """Bytes of proofs and run values received and waiting here."""
+        return (sum(len(b) for bodies in self.ahead.values() for b in bodies)
+                + sum(ask.run.bytes for ask in self.inflight.values() if ask.run is not None))
+
+    def shed(self, needed: int) -> int:
+        """Give back at least ``needed`` bytes of what waits here (a memory
+        budget is spent), farthest ahead first: those blocks are asked for
+        again.  Returns the bytes given back."""
+        freed = 0
+        waiting = sorted([(i, "proof") for i in self.ahead] +
+                         [(i, "run") for i, a in self.inflight.items()
+                          if a.run is not None and a.run.values], reverse=True)
+        for index, kind in waiting:
+            if freed >= needed:
+                break
+            ask = self.inflight.get(index)
+            if kind == "proof":
+                freed += sum(len(b) for b in self.ahead.pop(index))
+            elif ask is not None and ask.run is not None:
+                freed += ask.run.bytes
+                ask.run = batch.Run(ask.run.start, ask.run.count)
+            if ask is not None:
+                ask.deadline = 0.0   # ask again
+                self._mark(ask)
+            self.counters.inc("dropped_memory")
+        return freed
 
     def _run_at(self, index: int) -> Optional[Ask]:
         """The in-flight run covering block ``index`` (runs are aligned)."""
@@ -403,8 +503,7 @@ class Download:
         except errors.BlockNotAvailableError:
             self.counters.inc("proofs_waiting")  # its nodes come with an earlier proof
             index = DataMessage.peek(body).block_index
-            if index is not None and not upgrade:
-                self.ahead[index] = body
+            if index is not None and not upgrade and self._wait(index, body, False):
                 ask = self.inflight.get(index)
                 if ask is not None:
                     self._mark(ask)
@@ -426,6 +525,8 @@ class Download:
             return
         if upgrade or result.upgraded:
             self.upgrade = None
+            if result.upgraded:
+                self.proved = (core.fork, core.length)
             if result.reorg or (core.fork, core.length) != before:
                 self._reset(result.reorg or core.fork != before[0])
         if result.block_stored:

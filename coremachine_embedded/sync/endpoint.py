@@ -6,20 +6,26 @@ the line time of a full envelope).
 DEV NOTES.  An :class:`Endpoint` holds cores (by discovery key) and links,
 and ties together one module per concern:
 
-- ``sessions.py``: who may talk to us - cookies (address validation) and
-  replay windows;
-- ``peers.py``: what is kept per core (Entry) and per peer (Peer);
+- ``sessions.py``: who may make us keep state - cookies bound to the source
+  address (address validation) and replay windows;
+- ``peers.py``: what is kept per core and per validated peer;
 - ``outbox.py``: envelope packing and fragmentation;
+- ``memory.py``: one budget for all that others make us hold;
 - ``serving.py``: the answers to requests and runs, announcements, rate limits;
 - ``download.py``: what to request next for a pulled core, and applying answers;
+- ``broadcast.py``: signed heads and live blocks on links that fan out (MQTT);
 - ``flow.py``: round-trip estimates and retry timing.
 
-Every envelope is authenticated with the core's wire key; inside, a peer is
-known by its random session id.  Serving: SYNC answers SYNC (fork, signed
-length), REQUEST answers DATA or NO_DATA, RUN answers DATA and VALUES; appends
-are announced to peers that pull live.  Pulling: HELLO until the source
-answers, then whatever the core's :class:`Download` plans, retried as
-``flow.py`` says.
+Every envelope is authenticated with the core's wire key.  An envelope that
+does not echo the cookie we sent to its source address gets a stateless
+answer (our HELLO, no bigger than 3x what it sent) and creates nothing; a peer
+is a validated address (link and source address) with the random session id
+of its envelopes, and answers are taken only from the peer a request went
+to.  Serving: SYNC answers SYNC (fork, signed length), REQUEST answers DATA
+or NO_DATA, RUN answers DATA and VALUES; appends are announced to peers that
+pull live (the next block pushed to one that holds all).  Pulling: HELLO until
+the source answers, then what the core's :class:`Download` plans, retried as
+``flow.py`` says (the timer visits pulls with something pending; all per SWEEP).
 """
 from __future__ import annotations
 
@@ -35,8 +41,9 @@ from . import flow, serving, sessions, wire
 from .broadcast import BROADCAST, Fanout
 from .counters import Counters
 from .download import Ask, Download
+from .memory import Memory, default_budget
 from .outbox import Message, budget, fragments
-from .peers import MAX_PEERS_PER_CORE, NO_COOKIE, Entry, Peer, SourceStatus
+from .peers import NO_COOKIE, Entry, Peer, Pulled, SourceStatus, origin
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -53,15 +60,20 @@ class Endpoint:
     :param request_rate: requests per second served to one peer (a run counts as
         one), after a burst of ``serving.REQUEST_BURST``; beyond that they are
         dropped and counted as ``dropped_flood``.
+    :param memory: bytes this endpoint may hold for others: fragments, proofs
+        waiting, queued answers, peers (memory.py; default: a quarter of the
+        board profile's memory budget).
     """
 
     def __init__(self, window: int = 256, max_run: int = 64,
-                 request_rate: float = serving.REQUEST_RATE) -> None:
+                 request_rate: float = serving.REQUEST_RATE,
+                 memory: Optional[int] = None) -> None:
         self.window = window
         self.request_rate = request_rate
         self.max_run = max(1, min(max_run, wire.MAX_RUN))
         self.counters = Counters()
         self.sessions = sessions.Sessions()
+        self.memory = Memory(memory if memory is not None else default_budget())
         self.session = self.sessions.session
         self._counter = 0
         self._entries: Dict[bytes, Entry] = {}
@@ -105,10 +117,11 @@ class Endpoint:
         return entry
 
     async def pull(self, core: Core, link: Any, addr: Any = None, *, live: bool = False,
-                   progress: Optional[Callable[[int, int], None]] = None) -> None:
+                   progress: Optional[Callable[[int, int], None]] = None) -> Pulled:
         """Pull ``core`` from the peer at ``addr`` on ``link`` until this replica
-        holds the peer's signed length; with ``live``, keep following until
-        cancelled.  The core keeps serving what it holds."""
+        holds the signed length the peer proved (with the writer's signature:
+        what it claims unsigned never ends a pull); with ``live``, keep
+        following until cancelled.  The core keeps serving what it holds."""
         entry = self._entry(core)
         entry.pulling = True
         entry.live = live
@@ -133,6 +146,9 @@ class Endpoint:
             if not live:
                 entry.pulling = False
                 self._fanout.watch(entry)
+        proved = entry.download.proved
+        assert proved is not None  # caught_up is set only then
+        return Pulled(addr, core.fork, core.length, proved[1])
 
     def remove(self, core: Core) -> None:
         """Stop serving and pulling ``core`` (the caller cancels its :meth:`pull`)."""
@@ -151,10 +167,7 @@ class Endpoint:
         entry = self._entries.get(core.discovery_key)
         if entry is None or entry.core is not core or not entry.pulling:
             return None
-        peer = entry.source_peer()
-        if peer is None or not peer.session:
-            return SourceStatus(-1, -1, None, False)
-        return SourceStatus(peer.length, peer.fork, peer.last_seen, entry.caught_up.is_set())
+        return entry.source_status()
 
     def ping(self, core: Core) -> bool:
         """HELLO the peer ``core`` is pulled from (it answers with a SYNC, which
@@ -162,8 +175,7 @@ class Endpoint:
         entry = self._entries.get(core.discovery_key)
         if entry is None or entry.core is not core or not entry.pulling or entry.source is None:
             return False
-        link, addr = entry.source
-        self._hello(entry, link, addr, entry.source_peer())
+        self._hello(entry, *entry.source, entry.source_peer())
         return True
 
     async def close(self) -> None:
@@ -181,7 +193,8 @@ class Endpoint:
 
     def receive(self, link: Any, data: bytes, addr: Any) -> bool:
         """One envelope from ``addr`` on ``link``; everything invalid is dropped
-        and counted.  True if it was authentic, new, and fresh or a greeting."""
+        and counted.  True if it was authentic, and new from a validated
+        address or a greeting we answer."""
         if addr == BROADCAST:
             return self._fanout.receive(data)
         opened = self.open_envelope(data)
@@ -189,34 +202,30 @@ class Endpoint:
             return False
         entry, payload = opened
         dk, c = entry.dk, self.counters
-        verdict = self.sessions.check(dk, payload.session, payload.counter, payload.echo)
-        if verdict == sessions.REPLAY:
+        where = origin(link, addr)
+        if not self.sessions.valid(dk, where, payload.echo):
+            if self.sessions.replayed(dk, payload.session, payload.counter):
+                c.inc("dropped_replay")   # (from another address, or before a restart)
+                return False
+            return self._stateless_answer(entry, link, addr, where, payload, len(data))
+        if not self.sessions.fresh(dk, payload.session, payload.counter):
             c.inc("dropped_replay")
             return False
-        fresh = verdict == sessions.FRESH
-        if not fresh and all(kind != wire.HELLO for kind, _ in payload.messages):
-            # No state for a sender that does not know our cookie (so that many
-            # addresses cannot push honest peers out): tell it the cookie, forget it.
-            c.inc("dropped_stale_cookie")
-            peer = entry.peers.get((id(link), addr))
-            if peer is None or peer.session != payload.session:
-                peer = Peer(link, addr, payload.session)
-            if time.monotonic() - peer.hello_sent > flow.HELLO_AGAIN:
-                self._hello(entry, link, addr, peer)
-            return False
-        peer = self._peer(entry, link, addr, payload.session)
+        peer, first = entry.peer(link, addr, payload.session, self.memory)
+        greeted = False
         for kind, body in payload.messages:
-            if kind != wire.HELLO and not fresh:
-                continue
+            greeted = greeted or kind == wire.HELLO
             try:
                 self._handle(entry, peer, kind, body)
             except errors.CoreMachineError as e:
                 c.inc("dropped_malformed")
                 log.debug("bad %d message from %r: %s", kind, addr, e)
-        if not fresh:
-            # It greeted us without our current cookie: answer at once (the
-            # exchange ends when both echo right).
+        if not peer.ready or (first and greeted):
+            # we lack its cookie (we forgot it), or it told us its cookie
+            # before it knew that we keep its state: greet it
             self._hello(entry, link, addr, peer)
+        elif peer.outbox.messages and not peer.outbox.scheduled:
+            self._flush(entry, peer)  # answers held while its cookie was unknown
         entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
         self._pump(entry)
         return True
@@ -250,25 +259,51 @@ class Endpoint:
             return None
         return entry, payload
 
-    def _peer(self, entry: Entry, link: Any, addr: Any, session: bytes) -> Peer:
-        key = (id(link), addr)
-        peer = entry.peers.get(key)
-        if peer is None or peer.session != session:
-            fresh = Peer(link, addr, session)
-            if peer is not None and not peer.session:  # our greeting's placeholder
-                fresh.hello_sent, fresh.hellos = peer.hello_sent, peer.hellos
-            elif peer is not None and entry.source_peer() is peer:
-                entry.download.restart()  # the source restarted: ask it all again
-                entry.next_check = 0.0
-            peer = entry.peers[key] = fresh
-            while len(entry.peers) > MAX_PEERS_PER_CORE:
-                entry.peers.popitem(last=False)
-        entry.peers.move_to_end(key)
-        peer.last_seen = time.monotonic()
-        return peer
+    def _stateless_answer(self, entry: Entry, link: Any, addr: Any, where: bytes,
+                          payload: wire.Payload, received: int) -> bool:
+        """An authentic envelope without our cookie for its source address
+        (a first contact, a restart, a spoofed address): nothing is kept.  A
+        HELLO is answered with ours, echoing its cookie, and our state (SYNC,
+        RANGE); anything else with our HELLO alone, echoing the cookie of the
+        peer we know there if any (our secret rotated: it learns the new
+        cookie), else nothing (it greets us again).  Never more than
+        AMPLIFICATION x its size, nor more than ANSWER_RATE a second.  The
+        answer goes out once the carrier has taken the envelope (an MQTT link
+        then knows it was authentic and tags the answer for its sender).
+        True if it was a greeting that gets an answer."""
+        their = None
+        for kind, body in payload.messages:
+            if kind == wire.HELLO:
+                try:
+                    their = wire.Hello.decode(body).cookie
+                except errors.DecodeError:
+                    self.counters.inc("dropped_malformed")
+                    return False
+        self.counters.inc("dropped_stale_cookie" if their is None else "hellos")
+        if not self.sessions.may_answer():
+            self.counters.inc("unanswered")
+            return False
+        messages = [self._hello_message(entry, where)]
+        if their is None:
+            known = entry.peers.get((id(link), addr))
+            echo = known.echo if known is not None else NO_COOKIE
+        else:
+            echo = their
+            messages += entry.announcement()
+        envelope = self._seal(entry, echo, messages)
+        if len(envelope) > sessions.AMPLIFICATION * received:
+            return False
+        loop = self._loop or asyncio.get_running_loop()
+        loop.call_soon(self._count_sent, link.send, envelope, addr)
+        return their is not None
 
     def _handle(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
+        source = peer is entry.source_peer()
+        if kind in (wire.DATA, wire.VALUES, wire.NO_DATA) and not source:
+            # answers only from the peer the requests went to (address and session)
+            self.counters.inc("dropped_unsolicited")
+            return
         if kind == wire.HELLO:
             if peer.hellos == 1:  # the answer to our only HELLO: a first RTT (Karn)
                 peer.rtt.sample(time.monotonic() - peer.hello_sent)
@@ -331,7 +366,8 @@ class Endpoint:
             self._queue(entry, peer, kind, body)
 
     def _admit(self, peer: Peer, request: int) -> bool:
-        return peer.limit.admit(request, self.request_rate, peer.outbox.full, self.counters)
+        return peer.limit.admit(request, self.request_rate,
+                                peer.outbox.full or self.memory.over, self.counters)
 
     def _answer(self, entry: Entry, peer: Peer, answer: serving.Answer) -> None:
         for kind, body in answer.messages:
@@ -355,18 +391,26 @@ class Endpoint:
 
     # --- pulling ---------------------------------------------------------------------
 
-    def _hello(self, entry: Entry, link: Any, addr: Any, peer: Optional[Peer] = None) -> None:
+    def _hello_message(self, entry: Entry, where: bytes) -> Message:
         flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
+        return wire.HELLO, wire.Hello(flags, self.sessions.cookie(entry.dk, where)).encode()
+
+    def _hello(self, entry: Entry, link: Any, addr: Any, peer: Optional[Peer] = None) -> None:
+        """Greet the peer at ``addr``: our cookie for its address, queued with
+        what goes to it, or alone if we do not know its cookie."""
         if peer is None:
             key = (id(link), addr)
             peer = entry.peers.get(key)
-            if peer is None:
-                peer = entry.peers[key] = Peer(link, addr, b"")
+            if peer is None:  # a source we pull from: state we choose to keep
+                peer = entry.peers[key] = Peer(link, addr, b"", self.memory)
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
         entry.next_check = min(entry.next_check, peer.hello_sent + flow.hello_backoff(peer.hellos))
-        cookie = self.sessions.cookie(peer.session or bytes(sessions.SESSION_BYTES), entry.dk)
-        self._queue(entry, peer, wire.HELLO, wire.Hello(flags, cookie).encode())
+        kind, body = self._hello_message(entry, origin(link, addr))
+        if peer.ready:
+            self._queue(entry, peer, kind, body)
+        else:
+            self._count_sent(link.send, self._seal(entry, NO_COOKIE, [(kind, body)]), addr)
 
     def _pump(self, entry: Entry) -> None:
         """Send whatever requests pulling ``entry`` needs now."""
@@ -416,20 +460,13 @@ class Endpoint:
             self.counters.inc("dropped_unsolicited")
             return
         now = time.monotonic()
-        answered = entry.download.on_data(body, pushed_ok=entry.live
-                                          and peer is entry.source_peer())
+        answered = entry.download.on_data(body, pushed_ok=entry.live)  # (from the source)
         if answered.sent is not None:
             peer.rtt.sample(now - answered.sent)
             if answered.early:
                 self._lost_before(entry, answered.sent)
 
     def _on_values(self, entry: Entry, peer: Peer, msg: wire.Values) -> None:
-        # Values are checked only when the whole run is there: take them only
-        # from the peer the run was asked of, so nobody else can spoil a run.
-        if peer is not entry.source_peer():
-            self.counters.inc("duplicates" if msg.first < entry.core.contiguous_length
-                              else "dropped_unsolicited")
-            return
         answered = entry.download.on_values(msg)
         if answered.sent is not None:
             self._lost_before(entry, answered.sent)
@@ -464,30 +501,51 @@ class Endpoint:
 
     def _flush(self, entry: Entry, peer: Peer, full_only: bool = False) -> None:
         """Send what is queued for ``peer``, packed into envelopes; with
-        ``full_only`` the last, unfilled envelope's messages stay queued."""
+        ``full_only`` the last, unfilled envelope's messages stay queued.
+        Nothing goes while we do not know its cookie."""
+        if not peer.ready:
+            return
         for messages in peer.outbox.pack(budget(peer.link.mtu), full_only):
             self._send(entry, peer, messages)
 
     def _send(self, entry: Entry, peer: Peer, messages: List[Message]) -> None:
+        self._count_sent(peer.link.send, self._seal(entry, peer.echo, messages), peer.addr)
+
+    def _seal(self, entry: Entry, echo: bytes, messages: List[Message]) -> bytes:
         self._counter += 1
-        payload = wire.encode_payload(self.session, self._counter, peer.echo, messages)
-        envelope = wire.seal(entry.wire_key, entry.dk, payload)
+        payload = wire.encode_payload(self.session, self._counter, echo, messages)
+        return wire.seal(entry.wire_key, entry.dk, payload)
+
+    def _count_sent(self, send: Callable[[bytes, Any], None], envelope: bytes,
+                    addr: Any) -> None:
         self.counters.inc("tx_envelopes")
         self.counters.inc("tx_bytes", len(envelope))
-        peer.link.send(envelope, peer.addr)
+        send(envelope, addr)
 
     # --- timers ----------------------------------------------------------------------
 
     async def _tick(self) -> None:
         """Timers of the pulls with something pending (``_active``), and every
-        ``flow.SWEEP`` seconds of every pull (keepalives): an endpoint pulling
-        a thousand idle cores does not visit each of them every tick."""
+        ``flow.SWEEP`` seconds of every pull (keepalives): a thousand idle pulls
+        are not visited every tick.  The memory budget is counted here."""
         swept = 0.0
+        stalls = 0
         while True:
             # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
-            await asyncio.sleep(flow.TICK_BUSY if self._active else flow.TICK_IDLE)
+            period = flow.TICK_BUSY if self._active else flow.TICK_IDLE
+            before = time.monotonic()
+            await asyncio.sleep(period)
             now = time.monotonic()
+            if now - before > period + flow.STALL and stalls < flow.MAX_STALLS:
+                # This process did not run for a while (a busy machine): what
+                # arrived meanwhile waits in socket buffers, unread.  Read it
+                # before taking anything for lost.
+                stalls += 1
+                continue
+            stalls = 0
             self.sessions.rotate(now)
+            self.memory.count(now, list(self._entries.values()), len(self.sessions.windows),
+                              self.counters)
             if now - swept >= flow.SWEEP:
                 swept = now
                 entries = [e for e in self._entries.values() if e.pulling]
@@ -499,27 +557,9 @@ class Endpoint:
                 except errors.CoreMachineError as e:  # a core that failed: report, go on
                     self.counters.inc("errors")
                     log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
-                if entry not in self._active:
-                    continue   # (swept: nothing in flight, before or since)
-                peer = entry.source_peer()
-                # deadlines are an RTO or more away: a quarter of it is soon enough
-                entry.next_check = now + max(flow.TICK_BUSY, peer.rtt.rto() / 4 if peer
-                                             else 0.0)
-                if not self._pending(entry):
+                # (a swept one not in _active has had nothing in flight since)
+                if entry in self._active and not entry.visited(now):
                     self._active.discard(entry)
-
-    def _pending(self, entry: Entry) -> bool:
-        """Does pulling ``entry`` need the fine timer: requests in flight, or
-        a greeting whose retry is due sooner than the next sweep?"""
-        if not entry.pulling:
-            return False
-        if entry.download.busy:
-            return True
-        peer = entry.source_peer()
-        if peer is None:
-            return True
-        return (not peer.ready or peer.length < 0) and \
-            flow.hello_backoff(peer.hellos) < flow.SWEEP
 
     def _timeouts(self, entry: Entry, now: float) -> None:
         if not entry.pulling or entry.source is None:

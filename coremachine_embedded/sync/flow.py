@@ -17,9 +17,10 @@ MIN_RTO, MAX_RTO = 0.01, 3.0   # retry timeout bounds (seconds), adaptive in bet
 INITIAL_SRTT, INITIAL_RTTVAR = 0.2, 0.1   # guesses until the first sample
 MAX_BACKOFF = 4                # timeouts double the RTO at most this many times
 TICK_BUSY, TICK_IDLE = 0.005, 0.05  # timer period with requests in flight / without
+STALL = 0.01                   # a timer this late means this process stalled: no timeouts...
+MAX_STALLS = 4                 # ...unless it was that late this many times in a row
 HELLO_FIRST = 0.05             # seconds before the first HELLO to a silent source is repeated...
 HELLO_MAX = 1.0                # ...doubling up to this
-HELLO_AGAIN = 0.2              # a sender without our cookie is told it at most this often
 KEEPALIVE = 2.0                # a live pull SYNCs a source quiet for this long...
 LIVE_REFRESH = 15.0            # ...and any source this often (a source stops announcing to
 #                                a puller silent for endpoint.PEER_TIMEOUT)

@@ -5,7 +5,9 @@ Messages queued for a peer are packed into as few envelopes as they fit; an
 envelope's messages may take :func:`budget` bytes.  A message larger than
 that travels as FRAGMENT messages and is put together again by the receiver's
 :class:`Reassembly`, which holds at most :data:`MAX_REASSEMBLY` sets and one
-largest message (``wire.MAX_MESSAGE``) per peer.
+largest message (``wire.MAX_MESSAGE``, at most half the endpoint's memory
+budget) per peer, and gives sets back when the endpoint's budget is spent
+(memory.py).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import wire
 from .counters import Counters
+from .memory import FRAGMENT_COST, Memory, SetKey
 from .sessions import COOKIE_BYTES, SESSION_BYTES
 
 Message = Tuple[int, bytes]
@@ -80,13 +83,15 @@ class Outbox:
 
 
 class Reassembly:
-    """The fragments of one peer's large messages, by (id, parts)."""
+    """The fragments of one peer's large messages, by (id, parts), counted
+    against the endpoint's :class:`~.memory.Memory`."""
 
-    __slots__ = ("sets", "bytes")
+    __slots__ = ("sets", "bytes", "memory")
 
-    def __init__(self) -> None:
+    def __init__(self, memory: Memory) -> None:
         self.sets: "OrderedDict[Tuple[int, int], Dict[int, bytes]]" = OrderedDict()
         self.bytes = 0
+        self.memory = memory
 
     def add(self, frag: wire.Fragment, counters: Counters) -> Optional[bytes]:
         """Keep ``frag``; the whole message once its last part is here."""
@@ -98,16 +103,43 @@ class Reassembly:
                 self._drop_oldest(counters, "dropped_fragments")
         previous = parts.get(frag.part)
         parts[frag.part] = frag.chunk
-        self.bytes += len(frag.chunk) - (len(previous) if previous else 0)
-        while self.bytes > wire.MAX_MESSAGE:  # all of a peer's sets: one message
+        self._count(len(frag.chunk) + FRAGMENT_COST
+                    - (len(previous) + FRAGMENT_COST if previous is not None else 0))
+        memory = self.memory
+        memory.touch((id(self), key), self._drop_key)
+        while self.bytes > memory.per_peer_fragments(wire.MAX_MESSAGE):  # one message a peer
             self._drop_oldest(counters, "dropped_oversize")
+        memory.reclaim_fragments(counters, keep=(id(self), key))
+        if memory.over:   # even alone, this set does not fit
+            self._drop(key, counters, "dropped_memory")
         if key not in self.sets or len(parts) < frag.parts:
             return None
-        del self.sets[key]
-        self.bytes -= sum(len(p) for p in parts.values())
+        self._drop(key)
         return b"".join(parts[i] for i in range(frag.parts))
 
+    def clear(self) -> None:
+        """Give everything back (the peer is gone)."""
+        for key in list(self.sets):
+            self._drop(key)
+
+    def _count(self, n: int) -> None:
+        self.bytes += n
+        self.memory.fragments += n
+
+    def _drop_key(self, key: SetKey) -> None:
+        """Called by the memory budget reclaiming set ``key`` of ours."""
+        self._drop(key[1], forget=False)
+
+    def _drop(self, key: Tuple[int, int], counters: Optional[Counters] = None,
+              reason: str = "", forget: bool = True) -> None:
+        parts = self.sets.pop(key, None)
+        if parts is None:
+            return
+        self._count(-sum(len(p) + FRAGMENT_COST for p in parts.values()))
+        if forget:
+            self.memory.forget((id(self), key))
+        if counters is not None:
+            counters.inc(reason)
+
     def _drop_oldest(self, counters: Counters, reason: str) -> None:
-        _, old = self.sets.popitem(last=False)
-        self.bytes -= sum(len(p) for p in old.values())
-        counters.inc(reason)
+        self._drop(next(iter(self.sets)), counters, reason)

@@ -1,19 +1,26 @@
 """What an endpoint keeps: per core (an :class:`Entry`: its peers and the
-state of pulling it) and per remote endpoint (a :class:`Peer`: its cookie,
-session, queues, limits and round-trip time), and what it tells of the peer
-a core is pulled from (:class:`SourceStatus`).
+state of pulling it) and per remote endpoint that proved its address (a
+:class:`Peer`: its cookie, session, queues, limits and round-trip time),
+and what it tells of the peer a core is pulled from (:class:`SourceStatus`).
+
+A peer is known by its link and source address, and by the random session
+id of its envelopes there; a new session at the same address is a new peer
+(the remote restarted).  An entry keeps at most :data:`MAX_PEERS_PER_CORE`
+peers, the least recently seen given up first, never the source it pulls
+from.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple
 
 from ..core import Core
 from . import flow, serving, sessions, wire
 from .download import Download
-from .outbox import Outbox, Reassembly
+from .memory import Memory
+from .outbox import Message, Outbox, Reassembly
 
 MAX_PEERS_PER_CORE = 256
 NO_COOKIE = bytes(sessions.COOKIE_BYTES)
@@ -28,10 +35,26 @@ class SourceStatus(NamedTuple):
     caught_up: bool               # this replica held its signed length at least once
 
 
+def origin(link: Any, addr: Any) -> bytes:
+    """Where an envelope came from, as address validation binds cookies to it."""
+    return ("%d %r" % (id(link), addr)).encode()
+
+
+class Pulled(NamedTuple):
+    """How a pull ended: the replica holds signed ``length`` at ``fork``; the
+    peer at ``peer`` proved, with the writer's signature, signed length
+    ``proved`` at that fork (at most ``length``)."""
+
+    peer: Any
+    fork: int
+    length: int
+    proved: int
+
+
 class Peer:
     """A remote endpoint as seen by one core."""
 
-    def __init__(self, link: Any, addr: Any, session: bytes) -> None:
+    def __init__(self, link: Any, addr: Any, session: bytes, memory: Memory) -> None:
         self.link = link
         self.addr = addr
         self.session = session
@@ -44,7 +67,7 @@ class Peer:
         self.contiguous = 0
         self.told: Optional[Tuple[int, int]] = None  # (fork, length) we last sent it
         self.outbox = Outbox()
-        self.reassembly = Reassembly()
+        self.reassembly = Reassembly(memory)
         self.limit = serving.RequestLimit()
         self.rtt = flow.Rtt()
         self.hello_sent = 0.0
@@ -74,8 +97,79 @@ class Entry:
         self.unsubscribe: Optional[Callable[[], None]] = None
         self.last_keepalive = 0.0
         self.next_check = 0.0      # monotonic: the timer need not look before this
+        self._announced: Tuple[Any, List[Message]] = (None, [])
+
+    def announcement(self) -> List[Message]:
+        """Our state for a peer we keep nothing of (the same until it changes)."""
+        core = self.core
+        state = (core.fork, core.length, core.contiguous_length, core.manifest is not None,
+                 self.pulling)
+        if self._announced[0] != state:
+            self._announced = (state, serving.announcement(core, 0, self.pulling))
+        return self._announced[1]
+
+    def source_status(self) -> SourceStatus:
+        """What the peer it is pulled from last said."""
+        peer = self.source_peer()
+        if peer is None or not peer.session:
+            return SourceStatus(-1, -1, None, False)
+        return SourceStatus(peer.length, peer.fork, peer.last_seen, self.caught_up.is_set())
+
+    def visited(self, now: float) -> bool:
+        """After the endpoint's timer looked at it: when to look next
+        (deadlines are an RTO or more away: a quarter of it is soon enough);
+        False if nothing is pending."""
+        peer = self.source_peer()
+        self.next_check = now + max(flow.TICK_BUSY, peer.rtt.rto() / 4 if peer else 0.0)
+        return self.pending()
+
+    def pending(self) -> bool:
+        """Does pulling it need the endpoint's fine timer: requests in flight,
+        or a greeting whose retry is due sooner than the next sweep?"""
+        if not self.pulling:
+            return False
+        if self.download.busy:
+            return True
+        peer = self.source_peer()
+        if peer is None:
+            return True
+        return (not peer.ready or peer.length < 0) and \
+            flow.hello_backoff(peer.hellos) < flow.SWEEP
 
     def source_peer(self) -> Optional[Peer]:
         if self.source is None:
             return None
         return self.peers.get((id(self.source[0]), self.source[1]))
+
+    def peer(self, link: Any, addr: Any, session: bytes, memory: Memory) -> Tuple[Peer, bool]:
+        """The peer at a validated address, and whether this session is new there."""
+        key = (id(link), addr)
+        old = self.peers.get(key)
+        first = old is None or old.session != session
+        if old is None or first:
+            peer = Peer(link, addr, session, memory)
+            if old is not None:
+                old.reassembly.clear()
+                if not old.session:  # our greeting's placeholder answered: a first RTT
+                    peer.hello_sent, peer.hellos = old.hello_sent, old.hellos
+                elif self.source_peer() is old:
+                    self.download.restart()  # the source restarted: ask it all again
+                    self.next_check = 0.0
+            self.peers[key] = peer
+            while len(self.peers) > MAX_PEERS_PER_CORE and self.forget_oldest_peer():
+                pass
+        else:
+            peer = old
+        self.peers.move_to_end(key)
+        peer.last_seen = time.monotonic()
+        return peer, first
+
+    def forget_oldest_peer(self) -> bool:
+        """Drop the least recently seen peer (never the source)."""
+        source = self.source_peer()
+        for key, peer in self.peers.items():
+            if peer is not source:
+                del self.peers[key]
+                peer.reassembly.clear()
+                return True
+        return False

@@ -40,8 +40,9 @@ VALUES_HEAD = 32       # a VALUES message's type, length, request, first and cou
 VALUE_HEAD = 4         # the length before each value, at most (for values under 64 KiB)
 PUSH_ROOM = 64         # room a push leaves in its envelope for the SYNC and RANGE after it
 
-# NoData reasons (Hypercore's noData): the codes are issue 10's to put right
-# (a fork mismatch is "not available" in a run, "invalid" in a request).
+# NoData reasons (Hypercore's noData), the same for a REQUEST and a RUN:
+# what this core does not hold (or cannot prove) is not available; a request
+# on another fork, or of a kind not served (hash, seek), is invalid.
 NOT_AVAILABLE = 1
 INVALID_REQUEST = 2
 
@@ -93,7 +94,7 @@ def answer_request(core: Core, req: wire.Request, counters: Counters) -> Answer:
     fork without an upgrade)."""
     if req.hash is not None or req.seek is not None or (
             req.fork != core.fork and req.upgrade is None):
-        return Answer([(wire.NO_DATA, wire.NoData(req.id, INVALID_REQUEST).encode())], True)
+        return _no_data(req.id, INVALID_REQUEST, True)
     try:
         proof = core.proof(block=None if req.block is None else req.block[0],
                            nodes=0 if req.block is None else req.block[1],
@@ -101,26 +102,33 @@ def answer_request(core: Core, req: wire.Request, counters: Counters) -> Answer:
     except _PROOF_REFUSED as e:
         counters.inc("requests_refused")
         log.debug("request %r refused: %s", req, e)
-        return Answer([(wire.NO_DATA, wire.NoData(req.id, NOT_AVAILABLE).encode())], False)
+        return _no_data(req.id, NOT_AVAILABLE, False)
     counters.inc("requests_served")
     return Answer([(wire.DATA, proof)])
+
+
+def _no_data(request: int, reason: int, resync: Optional[bool]) -> Answer:
+    return Answer([(wire.NO_DATA, wire.NoData(request, reason).encode())], resync)
 
 
 def answer_run(core: Core, run: wire.Run, counters: Counters, budget: int) -> Answer:
     """A batched run: the DATA of its first block, then VALUES with the values
     of the others (on a retry only what ``run.wanted`` names), each VALUES
     filling at most ``budget`` bytes."""
-    if run.fork != core.fork or run.start + run.size > core.contiguous_length:
+    if run.fork != core.fork:
+        return _no_data(run.id, INVALID_REQUEST, True)
+    if run.start + run.size > core.contiguous_length:
         counters.inc("requests_refused")
-        return Answer([(wire.NO_DATA, wire.NoData(run.id, NOT_AVAILABLE).encode())], True)
+        return _no_data(run.id, NOT_AVAILABLE, True)
     messages: List[Message] = []
     if run.wants(0):
         try:
             messages.append((wire.DATA, core.proof(block=run.start, nodes=run.nodes,
                                                    request=run.id)))
-        except _PROOF_REFUSED:
+        except _PROOF_REFUSED as e:
             counters.inc("requests_refused")
-            return Answer([(wire.NO_DATA, wire.NoData(run.id, INVALID_REQUEST).encode())])
+            log.debug("run %r refused: %s", run, e)
+            return _no_data(run.id, NOT_AVAILABLE, None)
     counters.inc("requests_served")
     messages.extend(_values(core, run, budget - VALUES_HEAD))
     return Answer(messages)

@@ -1,16 +1,23 @@
-"""Peer sessions and address validation: who may talk to us, and replays.
+"""Address validation and replays: who may make us keep state or send much.
 
-A remote endpoint is known by the random session id in its envelopes.  It
-proves freshness by echoing the cookie we gave it in a HELLO,
-``BLAKE2b-64(key=secret, session || discovery key)``; the secret rotates every
-:data:`COOKIE_EPOCH` seconds and the previous one stays valid.  Each session
-has a 64-message replay window (as IPsec and DTLS do), so a replayed envelope
-does nothing.  Windows are kept for the :data:`MAX_SESSIONS` most recent
-sessions.
+A remote endpoint proves that it receives at its address by echoing the
+cookie we sent there, ``BLAKE2b-64(key=secret, discovery key || origin)``
+where the origin is the link and the source address (as DTLS's and QUIC's
+address validation do).  The cookie is computed, never stored: an envelope
+that does not echo it creates nothing and gets at most one small answer
+(our HELLO, :data:`AMPLIFICATION` times its size at most, and
+:data:`ANSWER_RATE` a second in all), so spoofed source addresses can neither
+fill our memory nor turn us into an amplifier.
+The secret rotates every :data:`COOKIE_EPOCH` seconds and the previous one
+stays valid.  Behind the cookie, each remote session (a random id per
+process run) has a 64-message replay window (as IPsec and DTLS do), created
+only once its address is validated; windows are kept for the
+:data:`MAX_SESSIONS` most recent sessions.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import time
 from collections import OrderedDict
@@ -22,24 +29,20 @@ COOKIE_BYTES = 8
 SESSION_BYTES = 8
 REPLAY_WINDOW = 64     # messages below the highest counter seen that may still arrive once
 SECRET_BYTES = 32
-
-# What :meth:`Sessions.check` says of an envelope.
-REPLAY = 0   # seen before, or too old: drop it
-STALE = 1    # authentic, but without our current cookie: tell the sender the cookie
-FRESH = 2    # authentic, new and echoing our cookie
+AMPLIFICATION = 3      # an unvalidated address gets at most this many times what it sent
+ANSWER_RATE = 500.0    # stateless answers a second, all senders together...
+ANSWER_BURST = 100     # ...after a burst of this many (a flood costs its receiving only)
 
 
 class ReplayWindow:
     """Anti-replay window of one remote session: the highest counter seen and a
     bitmap of the :data:`REPLAY_WINDOW` below it."""
 
-    __slots__ = ("high", "mask", "cookies", "epoch")
+    __slots__ = ("high", "mask")
 
     def __init__(self) -> None:
         self.high = -1
         self.mask = 0
-        self.cookies: Tuple[bytes, ...] = ()  # the cookies it may echo...
-        self.epoch = -1                       # ...under the secrets of this epoch
 
     def accept(self, counter: int) -> bool:
         if counter > self.high:
@@ -50,11 +53,15 @@ class ReplayWindow:
                 self.mask = 1
             self.high = counter
             return True
-        behind = self.high - counter
-        if behind >= REPLAY_WINDOW or self.mask >> behind & 1:
+        if self.seen(counter):
             return False
-        self.mask |= 1 << behind
+        self.mask |= 1 << (self.high - counter)
         return True
+
+    def seen(self, counter: int) -> bool:
+        """Whether ``counter`` would be refused (seen, or older than the window)."""
+        behind = self.high - counter
+        return behind >= 0 and (behind >= REPLAY_WINDOW or bool(self.mask >> behind & 1))
 
 
 class Sessions:
@@ -64,38 +71,60 @@ class Sessions:
         self.session = os.urandom(SESSION_BYTES)   # ours
         self.windows: "OrderedDict[Tuple[bytes, bytes], ReplayWindow]" = OrderedDict()
         self._secrets = [os.urandom(SECRET_BYTES), os.urandom(SECRET_BYTES)]
-        self._epoch = 0                  # bumped when the secrets rotate
         self._secret_time = time.monotonic()
+        self._tokens = float(ANSWER_BURST)
+        self._tokens_at = self._secret_time
 
     def rotate(self, now: float) -> None:
         """A new secret every :data:`COOKIE_EPOCH` seconds; the last one stays valid."""
         if now - self._secret_time > COOKIE_EPOCH:
             self._secrets = [os.urandom(SECRET_BYTES), self._secrets[0]]
-            self._epoch += 1
             self._secret_time = now
 
-    def cookie(self, session: bytes, dk: bytes) -> bytes:
-        """The cookie a sender of ``session`` must echo for core ``dk``."""
-        return self._cookie(session, dk, self._secrets[0])
+    def cookie(self, dk: bytes, origin: bytes) -> bytes:
+        """The cookie whoever is at ``origin`` must echo for core ``dk``."""
+        return self._cookie(dk, origin, self._secrets[0])
 
     @staticmethod
-    def _cookie(session: bytes, dk: bytes, secret: bytes) -> bytes:
-        return hashlib.blake2b(session + dk, digest_size=COOKIE_BYTES, key=secret).digest()
+    def _cookie(dk: bytes, origin: bytes, secret: bytes) -> bytes:
+        return hashlib.blake2b(dk + origin, digest_size=COOKIE_BYTES, key=secret).digest()
 
-    def check(self, dk: bytes, session: bytes, counter: int, echo: bytes) -> int:
-        """:data:`REPLAY`, :data:`STALE` or :data:`FRESH` for an authentic
-        envelope of ``session`` about core ``dk``."""
+    def valid(self, dk: bytes, origin: bytes, echo: bytes) -> bool:
+        """Whether ``echo`` is a cookie we sent to ``origin`` (for ``dk``) in
+        this epoch or the last: the sender receives there."""
+        return any(hmac.compare_digest(echo, self._cookie(dk, origin, s)) for s in self._secrets)
+
+    def may_answer(self) -> bool:
+        """Whether to answer one more envelope without our cookie now."""
+        now = time.monotonic()
+        self._tokens = min(ANSWER_BURST, self._tokens + (now - self._tokens_at) * ANSWER_RATE)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def replayed(self, dk: bytes, session: bytes, counter: int) -> bool:
+        """Whether envelope ``counter`` of ``session`` is one a validated
+        session sent before (nothing is created or changed: an envelope from
+        an address not validated may be a replay of one)."""
+        window = self.windows.get((dk, session))
+        return window is not None and window.seen(counter)
+
+    def fresh(self, dk: bytes, session: bytes, counter: int) -> bool:
+        """Whether envelope ``counter`` of ``session`` (about core ``dk``, from
+        a validated address) is new; false for a replay."""
         key = (dk, session)
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = ReplayWindow()
             while len(self.windows) > MAX_SESSIONS:
                 self.windows.popitem(last=False)
+            # The window starts here, at the session's first envelope from a
+            # validated address: what it sent before (greetings answered
+            # statelessly) counts as seen, so a replay of it is dropped.
+            window.high, window.mask = counter, (1 << REPLAY_WINDOW) - 1
+            return True
         else:
             self.windows.move_to_end(key)
-        if not window.accept(counter):
-            return REPLAY
-        if window.epoch != self._epoch:  # computed once per secret rotation
-            window.cookies = tuple(self._cookie(session, dk, s) for s in self._secrets)
-            window.epoch = self._epoch
-        return FRESH if echo in window.cookies else STALE
+        return window.accept(counter)

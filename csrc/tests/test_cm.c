@@ -1262,6 +1262,7 @@ static void copy_file(const char *from, const char *to, const char *name) {
     char a[4096], b[4096], buf[8192];
     FILE *fa, *fb;
     size_t n;
+    struct stat st;
     file_path(a, sizeof(a), from, name);
     file_path(b, sizeof(b), to, name);
     fa = fopen(a, "rb");
@@ -1271,6 +1272,8 @@ static void copy_file(const char *from, const char *to, const char *name) {
     while ((n = fread(buf, 1, sizeof(buf), fa)) > 0) fwrite(buf, 1, n, fb);
     fclose(fa);
     fclose(fb);
+    /* the same mode: a secret key open to others is refused */
+    REQUIRE(stat(a, &st) == 0 && chmod(b, st.st_mode & 07777) == 0, "chmod %s", b);
 }
 
 static void copy_store(const char *from, const char *to) {
@@ -1325,10 +1328,30 @@ static void test_files(void) {
         memset(&o, 0, sizeof(o));
         o.io = io2;
         CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_LOCKED);
-        CHECK(cm_open_err_file() == CM_FILE_HEADER, "locked names header");
+        CHECK(rec.err_file == CM_FILE_HEADER, "locked names header");
     }
     cm_core_tree_hash(w, hash_before);
     CHECK_RC(cm_core_close(w), CM_OK);
+
+    /* the secret key: never through a symlink, never open to others */
+    {
+        char p[4096], moved[4096];
+        cm_open_opts o;
+        memset(&o, 0, sizeof(o));
+        o.io = io2;
+        file_path(p, sizeof(p), d, "secret_key");
+        file_path(moved, sizeof(moved), d, "moved_key");
+        REQUIRE(chmod(p, 0644) == 0, "chmod");
+        CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_INSECURE);
+        CHECK(rec.err_file == CM_FILE_SECRET_KEY, "mode names secret_key");
+        REQUIRE(chmod(p, 0600) == 0 && rename(p, moved) == 0 && symlink(moved, p) == 0, "link");
+        CHECK_RC(cm_core_open(&o, &w2, &rec), CM_ERR_INSECURE);
+        CHECK(rec.err_file == CM_FILE_SECRET_KEY, "symlink names secret_key");
+        REQUIRE(unlink(p) == 0 && rename(moved, p) == 0, "restore");
+        REQUIRE_OK(cm_core_open(&o, &w2, &rec));
+        CHECK(cm_core_writable(w2), "the key file is back");
+        CHECK_RC(cm_core_close(w2), CM_OK);
+    }
 
     /* data corruption: get names data */
     {
@@ -1363,14 +1386,14 @@ static void test_files(void) {
     flip_byte(d, "tree", 40 * 6 + 20);
     /* a root slot corrupted: open fails naming tree (roots of 11: 7, 17, 20) */
     flip_byte(d, "tree", 40 * 17 + 12);
-    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL), CM_ERR_CORRUPT);
-    CHECK(cm_open_err_file() == CM_FILE_TREE, "root corruption names %d", cm_open_err_file());
+    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, &rec), CM_ERR_CORRUPT);
+    CHECK(rec.err_file == CM_FILE_TREE, "root corruption names %d", rec.err_file);
     flip_byte(d, "tree", 40 * 17 + 12);
     /* secret key corrupted */
     flip_byte(d, "secret_key", 3);
-    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, NULL), CM_ERR_CORRUPT);
-    CHECK(cm_open_err_file() == CM_FILE_SECRET_KEY, "secret key corruption names %d",
-          cm_open_err_file());
+    CHECK_RC(open_store(d, &io, NULL, NULL, 0, CM_DURABLE_SYNC, &w, &rec), CM_ERR_CORRUPT);
+    CHECK(rec.err_file == CM_FILE_SECRET_KEY, "secret key corruption names %d",
+          rec.err_file);
     flip_byte(d, "secret_key", 3);
 
     /* newest header slot damaged: the other slot and the wal give the same state */
@@ -1402,10 +1425,13 @@ static void test_files(void) {
     cm_io_posix_free(io2);
     REQUIRE_OK(cm_io_posix_new(d2, &io2));
     CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_CORRUPT);
-    CHECK(cm_open_err_file() == CM_FILE_HEADER, "both slots names header");
+    CHECK(rec.err_file == CM_FILE_HEADER, "both slots names header");
 
-    /* format versions 2 and 0: no reader for them (newer, older), whatever the layout */
-    for (version = 2; version >= 0; version -= 2) {
+    /* format versions CM_FORMAT_VERSION + 1 and 0: no reader for them (newer,
+     * older than CM_FORMAT_OLDEST), whatever the layout; CM_FORMAT_OLDEST is
+     * opened and migrated (a header slot of this version written) */
+    for (version = CM_FORMAT_VERSION + 1; version >= CM_FORMAT_OLDEST - 1;
+         version -= CM_FORMAT_VERSION + 2 - CM_FORMAT_OLDEST) {
         char p[4096];
         FILE *f;
         uint8_t slot[4096];
@@ -1429,8 +1455,54 @@ static void test_files(void) {
         }
         fclose(f);
         CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_VERSION);
-        CHECK(cm_open_err_file() == CM_FILE_HEADER, "version names header");
+        CHECK(rec.err_file == CM_FILE_HEADER, "version names header");
     }
+#if CM_FORMAT_OLDEST < CM_FORMAT_VERSION
+    {   /* the oldest version still read: opened, migrated, the same log */
+        char p[4096];
+        FILE *f;
+        uint8_t slot[4096];
+        size_t n;
+        int s;
+        uint8_t expected[32];
+        copy_store(d, d2);
+        REQUIRE_OK(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec));
+        cm_core_tree_hash(w2, expected);
+        CHECK_RC(cm_core_close(w2), CM_OK);
+        copy_store(d, d2);
+        file_path(p, sizeof(p), d2, "header");
+        f = fopen(p, "r+b");
+        REQUIRE(f != NULL, "open header");
+        for (s = 0; s < 2; s++) {
+            uint32_t body_len;
+            fseek(f, s * 4096, SEEK_SET);
+            n = fread(slot, 1, sizeof(slot), f);
+            if (n < 8) continue;
+            body_len = (uint32_t)slot[4] | ((uint32_t)slot[5] << 8) | ((uint32_t)slot[6] << 16) |
+                       ((uint32_t)slot[7] << 24);
+            put_le32(slot + 8 + 4, (uint32_t)CM_FORMAT_OLDEST);
+            put_le32(slot, cm_crc32(0, slot + 4, 4 + body_len));
+            fseek(f, s * 4096, SEEK_SET);
+            fwrite(slot, 1, 8 + body_len, f);
+        }
+        fclose(f);
+        REQUIRE_OK(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec));
+        cm_core_tree_hash(w2, h);
+        CHECK(memcmp(h, expected, 32) == 0, "migrated store: the same log");
+        CHECK_RC(cm_core_close(w2), CM_OK);
+        {
+            uint8_t b[12];
+            f = fopen(p, "rb");
+            REQUIRE(f != NULL, "open header");
+            for (s = 0, n = 0; s < 2; s++) {
+                fseek(f, s * 4096 + 8, SEEK_SET);
+                if (fread(b, 1, 12, f) == 12 && (uint32_t)b[4] == CM_FORMAT_VERSION) n++;
+            }
+            fclose(f);
+            CHECK(n >= 1, "a slot of version %d was written", CM_FORMAT_VERSION);
+        }
+    }
+#endif
 
     /* crash images of a live store (sync durability): torn tail, lost durable record */
     {
@@ -1483,8 +1555,8 @@ static void test_files(void) {
         copy_store(d, d2);
         flip_byte(d2, "wal", 60);
         CHECK_RC(open_store(d2, &io2, NULL, NULL, 0, CM_DURABLE_SYNC, &w2, &rec), CM_ERR_CORRUPT);
-        CHECK(cm_open_err_file() == CM_FILE_WAL, "lost durable record names wal (%d)",
-              cm_open_err_file());
+        CHECK(rec.err_file == CM_FILE_WAL, "lost durable record names wal (%d)",
+              rec.err_file);
         CHECK_RC(cm_core_close(w), CM_OK);
     }
     cm_io_posix_free(io);
@@ -1830,6 +1902,7 @@ static void test_power_cuts_writer(int runs) {
         cm_recovery rec;
         model m;
         size_t durable = 0, k, found = (size_t)-1;
+        uint64_t recovered_fork = 0;
         int nops, op, compat;
         cm_durability dur;
         uint64_t cp;
@@ -1885,6 +1958,7 @@ static void test_power_cuts_writer(int runs) {
                 uint8_t sig[128];
                 size_t sl;
                 CHECK_RC(cm_core_signature(c, sig, sizeof(sig), &sl), CM_OK);
+                durable = m.n - 1; /* only durable states are signed */
             }
         }
         if (!c) {
@@ -1900,20 +1974,24 @@ static void test_power_cuts_writer(int runs) {
         {
             int rc = open_mem(&cio, NULL, NULL, 0, 0, dur, cp, &c, &rec);
             CHECK(rc == CM_OK, "reopen after power cut: %d (%s), file %d", rc, cm_strerror(rc),
-                  cm_open_err_file());
+                  rec.err_file);
             if (rc != CM_OK) {
                 model_free(&m);
                 cio_free(&cio);
                 continue;
             }
         }
+        /* one of the states since the last durable one - on a new fork when
+         * the files showed records were lost (the writer re-forked) */
         for (k = durable; k < m.n; k++) {
             uint8_t th[32];
             cm_core_tree_hash(c, th);
-            if (m.s[k].length == cm_core_length(c) && m.s[k].fork == cm_core_fork(c) &&
+            if (m.s[k].length == cm_core_length(c) &&
+                m.s[k].fork + (uint64_t)rec.forked == cm_core_fork(c) &&
                 memcmp(th, m.s[k].tree_hash, 32) == 0)
                 found = k;
         }
+        recovered_fork = cm_core_fork(c);
         CHECK(found != (size_t)-1,
               "recovered state (length %llu fork %llu) is not one of the %zu states since the "
               "last durable one (length %llu fork %llu)",
@@ -1935,7 +2013,7 @@ static void test_power_cuts_writer(int runs) {
                 continue;
             }
             cm_core_tree_hash(c, th);
-            CHECK(cm_core_length(c) == m.s[found].length && cm_core_fork(c) == m.s[found].fork &&
+            CHECK(cm_core_length(c) == m.s[found].length && cm_core_fork(c) == recovered_fork &&
                       memcmp(th, m.s[found].tree_hash, 32) == 0,
                   "second power cut lost the recovered state");
         }
@@ -2080,7 +2158,7 @@ static void test_power_cuts_replica(int runs) {
         {
             int rc = open_mem(&rio, NULL, key, 0, 0, dur, cp, &r, &rec);
             CHECK(rc == CM_OK, "replica reopen after power cut: %d (%s) file %d", rc,
-                  cm_strerror(rc), cm_open_err_file());
+                  cm_strerror(rc), rec.err_file);
             if (getenv("CM_TEST_ONLY") && r)
                 fprintf(stderr, "recovered: length %llu fork %llu contiguous %llu replayed %llu discarded %llu; writer %llu/%llu dur %d\n",
                         (unsigned long long)cm_core_length(r), (unsigned long long)cm_core_fork(r),
@@ -2376,8 +2454,9 @@ static void test_snapshot(void) {
     /* A live, locked writer: the snapshot opens, equals it, writes nothing. */
     REQUIRE_OK(open_snapshot(d, &sio, &s));
     CHECK(cm_core_readonly(s) && !cm_core_writable(s), "snapshot is read-only");
-    for (k = 1; k <= 5; k++) sizes[k] = file_size(d, cm_file_names[k]);
+    /* (the writer's signature writes out its write-behind: sizes after it) */
     compare_cores(w, s, "snapshot of a live writer");
+    for (k = 1; k <= 5; k++) sizes[k] = file_size(d, cm_file_names[k]);
     CHECK_RC(cm_core_append(s, &one, 1, NULL), CM_ERR_READONLY);
     CHECK_RC(cm_core_truncate(s, 1, 9), CM_ERR_READONLY);
     CHECK_RC(cm_core_checkpoint(s), CM_ERR_READONLY);

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -163,21 +165,24 @@ class Session:
 
     async def handshake(self, addr: Addr, flags: int = wire.HELLO_PULL,
                         timeout: float = 3.0) -> bytes:
-        """HELLO as a real endpoint does; returns (and from now on echoes) the
-        remote's cookie."""
+        """HELLO as a real endpoint does: the remote answers with its cookie
+        for our address (keeping nothing); we greet it again echoing that
+        cookie, so it keeps a peer for us and answers echoing ours.  Returns
+        (and from now on echoes) the remote's cookie."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            greeted_with = self.echo
             self.send(addr, [(wire.HELLO, wire.Hello(flags, self.cookie).encode())])
             for data in await self.attacker.drain(0.1, 1.0):
                 payload = self.open(data)
-                if payload is None:
+                if payload is None or payload.echo != self.cookie:
                     continue
                 self.received.append(payload)
+                if greeted_with != bytes(8):
+                    return self.echo   # it answered a HELLO that echoed its cookie
                 for kind, body in payload.messages:
                     if kind == wire.HELLO:
                         self.echo = wire.Hello.decode(body).cookie
-            if self.echo != bytes(8):
-                return self.echo
         raise AssertionError("no HELLO answer from %r" % (addr,))
 
     async def collect(self, quiet: float = 0.2, limit: float = 5.0) -> List[Tuple[int, Any]]:
@@ -192,13 +197,76 @@ class Session:
         return out
 
 
+class Spoofer:
+    """Sends UDP datagrams with any source address (a raw IPv4 socket: needs
+    root or CAP_NET_RAW; :meth:`available` says whether this process may)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.sent = 0
+
+    @staticmethod
+    def available() -> Optional[str]:
+        """None, or why a raw socket cannot be opened here."""
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW).close()
+            return None
+        except OSError as e:
+            return "no raw IPv4 socket (root or CAP_NET_RAW needed): %s" % e
+
+    def send(self, data: bytes, src: Addr, dst: Addr) -> None:
+        """One datagram from ``src`` to ``dst`` (the kernel fills in the IP
+        checksum; a UDP checksum of 0 means none)."""
+        udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(data), 0) + data
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP,
+                         0, socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
+        self.sock.sendto(ip + udp, (dst[0], 0))
+        self.sent += len(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Victim:
+    """A UDP socket that only counts what arrives (the address an attacker
+    spoofs, on 127.0.0.x)."""
+
+    def __init__(self, host: str = "127.0.0.5") -> None:
+        self.datagrams = 0
+        self.bytes = 0
+        self._transport: Any = None
+        self.host = host
+
+    async def start(self) -> "Victim":
+        victim = self
+
+        class Count(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                victim.datagrams += 1
+                victim.bytes += len(data)
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(Count, local_addr=(self.host, 0))
+        return self
+
+    @property
+    def address(self) -> Addr:
+        return self._transport.get_extra_info("sockname")[:2]  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._transport.close()
+
+
 # --- a recording relay ---------------------------------------------------------------
 
 class Relay:
     """client <-> front | relay | back <-> server, recording both directions.
 
     ``hold(envelope)`` (if set) keeps a server->client envelope back until
-    :meth:`release`; ``forward = False`` stops relaying (recording goes on)."""
+    :meth:`release`; ``forward = False`` stops relaying (recording goes on).
+    After :meth:`impersonate` it is a man in the middle that knows the key:
+    it seals what it forwards to the client again, under the server's
+    session and cookie with its own counters, so it can also :meth:`inject`
+    messages of its own that pass every check the client makes."""
 
     def __init__(self, server: Addr) -> None:
         self.server = server
@@ -213,6 +281,9 @@ class Relay:
         self.dropped = 0
         self._front: Any = None
         self._back: Any = None
+        self._key: Optional[Tuple[bytes, bytes]] = None   # (wire key, discovery key)
+        self._as: Optional[Tuple[bytes, bytes]] = None    # the server's (session, echo)
+        self._counter = 1 << 50
 
     async def start(self) -> "Relay":
         relay = self
@@ -237,18 +308,55 @@ class Relay:
                 elif relay.hold is not None and relay.hold(data):
                     relay.held.append(data)
                 else:
-                    relay._later(relay._front, data, relay.client)
+                    relay._later(relay._front, data, relay.client, reseal=True)
 
         self._front, _ = await loop.create_datagram_endpoint(Front, local_addr=(LOCAL, 0))
         self._back, _ = await loop.create_datagram_endpoint(Back, local_addr=(LOCAL, 0))
         return self
 
-    def _later(self, transport: Any, data: bytes, addr: Any) -> None:
+    def _later(self, transport: Any, data: bytes, addr: Any, reseal: bool = False) -> None:
+        def send() -> None:
+            out = self._reseal(data) if reseal else data
+            if out is not None and not transport.is_closing():
+                transport.sendto(out, addr)
         if not self.delay:
-            transport.sendto(data, addr)
+            send()
         else:
-            asyncio.get_running_loop().call_later(
-                self.delay, lambda: None if transport.is_closing() else transport.sendto(data, addr))
+            asyncio.get_running_loop().call_later(self.delay, send)
+
+    def impersonate(self, core_key: bytes, discovery_key: bytes) -> None:
+        self._key = (wire.wire_key(core_key), discovery_key)
+
+    def _reseal(self, data: bytes) -> Optional[bytes]:
+        if self._key is None:
+            return data
+        plain = wire.unseal(self._key[0], data)
+        if plain is None:
+            return None
+        p = wire.decode_payload(plain)
+        self._as = (p.session, p.echo)
+        return self._seal(p.messages)
+
+    def _seal(self, messages: List[Tuple[int, bytes]]) -> bytes:
+        assert self._key is not None and self._as is not None, "nothing to impersonate yet"
+        self._counter += 1
+        return wire.seal(self._key[0], self._key[1], wire.encode_payload(
+            self._as[0], self._counter, self._as[1], messages))
+
+    def inject(self, kind: int, body: bytes, mtu: int = 1200) -> None:
+        """A message to the client as the server's (fragmented if large)."""
+        room = mtu - wire.OVERHEAD - 8 - 9 - 8
+        if wire.message_size(body) <= room:
+            envelopes = [self._seal([(kind, body)])]
+        else:
+            inner = wire.encode_messages([(kind, body)])
+            chunk = room - 16
+            count = (len(inner) + chunk - 1) // chunk
+            fid = int.from_bytes(os.urandom(4), "little")
+            envelopes = [self._seal([(wire.FRAGMENT, wire.Fragment(
+                fid, i, count, inner[i * chunk:(i + 1) * chunk]).encode())]) for i in range(count)]
+        for env in envelopes:
+            self._front.sendto(env, self.client)
 
     @property
     def address(self) -> Addr:
@@ -258,7 +366,13 @@ class Relay:
         self.hold = None
         held, self.held = self.held, []
         for data in held:
-            self._front.sendto(data, self.client)
+            self.forward_to_client(data)
+
+    def forward_to_client(self, data: bytes) -> None:
+        """A server envelope on to the client (sealed again when impersonating)."""
+        out = self._reseal(data)
+        if out is not None:
+            self._front.sendto(out, self.client)
 
     def to_server(self, data: bytes, addr: Optional[Addr] = None) -> None:
         """From the relay's server-facing socket: the address the server knows
@@ -276,6 +390,26 @@ class Relay:
                 t.close()
 
 
+Message = Tuple[int, bytes]
+
+
+def resealing(net: "Net", change: Callable[[List[Message]], List[Message]]
+              ) -> Callable[[str, int, bytes], bytes]:
+    """A man in the middle with the key: each server->client envelope is
+    opened, its messages changed by ``change`` and sealed again under the
+    server's session, counter and cookie (so it passes every check)."""
+    wkey, dk = wire.wire_key(net.writer.key), net.writer.discovery_key
+
+    def rewrite(direction: str, seq: int, data: bytes) -> bytes:
+        plain = wire.unseal(wkey, data) if direction == "down" else None
+        if plain is None:
+            return data
+        p = wire.decode_payload(plain)
+        return wire.seal(wkey, dk, wire.encode_payload(p.session, p.counter, p.echo,
+                                                       change(p.messages)))
+    return rewrite
+
+
 # --- writer, server, honest pullers --------------------------------------------------
 
 def blocks(n: int, size: int = 150) -> List[bytes]:
@@ -285,7 +419,7 @@ def blocks(n: int, size: int = 150) -> List[bytes]:
 class Net:
     """A writer served by one endpoint on a UDP socket, and honest replicas."""
 
-    def __init__(self, base: str, n_blocks: int = 64, block_size: int = 150,
+    def __init__(self, base: str, n_blocks: int = 64, block_size: int = 150, mtu: int = 1200,
                  **server_options: Any) -> None:
         self.base = base
         self.writer = Core(os.path.join(base, "writer"), key_pair=KeyPair.generate(),
@@ -294,7 +428,8 @@ class Net:
         for i in range(0, n_blocks, 16):          # several signed states
             self.writer.append(data[i:i + 16])
         self.server = Endpoint(**server_options)
-        self.server_link = UDPLink(LOCAL, 0)
+        self.mtu = mtu                            # the honest endpoints' too
+        self.server_link = UDPLink(LOCAL, 0, mtu=mtu)
         self.endpoints: List[Endpoint] = [self.server]
         self.cores: List[Core] = [self.writer]
         self._n = 0
@@ -329,7 +464,7 @@ class Net:
 
     async def endpoint(self, **kw: Any) -> Tuple[Endpoint, UDPLink]:
         ep = Endpoint(**kw)
-        link = UDPLink(LOCAL, 0)
+        link = UDPLink(LOCAL, 0, mtu=self.mtu)
         await ep.attach(link)
         self.endpoints.append(ep)
         return ep, link
@@ -371,7 +506,9 @@ class HeldPull:
     """An honest client pulling from ``net``'s server through a :class:`Relay`
     that holds the server's DATA back: all of it (``mode="all"``: the client
     waits for its upgrade proof) or only block proofs (``"blocks"``: it knows
-    the signed length and has block requests in flight)."""
+    the signed length and has block requests in flight).  The relay is a man
+    in the middle with the key: ``self.relay.inject(wire.DATA, body)`` reaches
+    the client as the server's answer would."""
 
     def __init__(self, net: Net) -> None:
         self.net = net
@@ -395,6 +532,7 @@ class HeldPull:
     async def start(self, mode: str = "all", **endpoint: Any) -> "HeldPull":
         self.mode = mode
         self.relay = await Relay(self.net.addr).start()
+        self.relay.impersonate(self.net.writer.key, self.net.writer.discovery_key)
         self.relay.hold = self._holds
         self.core = self.net.replica()
         # one block per request (no batched runs): the tests hold and forge single proofs
@@ -418,7 +556,7 @@ class HeldPull:
             if self._holds(env):
                 self.relay.held.append(env)
             else:
-                self.relay.to_client(env)
+                self.relay.forward_to_client(env)
         n = self.net.writer.length
         assert await wait_until(lambda: self.core.length == n and self.download.flight >= 10
                                 and bool(self.relay.held), 10)
@@ -435,33 +573,82 @@ class HeldPull:
 # --- a flooding process --------------------------------------------------------------
 
 def start_flood(session: Session, addr: Addr, seconds: float, per_envelope: int = 1,
-                blocks: int = 64) -> "subprocess.Popen[str]":
+                blocks: int = 64, minimum: int = 0) -> "subprocess.Popen[str]":
     """Another process that sends REQUEST envelopes of ``session`` (each with a
     fresh counter and the session's echo cookie: all pass authentication, the
     replay window and the cookie check) to ``addr`` as fast as it can for
-    ``seconds``; it prints how many it sent."""
+    ``seconds`` and at least ``minimum`` envelopes, from the session's socket
+    (the address its cookie is bound to); it prints how many it sent."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    args = [sys.executable, "-m", "tests.fault.hostile", "flood", addr[0], str(addr[1]),
+    fd = session.attacker.sock.fileno()
+    args = [sys.executable, "-m", "tests.fault.hostile", "flood", str(fd), addr[0], str(addr[1]),
             session.key.hex(), session.dk.hex(), session.session.hex(), session.echo.hex(),
-            str(seconds), str(per_envelope), str(blocks), str(session.counter + 1)]
+            str(seconds), str(per_envelope), str(blocks), str(session.counter + 1), str(minimum)]
     session.counter += 1 << 40
+    return subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, text=True, pass_fds=(fd,))
+
+
+def start_hello_flood(net: "Net", addresses: int, rate: float) -> "subprocess.Popen[str]":
+    """Another process that sends HELLOs without a cookie (what anyone with
+    the key can send from any address) to ``net``'s server from ``addresses``
+    source ports, ``rate`` a second in all, until :func:`stop_flood`."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = [sys.executable, "-m", "tests.fault.hostile", "hello-flood", net.addr[0],
+            str(net.addr[1]), wire.wire_key(net.writer.key).hex(),
+            net.writer.discovery_key.hex(), str(addresses), str(rate)]
     return subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, text=True)
 
 
+def _hello_flood_main(argv: List[str]) -> None:
+    host, port, key, dk, addresses, rate = argv
+    k, d = bytes.fromhex(key), bytes.fromhex(dk)
+    socks = []
+    for _ in range(int(addresses)):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((LOCAL, 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    # Sealed once and sent again and again: a receiver keeps nothing of a
+    # HELLO without its cookie, so it cannot tell a repeat from a new one
+    # (and this process leaves the CPU to the one it floods).
+    hellos = [wire.seal(k, d, wire.encode_payload(os.urandom(8), 1, bytes(8), [
+        (wire.HELLO, wire.Hello(wire.HELLO_PULL, os.urandom(8)).encode())])) for _ in range(4096)]
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    sent, start = 0, time.monotonic()
+    while not stop[0]:
+        due = int((time.monotonic() - start) * float(rate))
+        while sent < due:
+            try:
+                socks[sent % len(socks)].sendto(hellos[sent % len(hellos)], (host, int(port)))
+            except OSError:
+                pass
+            sent += 1
+        time.sleep(0.005)
+    print(sent, flush=True)
+
+
+def stop_flood(flood: "subprocess.Popen[str]") -> int:
+    """Stop a flood early (once it has sent ``minimum``); how many envelopes it sent."""
+    flood.terminate()
+    out, _ = flood.communicate()
+    return int(out)
+
+
 def _flood_main(argv: List[str]) -> None:
-    host, port, key, dk, session, echo, seconds, per, nblocks, first = argv
+    fd, host, port, key, dk, session, echo, seconds, per, nblocks, first, minimum = argv
     k, d, sess, ech = (bytes.fromhex(x) for x in (key, dk, session, echo))
     addr = (host, int(port))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOCAL, 0))
+    sock = socket.socket(fileno=int(fd))   # non-blocking: a full buffer loses datagrams
     header = bytes((wire.VERSION,)) + d
     impl = wire._impl
     counter, sent = int(first), 0
-    deadline = time.monotonic() + float(seconds)
+    deadline = [time.monotonic() + float(seconds)]
+    signal.signal(signal.SIGTERM, lambda *_: deadline.__setitem__(0, 0.0))  # stop_flood
     bodies = [wire.encode_messages([(wire.REQUEST, wire.Request(
         i * int(per) + j, 0, block=((i * int(per) + j) % int(nblocks), 6)).encode())
         for j in range(int(per))]) for i in range(1024)]
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline[0] or sent < int(minimum):
         for _ in range(256):
             payload = sess + encode_uint(counter) + ech + bodies[counter & 1023]
             nonce = os.urandom(wire.NONCE)
@@ -477,3 +664,5 @@ def _flood_main(argv: List[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "flood":
         _flood_main(sys.argv[2:])
+    elif sys.argv[1] == "hello-flood":
+        _hello_flood_main(sys.argv[2:])

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 import textwrap
+from typing import List
 
 import pytest
 
@@ -126,3 +128,95 @@ def test_replica_store_flips(tmp_path) -> None:
                 assert os.path.basename(str(e.filename)) == name
                 continue
             assert blocks == BLOCKS
+
+
+def test_verify_checks_header_slots_and_wal_records(tmp_path) -> None:
+    """verify() checks every checksummed region: damage to the header slot or
+    a wal record in use is a CorruptionError naming the file; damage to an
+    older copy (the other header slot, a record of an earlier generation)
+    is a warning.  Found in an open store (damage after opening)."""
+    from coremachine_embedded._pure.wal import _parse_record
+    path = str(tmp_path / "s")
+    with cm.Core(path, key_pair=cm.KeyPair.from_seed(bytes(32)), durability="none",
+                 checkpoint_bytes=1 << 20) as core:
+        core.append([b"a" * 300] * 8)
+        core.checkpoint()
+        core.append(b"b" * 40)                    # record A, then B, of one generation
+        core.append(b"b" * 40)
+    with cm.Core(path) as core:                   # clean: no warning
+        warnings: List[str] = []
+        assert core.verify(warnings=warnings) == 10 and warnings == []
+    with cm.Core(path) as core:
+        core.append(b"c" * 40)                    # the live record, over A: B is stale
+        core.flush()
+        wal = open(os.path.join(path, "wal"), "rb").read()
+        live = _parse_record(wal, 0)
+        stale = _parse_record(wal, live.end)
+        assert stale is not None and stale.generation < live.generation
+        header = open(os.path.join(path, "header"), "rb").read()
+        seqs = [struct.unpack_from("<Q", header, base + 16)[0] for base in (0, 4096)]
+        in_use = 4096 * (seqs[1] > seqs[0])
+
+        def flip(file: str, offset: int) -> None:
+            with open(os.path.join(path, file), "r+b") as f:
+                f.seek(offset)
+                byte = f.read(1)
+                f.seek(offset)
+                f.write(bytes([byte[0] ^ 0x10]))
+
+        for file, offset, expected in (("header", 4096 - in_use + 40, "warning"),
+                                       ("wal", live.end + 160, "warning"),
+                                       ("wal", 160, "error"),
+                                       ("header", in_use + 40, "error")):
+            flip(file, offset)
+            warnings = []
+            try:
+                core.verify(warnings=warnings)
+                got = "warning" if warnings else "clean"
+            except cm.CorruptionError as e:
+                assert os.path.basename(str(e.filename)) == file
+                got = "error"
+            flip(file, offset)
+            assert got == expected, (file, offset, got, warnings)
+        assert core.verify() == 11
+
+
+def test_verify_of_a_snapshot_judges_the_wal_as_opening_does(tmp_path) -> None:
+    """A read-only snapshot's files may be a crash image: a last record cut
+    short is a torn write (a warning, and the writer's open drops it), while
+    a damaged record that a later one says had been synced is a
+    CorruptionError naming the wal - on the snapshot and on the writer's open."""
+    from coremachine_embedded._pure.wal import _parse_record
+    path = str(tmp_path / "s")
+    make_store(path, clean=False)         # sync durability: each record says the last was synced
+    wal = open(os.path.join(path, "wal"), "rb").read()
+    first = _parse_record(wal, 0)
+    second = _parse_record(wal, first.end)
+    assert second is not None and second.durable_count > first.seq
+    ends = [first.end]
+    while (rec := _parse_record(wal, ends[-1])) is not None and rec.generation == first.generation:
+        ends.append(rec.end)
+    torn, damaged = str(tmp_path / "torn"), str(tmp_path / "damaged")
+    for copy in (torn, damaged):
+        shutil.copytree(path, copy)
+    with open(os.path.join(torn, "wal"), "r+b") as f:
+        f.truncate(ends[-2] + 100)        # the last record, cut short
+    with open(os.path.join(damaged, "wal"), "r+b") as f:
+        f.seek(first.end - 20)
+        byte = f.read(1)
+        f.seek(first.end - 20)
+        f.write(bytes([byte[0] ^ 0x01]))   # inside the first record
+    with cm.Core(torn, readonly=True) as snap:
+        warnings: List[str] = []
+        assert snap.verify(warnings=warnings) == snap.length
+        assert any("incomplete" in w for w in warnings), warnings
+    with cm.Core(torn) as core:
+        assert core.recovery["bytes_discarded"] > 0 and core.verify() == core.length
+
+    def snapshot_verify() -> None:
+        with cm.Core(damaged, readonly=True) as snap:
+            snap.verify()
+    for opening in (snapshot_verify, lambda: cm.Core(damaged).close()):
+        with pytest.raises(cm.CorruptionError) as e:
+            opening()
+        assert os.path.basename(str(e.value.filename)) == "wal"

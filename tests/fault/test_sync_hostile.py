@@ -25,9 +25,9 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from coremachine_embedded import Core, KeyPair
 from coremachine_embedded.encoding import DataMessage, encode_uint
-from coremachine_embedded.sync import endpoint, outbox, serving, sessions, wire
-from tests.fault.hostile import (Attacker, HeldPull, Net, Relay, Session, rss_bytes, run, settle,
-                                 start_flood, wait_until)
+from coremachine_embedded.sync import outbox, serving, sessions, wire
+from tests.fault.hostile import (Attacker, HeldPull, Net, Relay, Session, resealing, rss_bytes,
+                                 run, settle, start_flood, stop_flood, wait_until)
 
 Counts = Dict[str, int]
 DROPS = ("dropped_malformed", "dropped_unknown_core", "dropped_auth", "dropped_replay",
@@ -252,13 +252,13 @@ def _altered_nodes(nodes: List[Any]) -> List[Any]:
     return [(i, s, _x(h)) for i, s, h in nodes]
 
 
-async def _send_forgeries(c: Counts, s: Session, addr: Tuple[str, int], forgeries: List[bytes],
+async def _send_forgeries(c: Counts, send: Callable[[bytes], None], forgeries: List[bytes],
                           expect: Counts) -> None:
     """Send each forged DATA body in its own envelope(s); the receiver's drop
     counters must go up by exactly ``expect``."""
     before = dict(c)
     for body in forgeries:
-        s.send_message(addr, wire.DATA, body)
+        send(body)
         await asyncio.sleep(0.002)
     total = sum(expect.values())
     assert await wait_until(lambda: sum(drops(c, before).values()) >= total, 5), drops(c, before)
@@ -276,7 +276,10 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         net.cores.append(evil)
 
         # The honest client pulls through a relay that, for now, holds back all
-        # of the server's DATA: the client waits for its upgrade proof.
+        # of the server's DATA: the client waits for its upgrade proof.  The
+        # relay is a man in the middle with the key: its forgeries reach the
+        # replica as the server's answers would.  The same from another
+        # session (a key holder elsewhere) are not even looked at.
         hp = await HeldPull(net).start("all")
         r, download, addr = hp.core, hp.download, hp.link.address
         assert download.upgrade is not None
@@ -285,6 +288,8 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         await s.handshake(addr)
         await s.collect(0.1)
         c = hp.ep.counters
+        mitm = lambda body: hp.relay.inject(wire.DATA, body)  # noqa: E731
+        elsewhere = lambda body: s.send_message(addr, wire.DATA, body)  # noqa: E731
 
         # Phase 1: the replica trusts nothing yet.  Forged first proofs (block 0
         # with the upgrade to the writer's length and the manifest).
@@ -316,12 +321,13 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
             w.proof(block=0, upgrade=(0, n)),                                       # no manifest
             g[:len(g) // 2], g[:-40],                                               # cut
         ]
-        await _send_forgeries(c, s, addr, first, {"dropped_invalid_proof": len(first)})
+        await _send_forgeries(c, elsewhere, first, {"dropped_unsolicited": len(first)})
+        await _send_forgeries(c, mitm, first, {"dropped_invalid_proof": len(first)})
         # block proofs without an upgrade, at indexes it did not ask for, garbage
         unasked = [_mutate(w.proof(block=5), lambda m: _block(m, index=i))
                    for i in (2**60, 2**62, 2**64 - 1)] + [w.proof(block=5), w.proof(block=59)]
-        await _send_forgeries(c, s, addr, unasked, {"dropped_unsolicited": len(unasked)})
-        await _send_forgeries(c, s, addr, [b"", b"\x01", b"\x01\x00", b"\xff\x00"],
+        await _send_forgeries(c, mitm, unasked, {"dropped_unsolicited": len(unasked)})
+        await _send_forgeries(c, mitm, [b"", b"\x01", b"\x01\x00", b"\xff\x00"],
                               {"dropped_malformed": 4})
         assert (r.length, r.contiguous_length) == (0, 0) and not download.ahead
 
@@ -344,7 +350,7 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
             _mutate(g1, lambda m: _block(m, nodes=(m.block[2] * 13)[:65])),
             _mutate(g1, lambda m: setattr(m, "fork", 1)),
         ]
-        await _send_forgeries(c, s, addr, second, {"dropped_invalid_proof": len(second)})
+        await _send_forgeries(c, mitm, second, {"dropped_invalid_proof": len(second)})
         # upgrades it did not ask for (it has the signed length): dropped unverified
         # as duplicates, or rejected by verification - never applied
         upgrades = [
@@ -354,13 +360,13 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         ]
         before = dict(c)
         for body in upgrades:
-            s.send_message(addr, wire.DATA, body)
+            mitm(body)
         seen = lambda: sum(delta(c, before).get(k, 0)  # noqa: E731
                            for k in ("dropped_invalid_proof", "duplicates"))
         assert await wait_until(lambda: seen() >= len(upgrades), 5)
         await asyncio.sleep(0.05)
         assert seen() == len(upgrades) and r.length == n
-        await _send_forgeries(c, s, addr, [_mutate(g1, lambda m: _block(m, index=2**60))],
+        await _send_forgeries(c, mitm, [_mutate(g1, lambda m: _block(m, index=2**60))],
                               {"dropped_unsolicited": 1})
         assert r.contiguous_length == 1
         net.check_replica(r, complete=False)
@@ -370,9 +376,8 @@ def test_forged_proofs_to_a_pulling_replica(tmp_path: Any) -> None:
         # replica gets there - then they fail and the block is asked again.
         ahead = list(range(3, 12))
         for i in ahead:
-            s.send_message(addr, wire.DATA, _mutate(
-                w.proof(block=i, nodes=r.missing_nodes(i)),
-                lambda m: _block(m, value=b"forged block %d" % i)))
+            mitm(_mutate(w.proof(block=i, nodes=r.missing_nodes(i)),
+                         lambda m: _block(m, value=b"forged block %d" % i)))
         assert await wait_until(lambda: set(ahead) <= set(download.ahead), 5)
         assert r.contiguous_length == 1
 
@@ -397,7 +402,19 @@ def _has_hello(key: bytes, envelope: bytes) -> bool:
     return any(k == wire.HELLO for k, _ in wire.decode_payload(plain).messages)
 
 
+def _echoes_a_cookie(key: bytes, envelope: bytes) -> bool:
+    plain = wire.unseal(key, envelope)
+    assert plain is not None
+    return wire.decode_payload(plain).echo != bytes(8)
+
+
 def test_replayed_envelopes_do_nothing(tmp_path: Any) -> None:
+    """Replayed envelopes change nothing and get no answer, from wherever
+    they come: the sessions they belong to have replay windows, and a window
+    starts at its session's first envelope from a validated address, so what
+    the session sent before (its first HELLO) counts as seen too.  (An
+    envelope of a session never validated gets a stateless HELLO at most, no
+    larger than 3x: test_session_flood_stays_bounded.)"""
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
         w = net.writer
@@ -414,23 +431,27 @@ def test_replayed_envelopes_do_nothing(tmp_path: Any) -> None:
         before_state = state()
 
         # The same envelopes again, from the addresses the peers know each other by.
+        first_hellos = [e for e in c2s if not _echoes_a_cookie(wkey, e)]
+        assert len(first_hellos) == 1 and all(_echoes_a_cookie(wkey, e) for e in s2c)
         before_s, before_c = dict(sc), dict(cc)
         await deliver_via(relay.to_server, c2s, lambda: sc.get("rx_envelopes", 0))
         await deliver_via(relay.to_client, s2c, lambda: cc.get("rx_envelopes", 0))
         assert drops(sc, before_s) == {"dropped_replay": len(c2s)}
         assert drops(cc, before_c) == {"dropped_replay": len(s2c)}
-        # nothing answered, nothing applied
+        # nothing applied, nothing answered
         assert sc.get("tx_envelopes") == before_s.get("tx_envelopes")
         assert cc.get("tx_envelopes") == before_c.get("tx_envelopes")
         assert cc.get("blocks") == before_c.get("blocks")
 
-        # ... from another address; and reflected back to their own sender
+        # ... from another address (to which the cookies are not bound)
         att = Attacker()
         before_s, before_c = dict(sc), dict(cc)
         await deliver(att, c2s, net.addr, lambda: sc.get("rx_envelopes", 0))
         await deliver(att, s2c, client._links[0].address, lambda: cc.get("rx_envelopes", 0))
         assert drops(sc, before_s) == {"dropped_replay": len(c2s)}
         assert drops(cc, before_c) == {"dropped_replay": len(s2c)}
+        assert await att.drain(0.2) == []
+        # ... and reflected back to their own sender
         before_s, before_c = dict(sc), dict(cc)
         await deliver(att, s2c, net.addr, lambda: sc.get("rx_envelopes", 0))
         await deliver(att, c2s, client._links[0].address, lambda: cc.get("rx_envelopes", 0))
@@ -452,8 +473,8 @@ def test_replayed_envelopes_do_nothing(tmp_path: Any) -> None:
         assert not c2.get("requests_served")
         await deliver_via(lambda d: relay.to_server(d, link2.address), c2s,
                           lambda: c2.get("rx_envelopes", 0))
-        assert drops(c2, {}) == {"dropped_stale_cookie": len(c2s) - hellos,
-                                 "dropped_replay": len(c2s)}
+        assert drops(c2, {}) == {"dropped_stale_cookie": 2 * (len(c2s) - hellos)}
+        assert not c2.get("requests_served") and not srv2.sessions.windows
 
         # The client restarted, with an empty replica it pulls from the same
         # address: the replayed server envelopes (proofs included) are stale.
@@ -560,7 +581,7 @@ def _structures(ep: Any) -> Dict[str, int]:
            "fragment_bytes": 0, "flushes": 0, "ahead": 0}
     for entry in ep._entries.values():
         out["peers"] += len(entry.peers)
-        out["ahead"] += sum(len(b) for b in entry.download.ahead.values())
+        out["ahead"] += entry.download.held_bytes()
         for p in entry.peers.values():
             out["queued"] = max(out["queued"], p.outbox.bytes)
             out["flushes"] += p.outbox.scheduled
@@ -577,26 +598,29 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
     memory stay bounded, and the honest pull completes (once the flood is over:
     during it the server's socket buffer overflows and the honest requests are
     lost with the rest - see test_a_flooding_session_is_limited_and_counted).
-    Packed into one fragmented message, the requests overflow the peer's queue:
-    dropped_flood."""
+    Packed into one fragmented message, the requests overflow the peer's
+    request limit: dropped_flood (the rate is set below what either backend
+    can serve, so the limit, not the CPU, decides)."""
     async def main() -> None:
-        net = await Net(str(tmp_path), n_blocks=200).start()
+        net = await Net(str(tmp_path), n_blocks=200, request_rate=1000.0).start()
         att, s = await net.greeted_session()
         c = net.server.counters
         hp = await HeldPull(net).start("all", window=4)
         mem0, struct0 = _memory(), _structures(net.server)
         before = dict(c)
-        flood = start_flood(s, net.addr, seconds=2.5, blocks=200)
+        flood = start_flood(s, net.addr, seconds=30, blocks=200, minimum=20000)
         try:
             await asyncio.sleep(0.5)
             hp.relay.release()                   # the honest pull is under way
-            out, _ = await asyncio.to_thread(flood.communicate)
+            # until the server has taken in and answered thousands (however
+            # fast this machine is now), with ten times as many sent
+            assert await wait_until(lambda: delta(c, before).get("requests_served", 0) >= 2000,
+                                    25), delta(c, before)
+            sent = await asyncio.to_thread(stop_flood, flood)
         finally:
             flood.kill()
-        sent = int(out)
         got = delta(c, before)
         assert sent >= 20000 and got["rx_envelopes"] >= 2000, (sent, got)
-        assert got["requests_served"] >= 2000
         await hp.finish(timeout=25)
         net.check_replica(hp.core)
         mem1, struct1 = _memory(), _structures(net.server)
@@ -605,8 +629,10 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
         assert struct1["queued"] <= outbox.MAX_QUEUE_BYTES and struct1["fragment_bytes"] == 0
         assert mem1[0] - mem0[0] < 32 << 20 and mem1[1] - mem0[1] < 32 << 20, (mem0, mem1)
 
-        # The same requests packed in one message of ~1 MB, sent in fragments:
-        # the reassembled message overflows the queue and is cut short.
+        # The same requests packed in one message of ~1 MB, sent in fragments
+        # (once the flood left the server's socket buffer): the reassembled
+        # message overflows the request limit.
+        await settle(lambda: c.get("rx_envelopes", 0), quiet=0.3, timeout=30)
         body = wire.encode_messages([(wire.REQUEST, wire.Request(i, 0, block=(i % 200, 6)).encode())
                                      for i in range(100000)])
         chunk = net.server_link.mtu - wire.OVERHEAD - 25 - 16
@@ -615,7 +641,8 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
             99, i, count, body[i * chunk:(i + 1) * chunk]).encode())]) for i in range(count)]
         before = dict(c)
         await deliver(att, parts, net.addr, lambda: c.get("rx_envelopes", 0), batch=16)
-        assert await wait_until(lambda: delta(c, before).get("dropped_flood", 0) > 0, 10)
+        assert await wait_until(lambda: delta(c, before).get("dropped_flood", 0) > 0, 10), \
+            delta(c, before)
         assert _structures(net.server)["fragment_bytes"] == 0
         await net.honest_pull()
         assert _memory()[0] - mem0[0] < 64 << 20
@@ -623,7 +650,7 @@ def test_request_flood_from_one_session(tmp_path: Any) -> None:
         att.close()
         hp.close()
         await net.close()
-    run(main, timeout=50)
+    run(main, timeout=120)
 
 
 def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
@@ -639,14 +666,19 @@ def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
         c = net.server.counters
         before = dict(c)
         t0 = time.monotonic()
-        flood = start_flood(s, net.addr, seconds=2, blocks=200)
-        out, _ = await asyncio.to_thread(flood.communicate)
+        flood = start_flood(s, net.addr, seconds=30, blocks=200, minimum=5000)
+        try:   # until the server took in more than the limit (however busy this machine is)
+            assert await wait_until(lambda: delta(c, before).get("dropped_flood", 0) >= 1000, 25)
+            sent = await asyncio.to_thread(stop_flood, flood)
+        finally:
+            flood.kill()
         await asyncio.sleep(0.2)                  # let the server drain its socket
         elapsed = time.monotonic() - t0
         got = delta(c, before)
         served, dropped = got.get("requests_served", 0), got.get("dropped_flood", 0)
-        assert int(out) > 2 * (rate * elapsed + serving.REQUEST_BURST), (out, got)
-        assert dropped > 0, got
+        # the limit decided, not the CPU: a thousand refused, and no more
+        # answered or refused than were sent
+        assert dropped >= 1000 and served + dropped <= sent, (sent, got)
         assert served <= rate * elapsed + serving.REQUEST_BURST + 1, (served, elapsed)
         await net.honest_pull()
         net.alive()
@@ -656,9 +688,10 @@ def test_a_flooding_session_is_limited_and_counted(tmp_path: Any) -> None:
 
 
 def test_session_flood_stays_bounded(tmp_path: Any) -> None:
-    """Tens of thousands of sessions from one address, and from 300 addresses:
-    replay windows and peers stay within their limits; afterwards an honest
-    pull completes."""
+    """Tens of thousands of sessions from one address, and HELLOs of 900
+    sessions from 300 addresses, none echoing a cookie: no replay window and
+    no peer is created (each HELLO gets a stateless answer); afterwards an
+    honest pull completes."""
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
         c = net.server.counters
@@ -670,8 +703,7 @@ def test_session_flood_stays_bounded(tmp_path: Any) -> None:
                      for _ in range(sessions.MAX_SESSIONS + 4000)]
         await deliver(att, envelopes, net.addr, lambda: c.get("rx_envelopes", 0), batch=64)
         assert drops(c, before) == {"dropped_stale_cookie": len(envelopes)}
-        assert len(net.server.sessions.windows) == sessions.MAX_SESSIONS
-        assert len(entry.peers) <= 1
+        assert len(net.server.sessions.windows) == 0 and len(entry.peers) == 0
         many = [Attacker() for _ in range(300)]
         for a in many:
             a.sessions = [net.session(a) for _ in range(3)]  # type: ignore[attr-defined]
@@ -682,8 +714,8 @@ def test_session_flood_stays_bounded(tmp_path: Any) -> None:
             for a, env in greetings[i:i + 50]:
                 a.send(env, net.addr)
             assert await wait_until(lambda: c.get("rx_envelopes", 0) >= target, 5)
-        assert len(entry.peers) == endpoint.MAX_PEERS_PER_CORE
-        assert len(net.server.sessions.windows) == sessions.MAX_SESSIONS
+        assert len(entry.peers) == 0 and len(net.server.sessions.windows) == 0
+        assert delta(c, before)["hellos"] == len(greetings)
         mem1 = _memory()
         assert mem1[0] - mem0[0] < 32 << 20, (mem0, mem1)
         for a in many:
@@ -803,31 +835,32 @@ def test_fragment_memory_per_peer_is_bounded_by_one_message(tmp_path: Any) -> No
 # --- 8. what the tests above ran into (the flood, the relay, the forged proofs) --------
 
 def test_lost_sync_after_the_handshake_does_not_stall_the_pull(tmp_path: Any) -> None:
-    """Found by the request flood: the server's SYNC answering the second HELLO
-    is lost; the puller (cookies exchanged, remote length unknown) must ask again."""
+    """Found by the request flood: the puller has the server's cookie but no
+    SYNC got through (here a man in the middle strips SYNC and RANGE from the
+    server's first envelopes); it must ask for the server's state again."""
+    from tests.fault.udp_proxy import UDPProxy
+
     async def main() -> None:
         net = await Net(str(tmp_path)).start()
-        wkey = wire.wire_key(net.writer.key)
-        relay = await Relay(net.addr).start()
-        lost: List[bytes] = []
+        stripped: List[int] = []
 
-        def drop(direction: str, env: bytes) -> bool:
-            # the server's first SYNC that is not part of its HELLO answer
-            plain = wire.unseal(wkey, env)
-            kinds = {k for k, _ in wire.decode_payload(plain).messages} if plain else set()
-            if direction == "s2c" and not lost and wire.SYNC in kinds and wire.HELLO not in kinds:
-                lost.append(env)
-                return True
-            return False
-        relay.drop = drop
+        def strip(messages: List[Tuple[int, bytes]]) -> List[Tuple[int, bytes]]:
+            kept = [(k, b) for k, b in messages if len(stripped) >= 2
+                    or k not in (wire.SYNC, wire.RANGE)]
+            if len(kept) < len(messages):
+                stripped.append(len(messages) - len(kept))
+            return kept
+        proxy = UDPProxy(net.addr)
+        proxy.rewrite = resealing(net, strip)
+        await proxy.start()
         r = net.replica()
         ep, link = await net.endpoint()
-        pull = asyncio.ensure_future(ep.pull(r, link, relay.address))
+        pull = asyncio.ensure_future(ep.pull(r, link, proxy.address))
         done, _ = await asyncio.wait([pull], timeout=5)
-        assert lost, "the relay did not drop anything"
+        assert len(stripped) == 2, "the man in the middle stripped nothing"
         assert done, "stalled: the source peer is ready, its length unknown, and nothing is sent"
         net.check_replica(r)
-        relay.close()
+        await proxy.close()
         await net.close()
     run(main)
 
@@ -856,21 +889,18 @@ def test_forged_upgrade_does_not_cancel_the_pending_request(tmp_path: Any) -> No
         net = await Net(str(tmp_path), n_blocks=60).start()
         w = net.writer
         hp = await HeldPull(net).start("all")
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(hp.link.address)
-        await s.collect(0.1)
-        asked = _upgrade_requests(hp)
+        asked, retried = _upgrade_requests(hp), hp.ep.counters.get("retries", 0)
         g = w.proof(block=0, upgrade=(0, w.length), manifest=True)
         forged = [_mutate(g, lambda m: _block(m, value=b"forged %d" % i)) for i in range(20)]
-        await _send_forgeries(hp.ep.counters, s, hp.link.address, forged,
-                              {"dropped_invalid_proof": len(forged)})
+        await _send_forgeries(hp.ep.counters, lambda body: hp.relay.inject(wire.DATA, body),
+                              forged, {"dropped_invalid_proof": len(forged)})
         await asyncio.sleep(0.1)
+        # every upgrade request since is a retry on the timer (the relay holds
+        # the answers), none a new one because a forgery cancelled the first
         extra = _upgrade_requests(hp) - asked
-        assert extra <= 2, "%d forged proofs made the puller send %d upgrade requests" % (
-            len(forged), extra)
+        assert extra == hp.ep.counters.get("retries", 0) - retried, \
+            "%d forged proofs made the puller send %d upgrade requests" % (len(forged), extra)
         await hp.finish()
-        att.close()
         hp.close()
         await net.close()
     run(main)
@@ -881,55 +911,52 @@ def test_forged_proofs_waiting_ahead_are_dropped_once_passed(tmp_path: Any) -> N
         net = await Net(str(tmp_path), n_blocks=60).start()
         w = net.writer
         hp = await HeldPull(net).start("blocks")
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(hp.link.address)
-        await s.collect(0.1)
         ahead = list(range(3, 12))
         for i in ahead:    # no path: checkable only against a leaf the replica lacks yet
-            s.send_message(hp.link.address, wire.DATA, _mutate(
+            hp.relay.inject(wire.DATA, _mutate(
                 w.proof(block=i), lambda m: _block(m, value=b"forged block %d" % i)))
         assert await wait_until(lambda: set(ahead) <= set(hp.download.ahead), 5)
         await hp.finish()
         net.check_replica(hp.core)
         stale = sorted(i for i in hp.download.ahead if i < hp.core.contiguous_length)
         assert not stale, "forged proofs for blocks %s are still kept" % stale
-        att.close()
         hp.close()
         await net.close()
     run(main)
 
 
 def test_forged_proof_waiting_ahead_does_not_block_the_pull(tmp_path: Any) -> None:
+    """Data waiting for a proof never pushes out a verified answer: forged
+    proofs wait for blocks in flight, then the genuine answers arrive (the one
+    with block 1 last) and wait next to them; the first that verifies is
+    stored, with no request asked again."""
     async def main() -> None:
         net = await Net(str(tmp_path), n_blocks=60).start()
         w = net.writer
         hp = await HeldPull(net).start("blocks")
-        att = Attacker()
-        s = net.session(att)
-        await s.handshake(hp.link.address)
-        await s.collect(0.1)
         ahead = list(range(3, 30))
         for i in ahead:
-            s.send_message(hp.link.address, wire.DATA, _mutate(
+            hp.relay.inject(wire.DATA, _mutate(
                 w.proof(block=i), lambda m: _block(m, value=b"forged block %d" % i)))
         assert await wait_until(lambda: set(ahead) <= set(hp.download.ahead), 5)
-        # The genuine answers arrive, the one with block 1 last: the others
-        # find a forged proof in their place.
         hp.relay.hold = None
         first, rest = hp.relay.held[0], hp.relay.held[1:]
         hp.relay.held = []
-        c = hp.ep.counters
-        before = c.get("duplicates", 0)
+        genuine = {DataMessage.peek(b).block_index for k, b in hp.messages(rest)
+                   if k == wire.DATA} & set(ahead)
+        assert genuine
         for env in rest:
-            hp.relay.to_client(env)
-        assert await wait_until(lambda: c.get("duplicates", 0) > before, 5)
-        await asyncio.sleep(0.1)
-        hp.relay.to_client(first)
-        done, _ = await asyncio.wait([hp.task], timeout=8)
-        assert done, "the pull stalled at block %d of %d" % (hp.core.contiguous_length, w.length)
+            hp.relay.forward_to_client(env)
+        waiting = hp.download.ahead
+        assert await wait_until(lambda: all(len(waiting.get(i, ())) == 2 for i in genuine), 5), \
+            "genuine answers were dropped: %s" % {i: len(waiting.get(i, ())) for i in genuine}
+        retries = hp.ep.counters.get("retries", 0)
+        hp.relay.forward_to_client(first)
+        assert await wait_until(lambda: hp.core.contiguous_length > max(genuine), 5), \
+            "the pull stalled at block %d of %d" % (hp.core.contiguous_length, w.length)
+        assert hp.ep.counters.get("retries", 0) == retries
+        await asyncio.wait_for(hp.task, 20)
         net.check_replica(hp.core)
-        att.close()
         hp.close()
         await net.close()
     run(main)

@@ -179,9 +179,9 @@ def _udp_pair_with_proxy(wcore: Core, **kw: Any) -> Any:
 
 
 def test_a_lost_sync_answering_the_hello_is_asked_for_again(tmp_path: Any) -> None:
-    """The handshake is HELLO -> HELLO+SYNC -> HELLO (now with the right
-    cookie) -> SYNC.  Losing that last SYNC must not leave the puller waiting
-    forever for a length it was never told."""
+    """The handshake is HELLO -> HELLO+SYNC (the server keeps nothing) ->
+    HELLO+SYNC (echoing the server's cookie) -> SYNC+HELLO.  Losing that
+    last answer must not leave the puller waiting."""
     wcore, wmachine = build_writer(str(tmp_path / "writer"), 200, seed=81)
     reader = Core(str(tmp_path / "reader"), key=wcore.key, durability="batch")
 

@@ -408,7 +408,7 @@ def test_cli_serve_and_pull_through_the_broker(tmp_path: Any, broker: Broker) ->
         pull = cm("pull", replica, key, broker.url("cli"), "--timeout", "60")
         out, err = pull.communicate(timeout=90)
         assert pull.returncode == 0, err
-        assert "pulled %s: length 1000" % key in out
+        assert "pulled %s: signed length 1000, fork 0, verified" % key in out
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)

@@ -91,14 +91,15 @@ def test_pushes_from_others_or_forged_are_never_applied(tmp_path: Any) -> None:
         relay.forward = False        # the honest push does not get through
         push = w.proof(block=n, upgrade=(n, 1), request=wire.PUSHED)
         # from another session (a key holder elsewhere, greeted by the puller):
-        # not the source, dropped unverified
+        # not the source, dropped unverified (answers are taken only from it)
         att = Attacker()
         s = net.session(att)
         await s.handshake(ep_address(ep))
         await s.collect(0.1)
         before = dict(ep.counters)
         s.send_message(ep_address(ep), wire.DATA, push)
-        assert await wait_until(lambda: delta(ep.counters, before).get("duplicates", 0) == 1, 5)
+        assert await wait_until(
+            lambda: delta(ep.counters, before).get("dropped_unsolicited", 0) == 1, 5)
         assert replica.length == n
         # as if from the source, but forged: verified, rejected, nothing stored
         m = DataMessage.decode(push)

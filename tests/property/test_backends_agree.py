@@ -4,13 +4,19 @@ state after every step and byte-identical store files at the end; their proofs
 are identical and replicas fed those proofs write identical files too."""
 from __future__ import annotations
 
+import errno
+import os
 import random
+import shutil
+import subprocess
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure
 from coremachine_embedded.caps import Durability
+from coremachine_embedded.errors import StorageError
 from tests.compiled import extension
 from tests.fixtures.recipes import read_files
 
@@ -166,3 +172,116 @@ def test_runs_write_the_same_files(tmp_path_factory, blocks, size, seed):
         for r in replicas:
             r.close()
     assert_same_replica_files(base)
+
+
+# --- the same errors (issue 10, line 11) ----------------------------------------------
+
+def describe(e: BaseException) -> tuple:
+    """An error as the backends must agree on it: class, code, errno and the
+    store file it names."""
+    name = getattr(e, "filename", None)
+    return (type(e), getattr(e, "code", None), getattr(e, "errno", None),
+            os.path.basename(name) if name else None)
+
+
+def failure(fn, *args) -> tuple:
+    """What ``fn`` raised (:func:`describe`), or ("ok",)."""
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - comparing what each backend raises
+        return describe(e)
+    return ("ok",)
+
+
+@settings(max_examples=60)
+# the manifest's quorum 1 -> 0, and its signer count 1 -> 129 (found: they differed)
+@example(blocks=[b""] * 5, seed=0, cuts=[], flips=[(184, 1)], junk=b"", which=0)
+@example(blocks=[b""] * 5, seed=0, cuts=[], flips=[(185, 0x80)], junk=b"", which=0)
+@given(blocks=st.lists(st.binary(max_size=90), min_size=1, max_size=24),
+       seed=st.integers(0, 2**31), cuts=st.lists(st.integers(0, 4000), max_size=3),
+       flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(1, 255)), max_size=3),
+       junk=st.binary(max_size=8), which=st.integers(0, 3))
+def test_the_same_malformed_proof_gets_the_same_error(tmp_path_factory, blocks, seed, cuts,
+                                                      flips, junk, which):
+    """A proof with bytes flipped, cut off or appended: both backends' replicas
+    refuse it with the same error class and code (or both take it)."""
+    base = tmp_path_factory.mktemp("agree-proofs")
+    _, sk = _pure.keypair_from_seed(seed.to_bytes(4, "little") * 8)
+    writer = _pure.Log(str(base / "w"), create=True, secret_key=sk)
+    writer.append(blocks)
+    n = writer.length
+    proof = [writer.proof(0, 0, 0, (0, n), True), writer.proof(0, n - 1, 0, (0, n), False),
+             writer.proof(0, n - 1, 0, None, False), writer.proof(0, 0, 0, (0, 1), True)][which]
+    writer.close()
+    mutated = bytearray(proof)
+    for pos, bits in flips:
+        if mutated:
+            mutated[pos % len(mutated)] ^= bits
+    for cut in cuts:
+        del mutated[cut % (len(mutated) + 1):]
+    mutated += junk
+    replicas = [b.Log(str(base / ("r-" + b.NAME)), create=True, key=writer.key)
+                for b in BACKENDS]
+    try:
+        outcomes = [failure(r.apply_proof, bytes(mutated)) for r in replicas]
+        assert outcomes[0] == outcomes[1], outcomes
+        assert state(replicas[0]) == state(replicas[1])
+    finally:
+        for r in replicas:
+            r.close()
+
+
+def test_a_store_file_that_cannot_be_opened_is_the_same_error(tmp_path) -> None:
+    """A directory where ``tree`` should be: StorageError with EISDIR naming
+    ``tree`` on both (the C backend lost the errno of a failed open)."""
+    _, sk = _pure.keypair_from_seed(bytes(32))
+    outcomes = []
+    for b in BACKENDS:
+        d = str(tmp_path / b.NAME)
+        b.Log(d, create=True, secret_key=sk).close()
+        os.unlink(os.path.join(d, "tree"))
+        os.mkdir(os.path.join(d, "tree"))
+        outcomes.append(failure(b.Log, d))
+    assert outcomes[0] == outcomes[1] == (StorageError, "STORAGE", errno.EISDIR, "tree")
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 192 KiB tmpfs (mounting needs root: skipped otherwise)."""
+    mount = str(tmp_path / "small")
+    os.mkdir(mount)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", mount],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs: %s" % (r.stderr.strip() or r.returncode))
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", mount], check=True)
+
+
+def test_a_full_disk_is_the_same_storage_error(small_filesystem) -> None:
+    """Appends until the file system is full: StorageError with ENOSPC naming
+    the same file on both backends (the pure one raised a bare OSError), and
+    the core refuses to go on until it is reopened."""
+    _, sk = _pure.keypair_from_seed(bytes(32))
+    outcomes = []
+    for b in BACKENDS:
+        d = os.path.join(small_filesystem, b.NAME)
+        log = b.Log(d, create=True, secret_key=sk)
+        block = bytes(range(256)) * 4
+        full: tuple = ("never full",)
+        try:
+            for _ in range(1000):
+                log.append([block])
+        except Exception as e:  # noqa: BLE001 - compared below
+            full = describe(e)
+        try:
+            outcomes.append((full, failure(log.append, [block])))
+        finally:
+            try:
+                log.close()
+            except Exception:  # noqa: BLE001 - a core stopped by the full disk
+                pass
+            shutil.rmtree(d, ignore_errors=True)
+    assert outcomes[0] == outcomes[1], outcomes

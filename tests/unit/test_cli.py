@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from coremachine_embedded import cli
+from coremachine_embedded import caps, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
@@ -109,7 +109,8 @@ def test_the_whole_cli(tmp_path) -> None:
     r = cm("verify", store)
     assert r.returncode == 0 and "5 blocks re-hashed" in r.stdout
     info = json.loads(cm("info", store, "--json").stdout)
-    assert info["key"] == key and info["length"] == 5 and info["format_version"] == 1
+    assert info["key"] == key and info["length"] == 5
+    assert info["format_version"] == caps.FORMAT_VERSION
     assert info["role"] == "writer" and info["durability"] == "sync" and info["size_on_disk"] > 0
     assert info["machine"] == ref
     assert cm("info", store, "--key").stdout == key + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pathlib
 import shutil
 import signal
@@ -211,7 +212,7 @@ def test_reads_in_a_loop_while_a_writer_acts_and_checkpoints(tmp_path) -> None:
         for _ in range(5):
             r = cm("verify", store)
             assert r.returncode == 0, r.stderr
-            verified = int(r.stdout.split(": ")[1].split()[0])
+            verified = int(re.search(r"(\d+) blocks re-hashed", r.stdout).group(1))
             st = json.loads(cm("state", store, "--json", "--machine",
                                "coremachine_embedded.demo:THERMOSTAT").stdout)
             assert st["length"] >= verified and st["context"]["readings"] == st["length"]

@@ -5,11 +5,12 @@ import os
 import stat
 import struct
 import zlib
+from typing import List
 
 import pytest
 
 import coremachine_embedded as cm
-from coremachine_embedded import errors
+from coremachine_embedded import caps, errors
 
 SEED = bytes(range(32))
 
@@ -159,7 +160,10 @@ def _rewrite_header_version(path, version: int, grow: int = 0) -> None:
             f.write(new)
 
 
-@pytest.mark.parametrize("version,grow", [(2, 0), (2, 24), (0, 0), (0, 8)])
+@pytest.mark.parametrize("version,grow", [(caps.FORMAT_VERSION + 1, 0),
+                                          (caps.FORMAT_VERSION + 1, 24),
+                                          (caps.FORMAT_OLDEST - 1, 0),
+                                          (caps.FORMAT_OLDEST - 1, 8)])
 def test_other_format_versions_are_refused(tmp_path, kp: cm.KeyPair, version: int,
                                           grow: int) -> None:
     """A store in a format this library has no reader (or migration) for is a
@@ -175,6 +179,24 @@ def test_other_format_versions_are_refused(tmp_path, kp: cm.KeyPair, version: in
     with pytest.raises(cm.FormatVersionError) as e:
         cm.Core(d)
     assert e.value.code == "FORMAT_VERSION" and str(e.value.filename).endswith("header")
+
+
+def test_the_oldest_format_still_read_is_migrated(tmp_path, kp: cm.KeyPair) -> None:
+    """Format 1 has format 2's layout: it opens, reads the same log, and gets
+    a header slot of the current version (format 2 checkpoints every
+    truncation)."""
+    d = tmp_path / "v"
+    with cm.Core(d, key_pair=kp) as core:
+        core.append([b"x", b"y"])
+        core.checkpoint()
+        core.append(b"z")
+        expected = core.tree_hash()
+    _rewrite_header_version(d / "header", caps.FORMAT_OLDEST, 0)
+    with cm.Core(d) as core:
+        assert (core.length, core.tree_hash()) == (3, expected)
+    raw = (d / "header").read_bytes()
+    versions = {struct.unpack_from("<I", raw, base + 12)[0] for base in (0, 4096)}
+    assert caps.FORMAT_VERSION in versions
 
 
 def test_replica_refuses_blocks_over_its_max_block_size(tmp_path, kp: cm.KeyPair) -> None:
@@ -259,3 +281,35 @@ def test_get_range(tmp_path, kp: cm.KeyPair) -> None:
             assert replica.get_range(2, 10) == blocks[2:10]
             with pytest.raises(cm.BlockNotAvailableError):
                 replica.get_range(5, 11)
+
+
+def test_failed_opens_in_threads_name_their_own_files(tmp_path, kp: cm.KeyPair) -> None:
+    """Opens run without the GIL: two threads failing to open different
+    damaged stores each get the file of their own store (issue 10: the C
+    backend kept the failing file in a global)."""
+    import threading
+
+    def damaged(name: str, file: str) -> str:
+        path = str(tmp_path / name)
+        with cm.Core(path, key_pair=kp) as core:
+            core.append([b"x" * 100] * 9)
+        with open(os.path.join(path, file), "r+b") as f:
+            f.write(b"\xff" * (8192 if file == "header" else 40 * 17))
+        return path
+
+    stores = {"tree": damaged("a", "tree"), "header": damaged("b", "header")}
+    wrong: List[str] = []
+
+    def open_many(file: str) -> None:
+        for _ in range(300):
+            try:
+                cm.Core(stores[file])
+            except cm.CorruptionError as e:
+                if os.path.basename(str(e.filename)) != file:
+                    wrong.append("%s named %s" % (file, e.filename))
+    threads = [threading.Thread(target=open_many, args=(f,)) for f in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong[:5]

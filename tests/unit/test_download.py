@@ -204,3 +204,90 @@ def test_the_window_bounds_what_is_held(pair: Any) -> None:
     assert replica.contiguous_length == 1 + held   # block 1 and everything waiting for it
     s.run()
     same(replica, writer)
+
+
+def _all_but_block_1_waits(s: Stream) -> None:
+    s.ask()
+    s.serve()
+    s.deliver(*s.down.popleft())   # the upgrade with block 0
+    for _ in range(100):
+        s.ask()
+        s.serve()
+        answers = [(k, b) for k, b in s.down if DataMessage.peek(b).block_index != 1]
+        s.down.clear()
+        for kind, body in answers:
+            s.deliver(kind, body)
+
+
+def test_shedding_what_waits_asks_it_again_farthest_first(pair: Any) -> None:
+    """A spent memory budget takes back proofs waiting ahead, the farthest
+    first; their asks are due again, and the pull still ends complete."""
+    writer, replica = pair
+    s = Stream(writer, replica, window=4)
+    _all_but_block_1_waits(s)
+    waiting = sorted(s.download.ahead)
+    held = s.download.held_bytes()
+    freed = s.download.shed(held // 2)
+    assert held // 2 <= freed < held
+    kept = sorted(s.download.ahead)
+    assert kept == waiting[:len(kept)] and len(kept) < len(waiting)   # the nearest stay
+    dropped = waiting[len(kept):]
+    assert all(s.download.inflight[i].deadline == 0.0 and s.download.inflight[i].missing
+               for i in dropped)
+    assert s.download.counters["dropped_memory"] == len(dropped)
+    for i in dropped:                 # what a datagram endpoint's timer does: ask again
+        s.up.append(s.download.send(s.download.inflight[i]))
+    s.deliver(wire.DATA, writer.proof(block=1, nodes=replica.missing_nodes(1)))
+    s.run()
+    same(replica, writer)
+
+
+def test_a_forged_proof_waiting_ahead_never_pushes_out_the_real_one(pair: Any) -> None:
+    """Two different proofs of a block wait side by side (the answer to the
+    ask in flight first); the first that verifies is stored."""
+    writer, replica = pair
+    s = Stream(writer, replica, window=8)
+    s.ask()
+    s.serve()
+    s.deliver(*s.down.popleft())
+    s.ask()
+    s.up.clear()
+    ask3 = s.download.inflight[3]
+    forged = DataMessage.decode(writer.proof(block=3, nodes=replica.missing_nodes(3)))
+    assert forged.block is not None
+    forged.block = (3, b"forged", forged.block[2])
+    s.deliver(wire.DATA, forged.encode())
+    genuine = writer.proof(block=3, nodes=replica.missing_nodes(3), request=ask3.id)
+    s.deliver(wire.DATA, genuine)
+    s.deliver(wire.DATA, genuine)     # a copy is a duplicate, not a third candidate
+    assert s.download.ahead[3] == [genuine, forged.encode()]
+    assert s.download.counters["duplicates"] == 1
+    for i in (1, 2):
+        s.deliver(wire.DATA, writer.proof(block=i, nodes=replica.missing_nodes(i)))
+    assert replica.contiguous_length == 4 and replica.get(3) == writer.get(3)
+    assert 3 not in s.download.ahead and 3 not in s.download.inflight
+
+
+def test_requests_and_runs_are_refused_with_the_same_reasons(pair: Any) -> None:
+    """NO_DATA reasons (Hypercore's noData): another fork is an invalid
+    request, what the server does not hold is not available - the same for a
+    REQUEST and a RUN (issue 10: they were swapped)."""
+    writer, _ = pair
+    counters = Counters()
+
+    def reason(answer: serving.Answer) -> int:
+        (kind, body), = answer.messages
+        assert kind == wire.NO_DATA
+        return wire.NoData.decode(body).reason
+
+    other_fork = (serving.answer_request(writer, wire.Request(1, 7, block=(3, 0)), counters),
+                  serving.answer_run(writer, wire.Run(2, 7, 0, 4, 0), counters, 1100))
+    assert [reason(a) for a in other_fork] == [serving.INVALID_REQUEST] * 2
+    assert all(a.resync for a in other_fork)
+    beyond = writer.length + 64 - writer.length % 64
+    not_held = (serving.answer_request(writer, wire.Request(3, 0, block=(beyond, 0)), counters),
+                serving.answer_run(writer, wire.Run(4, 0, beyond, 64, 0), counters, 1100))
+    assert [reason(a) for a in not_held] == [serving.NOT_AVAILABLE] * 2
+    refused = (serving.answer_request(writer, wire.Request(5, 0, block=(4, 1000)), counters),
+               serving.answer_run(writer, wire.Run(6, 0, 4, 4, 1000), counters, 1100))
+    assert [reason(a) for a in refused] == [serving.NOT_AVAILABLE] * 2

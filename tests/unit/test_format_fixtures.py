@@ -54,7 +54,7 @@ def test_every_format_up_to_the_current_one_has_fixtures() -> None:
 def test_fixture_store_opens_reads_and_verifies(tmp_path, version: int, name: str) -> None:
     expected: Dict[str, Any] = _load(version, "stores.json")[name]
     copy = str(tmp_path / name)
-    shutil.copytree(os.path.join(FIXTURES, "format-v%d" % version, name), copy)
+    recipes.copy_fixture(version, name, copy)
     got = recipes.describe(copy)
     if version == caps.FORMAT_VERSION:
         assert got == expected
@@ -86,6 +86,7 @@ def _same_files(got: str, committed: str, name: str, skip: Tuple[str, ...] = ())
 
 def _closed_copy(src: str, dst: str) -> str:
     shutil.copytree(src, dst)
+    recipes.private_key(dst)   # (a committed fixture's key has the mode git gave it)
     cm.Core(dst).close()
     return dst
 
