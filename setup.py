@@ -20,10 +20,22 @@ import subprocess
 import sys
 import tempfile
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 from setuptools.errors import CompileError
+
+# pyproject.toml states its licence as PEP 639 does (license = "MIT"), which
+# setuptools reads from 77 on; older ones (Debian 12 has 66) stop with a
+# schema error that does not say this.  pip's build environment and `make`'s
+# .venv have a new one.
+if int(setuptools.__version__.split(".")[0]) < 77:
+    raise SystemExit(
+        "coremachine_embedded: setup.py needs setuptools >= 77 (pyproject.toml's license is a "
+        "PEP 639 expression); %s has setuptools %s. Use `make build` (its .venv has one), "
+        "`pip install .` (pip's build environment fetches one), or in a venv: "
+        "pip install 'setuptools>=77'" % (sys.executable, setuptools.__version__))
 
 CSRC = sorted(glob.glob(os.path.join("csrc", "*.c")))
 IMPL = os.environ.get("COREMACHINE_IMPL", "auto").strip().lower() or "auto"

@@ -159,6 +159,12 @@ def run(report: Report, quick: bool) -> None:
         report.add(section, "  CPU of the JS reader: from us / from JS",
                    r["ours_js"]["cpu_seconds"], "s", "from JS", r["js_js"]["cpu_seconds"],
                    lower_is_better=True)
+        # the JS reader's own work per block, whoever serves it (see docs/protocol.md)
+        for what, label, unit in (("db_reads", "RocksDB reads", "reads"),
+                                  ("socket_writes", "socket writes", "writes")):
+            report.add(section, "  JS reader's %s per block: from us" % label,
+                       r["ours_js"][what] / entries, unit, "from JS", r["js_js"][what] / entries,
+                       lower_is_better=True)
         report.add(section, "  max RSS of our reader", r["js_ours"]["max_rss_kib"] / 1024, "MiB",
                    "the JS reader", r["js_js"]["max_rss_kib"] / 1024, lower_is_better=True)
         report.add(section, "  max RSS of our writer", r["rss"]["our_writer"] / 1024, "MiB",

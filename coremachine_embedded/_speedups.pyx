@@ -6,7 +6,9 @@ versions are the reference; tests/property/test_speedups.py checks that
 these agree with them.  Used with the C backend only (``_backend.speedups``).
 """
 from libc.math cimport floor
+from cpython.dict cimport PyDict_Next
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.ref cimport PyObject
 from cpython.unicode cimport PyUnicode_GET_LENGTH, PyUnicode_READ_CHAR
 
 cdef long long MAX_SAFE_INTEGER = 9007199254740991
@@ -25,20 +27,38 @@ def copy_json(value):
 cdef object _copy(object value, int depth):
     cdef dict out
     cdef list items
+    cdef Py_ssize_t pos = 0, i, n
+    cdef PyObject *key
+    cdef PyObject *item
     if depth > COPY_DEPTH:
         raise RecursionError("maximum recursion depth exceeded while copying a JSON value")
+    t = type(value)
+    if t is dict:   # the common case, walked without an iterator or a pair per item
+        out = {}
+        while PyDict_Next(value, &pos, &key, &item):
+            out[<object>key] = _copy_item(<object>item, depth)
+        return out
+    if t is list:
+        n = len(<list>value)
+        items = []
+        for i in range(n):
+            items.append(_copy_item((<list>value)[i], depth))
+        return items
     if isinstance(value, dict):
         out = {}
-        pairs = (<dict>value).items() if type(value) is dict else value.items()
-        for k, v in pairs:
-            out[k] = _copy(v, depth + 1) if isinstance(v, (dict, list, tuple)) else v
+        for k, v in value.items():
+            out[k] = _copy_item(v, depth)
         return out
     if isinstance(value, (list, tuple)):
-        items = []
-        for v in value:
-            items.append(_copy(v, depth + 1) if isinstance(v, (dict, list, tuple)) else v)
-        return items
+        return [_copy_item(v, depth) for v in value]
     return value
+
+
+cdef inline object _copy_item(object v, int depth):
+    t = type(v)
+    if t is str or t is int or t is float or t is bool or v is None:
+        return v
+    return _copy(v, depth + 1) if isinstance(v, (dict, list, tuple)) else v
 
 
 def json_safe(value):
@@ -50,13 +70,16 @@ def json_safe(value):
 
 cdef bint _safe(object o, int depth):
     cdef object t = type(o)
+    cdef Py_ssize_t pos = 0
+    cdef PyObject *key
+    cdef PyObject *item
     if t is dict:
         if depth >= SCAN_DEPTH:
             return False
-        for k, v in (<dict>o).items():
-            if type(k) is not str or _is_index(<str>k):
+        while PyDict_Next(o, &pos, &key, &item):
+            if type(<object>key) is not str or _is_index(<str>key):
                 return False
-            if not _scalar_or_container(v, depth):
+            if not _scalar_or_container(<object>item, depth):
                 return False
         return True
     if t is list or t is tuple:

@@ -111,6 +111,8 @@ class Durability(str, enum.Enum):
     @classmethod
     def parse(cls, value: Union[str, "Durability"]) -> "Durability":
         """``value`` (a member or its string) as a member; the errors name the modes."""
+        if type(value) is cls:
+            return value  # the common case (every Core() that does not name one)
         from .errors import ArgumentTypeError, InvalidArgumentError
         if not isinstance(value, str):
             raise ArgumentTypeError("durability must be a string, not %s"

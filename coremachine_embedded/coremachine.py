@@ -106,6 +106,9 @@ class Coremachine:
         self._inbox: Optional["asyncio.Queue[Any]"] = None
         self._worker: Optional["asyncio.Task[None]"] = None
         self._follow = self._on_core_change   # one bound method: the core skips it for our calls
+        # Log changes taken in other than its own appends (followed, reloaded):
+        # an action compares it before and after its callables run.
+        self._changes_seen = 0
         with self._lock:
             self._load_head()
             self._unsubscribe = core.on_change(self._follow)
@@ -214,12 +217,15 @@ class Coremachine:
         redirect = self.definition.open_redirect[sid]
         self._sid = redirect if redirect >= 0 else sid
         self._head = length - 1
+        self._fork = self.core.fork
+        self._changes_seen += 1
         self._cursor = None
         self._view = None
 
     def _on_core_change(self, change: CoreChange) -> None:
         """Follow what others did to the log (a replica's sync, another
         machine or a direct append on the same core)."""
+        self._changes_seen += 1
         previous = self.definition.states[self._sid]
         if (change.kind == "truncate" or change.fork != change.previous_fork
                 or change.contiguous_length < change.previous_contiguous):
@@ -308,7 +314,7 @@ class Coremachine:
             raise InvalidActionError(event, self.state)
         self._acting = True
         try:
-            at = (self._head, self.core.fork)
+            at = self._changes_seen
             context = copy_json(self._context)   # atomicity: the action works on a copy
             arg = None if value is MISSING else value
             for t in run:
@@ -338,22 +344,21 @@ class Coremachine:
         out += (snap, () if t.target is None else definition.entry[t.target_id])
 
     def _commit(self, event: str, value: Any, t: Transition, context: Dict[str, Any],
-                at: Tuple[int, int]) -> Snapshot:
+                at: int) -> Snapshot:
         target_id = self._sid if t.target is None else t.target_id
         state = self.definition.states[target_id]
         entry: Dict[str, Any] = {"state": state, "context": context, "event": event}
         if value is not MISSING:
             entry["value"] = value
         block = _json.dumps(entry)  # JSONValueError: nothing was changed
-        core = self.core
-        if at != (self._head, core.fork) or core.length != self._head + 1:
+        if at != self._changes_seen or self.core.length != self._head + 1:
             # The lock is re-entrant: a coroutine of the same thread (while an
             # async action awaited) or a callback truncated or appended.  The
             # plan was made on an older log: appending it would lose that.
             raise ConcurrentActionError("the log changed while %s was running: nothing was "
                                         "appended" % event)
         previous = self.definition.states[self._sid]
-        length = core.append(block, origin=self._follow)
+        length = self.core.append_locked(block, self._follow)   # the action holds the lock
         self._sid = target_id
         # The machine's own copy: the action may have put the caller's objects
         # (its value, a global) in the context; later changes to those must
@@ -362,7 +367,7 @@ class Coremachine:
         self._head = length - 1
         # The caller's snapshot reads context and value back from the block (a
         # copy of what the log holds) if it looks at them.
-        return Snapshot.committed(state, block, length - 1, previous, event, at[1])
+        return Snapshot.committed(state, block, length - 1, previous, event, self._fork)
 
     def _enter(self, snap: Snapshot, entry: Entry) -> Path:
         """The target's entry actions, after the commit; the first error is

@@ -97,7 +97,7 @@ class Transition:
 class MachineDefinition:
     """A validated, compiled machine.  Build it with :func:`create_machine`."""
 
-    def __init__(self, initial: str, context: Dict[str, Any], states: Sequence[str],
+    def __init__(self, initial: str, context_json: bytes, states: Sequence[str],
                  events: Sequence[str], finals: Sequence[bool],
                  entry: Sequence[Tuple[Callback, ...]], exit_: Sequence[Tuple[Callback, ...]],
                  open_redirect: Sequence[int], cells: Dict[Tuple[int, int], List[Transition]],
@@ -113,7 +113,7 @@ class MachineDefinition:
         self.exit = tuple(exit_)
         self.open_redirect = tuple(open_redirect)
         self.config = config
-        self._context_json = _json.encoder("pure")(context)  # = dumps; imports no library
+        self._context_json = context_json   # the initial context as dumps writes it
         self.table = _backend.impl.Table(len(self.states), max(1, len(self.events)))
         # Per state, the events that have transitions, in definition order.
         self.events_by_state: Tuple[Tuple[Tuple[str, Tuple[Transition, ...]], ...], ...]
@@ -190,8 +190,8 @@ def create_machine(config: Union[MachineDefinition, Mapping[str, Any]]) -> Machi
     context = config.get("context", {})
     if not isinstance(context, dict):
         raise DefinitionError("context must be a dict (a JSON object)")
-    try:
-        _json.encoder("pure")(context)  # as dumps would; no library to import for a definition
+    try:  # the bytes dumps would write; no library to import for a definition
+        context_json = _json.encoder("pure")(context)
     except _json.JSONValueError as e:
         raise DefinitionError("context cannot be stored as JSON: %s" % e) from None
     states_cfg = config.get("states")
@@ -319,5 +319,5 @@ def create_machine(config: Union[MachineDefinition, Mapping[str, Any]]) -> Machi
                     continue  # a state's own transition wins over 'all'
                 cells[(sid, eid)] = compile_candidates(spec, event, name, True,
                                                        "all.%s" % event)
-    return MachineDefinition(initial, context, names, events, finals, entry, exit_, redirect,
+    return MachineDefinition(initial, context_json, names, events, finals, entry, exit_, redirect,
                              cells, config)

@@ -14,6 +14,7 @@ MISSING: Any = type("MISSING", (), {"__repr__": lambda self: "MISSING", "__slots
 _UNREAD: Any = type("UNREAD", (), {"__slots__": ()})()
 
 _CONTAINERS = (dict, list, tuple)
+_new = object.__new__
 
 
 def copy_json_python(value: Any) -> Any:
@@ -59,10 +60,14 @@ class Snapshot:
                   fork: int) -> "Snapshot":
         """The snapshot of entry ``index``, just appended as ``block``: its
         context and value are decoded from the block when first read."""
-        snap = cls.__new__(cls)
-        snap.state, snap.index, snap.previous_state, snap.event, snap.fork = (
-            state, index, previous_state, event, fork)
-        snap._context = snap._value = _UNREAD
+        snap = _new(cls)   # one attribute a line: half the time of unpacking a tuple
+        snap.state = state
+        snap.index = index
+        snap.previous_state = previous_state
+        snap.event = event
+        snap.fork = fork
+        snap._context = _UNREAD
+        snap._value = _UNREAD
         snap._block = block
         return snap
 

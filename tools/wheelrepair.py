@@ -83,13 +83,13 @@ def _hashed_name(soname: str, data: bytes) -> str:
     return "%s-%s.so%s" % (stem, hashlib.sha256(data).hexdigest()[:8], rest)
 
 
-def bundle(tree: Path, extension: Path, cc: str, package: str) -> List[Path]:
-    """Copies the libraries ``extension`` needs into ``tree/<package>.libs`` and
-    points the extension at them; returns the copies."""
+def bundle(tree: Path, extensions: Sequence[Path], cc: str, package: str) -> List[Path]:
+    """Copies the libraries ``extensions`` need into ``tree/<package>.libs`` (once
+    each) and points the extensions at them; returns the copies."""
     libs = tree / (package + ".libs")
     renamed: Dict[str, str] = {}
     copies: List[Path] = []
-    todo = [extension]
+    todo = list(extensions)
     while todo:  # the bundled libraries' own needs are bundled too
         for soname in needed(todo.pop()):
             if soname in SYSTEM_LIBS or soname in renamed:
@@ -103,16 +103,17 @@ def bundle(tree: Path, extension: Path, cc: str, package: str) -> List[Path]:
             renamed[soname] = name
             copies.append(copy)
             todo.append(copy)
-    for elf in [extension] + copies:
+    for elf in list(extensions) + copies:
         renames = [old for old in needed(elf) if old in renamed]
         # One change a call: patchelf 0.14 mixes up the string table when a
         # --replace-needed and a --set-rpath share one.
         for old in renames:
             subprocess.run(["patchelf", "--replace-needed", old, renamed[old], str(elf)],
                            check=True)
-        if elf == extension:  # (also drops the build machine's own RUNPATH)
-            subprocess.run(["patchelf", "--set-rpath",
-                            "$ORIGIN/" + os.path.relpath(libs, elf.parent), str(elf)], check=True)
+        if elf in extensions:  # (also drops the build machine's own RUNPATH)
+            rpath = ["--set-rpath", "$ORIGIN/" + os.path.relpath(libs, elf.parent)] if renames \
+                else ["--remove-rpath"]
+            subprocess.run(["patchelf"] + rpath + [str(elf)], check=True)
         elif renames:
             subprocess.run(["patchelf", "--set-rpath", "$ORIGIN", str(elf)], check=True)
     return copies

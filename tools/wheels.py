@@ -5,14 +5,15 @@ Raspberry Pi OS Bookworm: CPython 3.11, glibc 2.36), built on this machine.
    build environment) from a copy of the source tree, so the checkout is left
    as it was; its pure-Python files, board profiles and metadata are the same
    for every architecture.
-2. For each other architecture the extension is compiled again with that
-   architecture's cross compiler (``arm-linux-gnueabihf-gcc``, ...), from the
-   sources, include directories and flags setup.py declares, against Debian
-   Bookworm's Python 3.11 headers for it (tools/debroot.py) and its
-   libsodium (``libsodium-dev:armhf``, ...), and takes the place of the native
-   extension.
-3. Each wheel is repaired (tools/wheelrepair.py): libsodium bundled, the glibc
-   floor read from the binaries' symbol versions, the manylinux tag set.
+2. For each other architecture every extension setup.py declares (``_core``,
+   ``_speedups``) is compiled again with that architecture's cross compiler
+   (``arm-linux-gnueabihf-gcc``, ...), from the sources, include directories
+   and flags setup.py declares, against Debian Bookworm's Python 3.11 headers
+   for it (tools/debroot.py) and its libsodium (``libsodium-dev:armhf``, ...),
+   and the native extensions are removed.
+3. Each wheel is repaired (tools/wheelrepair.py): every binary checked to be
+   for its architecture, libsodium bundled, the glibc floor read from the
+   binaries' symbol versions, the manylinux tag set.
 
 Usage: ``python3 tools/wheels.py [--out DIR] [ARCH ...]`` (default: dist/wheels,
 all three).  docs/wheels.md says how to install them on a Pi.
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a script: tools/ is not on sys.path as a package
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,7 +55,7 @@ def source_copy(work: Path) -> Path:
     src = work / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
         ".git", ".cache", ".venv", "build", "dist", "node_modules", "*.egg-info", "*.so",
-        "_core.c", "__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache"))
+        "_core.c", "_speedups.c", "__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache"))
     return src
 
 
@@ -69,8 +70,8 @@ def native_wheel(src: Path, work: Path) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def extension_spec(src: Path) -> Any:
-    """setup.py's Extension (sources after Cython, include dirs, flags, libraries)."""
+def extension_specs(src: Path) -> Tuple[Any, ...]:
+    """setup.py's Extensions (sources after Cython, include dirs, flags, libraries)."""
     import setuptools  # type: ignore[import-untyped]  # noqa: F401  (first: it provides distutils)
     from distutils.core import run_setup
     saved_cwd, saved_env = os.getcwd(), dict(os.environ)
@@ -88,7 +89,7 @@ def extension_spec(src: Path) -> Any:
         os.environ.update(saved_env)
     if not dist.ext_modules:
         raise wheelrepair.RepairError("setup.py declares no extension to cross-compile")
-    return dist.ext_modules[0]
+    return tuple(dist.ext_modules)
 
 
 def cross_compile(arch: Arch, ext: Any, src: Path, target: Path) -> None:
@@ -103,8 +104,13 @@ def cross_compile(arch: Arch, ext: Any, src: Path, target: Path) -> None:
     subprocess.run(cmd, check=True, timeout=1800)
 
 
-def _extension_in(tree: Path) -> List[Path]:
-    return sorted((tree / PACKAGE).glob("_core.*.so"))
+def _extensions_in(tree: Path) -> List[Path]:
+    return sorted((tree / PACKAGE).glob("*.so"))
+
+
+def _module_name(extension: Path) -> str:
+    """``_core`` for ``_core.cpython-311-x86_64-linux-gnu.so``."""
+    return extension.name.split(".", 1)[0]
 
 
 def make_wheel(native: Path, src: Path, arch: Arch, out_dir: Path, work: Path) -> Path:
@@ -113,27 +119,33 @@ def make_wheel(native: Path, src: Path, arch: Arch, out_dir: Path, work: Path) -
     shutil.rmtree(tree, ignore_errors=True)
     with zipfile.ZipFile(native) as zf:
         zf.extractall(tree)
-    built = _extension_in(tree)
-    if not built:
-        raise wheelrepair.RepairError("%s has no C extension: was it built without a compiler "
-                                      "or libsodium-dev?" % native.name)
+    declared = sorted(ext.name.rsplit(".", 1)[-1] for ext in extension_specs(src))
+    built = _extensions_in(tree)
+    if sorted(map(_module_name, built)) != declared:
+        raise wheelrepair.RepairError("%s has the extensions %s, setup.py declares %s: was it "
+                                      "built without a compiler or libsodium-dev?"
+                                      % (native.name, [p.name for p in built], declared))
     if arch.machine == platform.machine():
-        (extension,) = built
+        extensions = built
         cc, prefix = os.environ.get("CC", "cc"), ""
         _name, _version, python_tag, abi_tag, _platform = native.name.split("-")
         tag = "%s-%s" % (python_tag, abi_tag)
     else:
-        for path in built:
+        for path in built:  # the native binaries: a foreign wheel must not carry them
             path.unlink()
-        extension = tree / PACKAGE / ("_core.cpython-%s-%s.so"
-                                      % (PYTHON_VERSION.replace(".", ""), arch.triplet))
-        cross_compile(arch, extension_spec(src), src, extension)
+        suffix = ".cpython-%s-%s.so" % (PYTHON_VERSION.replace(".", ""), arch.triplet)
+        extensions = []
+        for ext in extension_specs(src):
+            extension = tree / (ext.name.replace(".", "/") + suffix)
+            cross_compile(arch, ext, src, extension)
+            extensions.append(extension)
         cc, prefix = arch.triplet + "-gcc", arch.triplet + "-"
         tag = "cp{0}-cp{0}".format(PYTHON_VERSION.replace(".", ""))
-    subprocess.run([prefix + "strip", "--strip-unneeded", str(extension)], check=True)
-    wheelrepair.check_machine(extension, arch.machine)
-    libs = wheelrepair.bundle(tree, extension, cc, PACKAGE)
-    floor = wheelrepair.glibc_floor([extension] + libs)
+    for extension in extensions:
+        subprocess.run([prefix + "strip", "--strip-unneeded", str(extension)], check=True)
+        wheelrepair.check_machine(extension, arch.machine)
+    libs = wheelrepair.bundle(tree, extensions, cc, PACKAGE)
+    floor = wheelrepair.glibc_floor(extensions + libs)
     platform_tag = "manylinux_%d_%d_%s" % (floor + (arch.machine,))
     return wheelrepair.write_wheel(tree, out_dir, "%s-%s" % (tag, platform_tag))
 
@@ -157,8 +169,7 @@ def build(machines: Sequence[str], out_dir: Path) -> List[Path]:
     with tempfile.TemporaryDirectory(prefix="cm-wheels-") as tmp:
         work = Path(tmp)
         src = source_copy(work)
-        if set(machines) - {platform.machine()}:
-            extension_spec(src)  # first: fails early if this Python cannot read setup.py
+        extension_specs(src)  # first: fails early if this Python cannot read setup.py
         native = native_wheel(src, work)
         wheels = []
         for machine in machines:

@@ -50,10 +50,10 @@ class RawPeer:
         self.writer.write(self.stream.take_output())
 
     def open(self, local_id: int, key: bytes, discovery_key: bytes,
-             capability: Optional[bytes] = None) -> None:
+             capability: Optional[bytes] = None, protocol: str = messages.PROTOCOL) -> None:
         cap = capability if capability is not None else messages.capability(
             True, key, self.stream.handshake_hash)
-        self.send_frames([protomux.encode_open(local_id, messages.PROTOCOL, discovery_key,
+        self.send_frames([protomux.encode_open(local_id, protocol, discovery_key,
                                                messages.Handshake(cap).encode())])
 
     def message(self, local_id: int, kind: int, body: bytes) -> bytes:

@@ -111,6 +111,26 @@ def test_a_wrong_capability_closes_the_connection(tmp_path) -> None:
     assert c["dropped_capability"] == 2 and c["closed_invalid_capability"] == 2
 
 
+def test_a_channel_opened_under_the_hypercore_alias_is_served(tmp_path) -> None:
+    core = make_writer(tmp_path)
+
+    async def main() -> dict:
+        server = await serve(core)
+        peer = await RawPeer.connect(server.address[1])
+        peer.open(1, core.key, core.discovery_key, protocol="hypercore")
+        await peer.wait_for(lambda ev: message_of(ev, m.SYNC))
+        peer.send_frames([peer.message(1, m.REQUEST, wire.Request(1, 0, block=(7, 0),
+                                                                  upgrade=(0, N)).encode())])
+        data = await peer.wait_for(lambda ev: message_of(ev, m.DATA))
+        assert DataMessage.decode(data.body).block[0] == 7
+        peer.close()
+        await server.close()
+        return dict(server.counters)
+    c = run(main)
+    assert c["channels_opened"] == 1 and c["requests_served"] == 1
+    assert c.get("dropped_unknown_protocol", 0) == 0
+
+
 def test_unknown_cores_protocols_and_channels_are_refused_and_counted(tmp_path) -> None:
     core = make_writer(tmp_path)
 

@@ -138,33 +138,48 @@ def test_js_writer_to_our_reader_js_connects_and_appends_live(js, tmp_path) -> N
     assert counters.get("dropped_invalid_proof", 0) == 0
 
 
+def test_a_js_writer_that_wants_nothing_keeps_serving_while_we_download(js, tmp_path) -> None:
+    """A JS core closes a channel where neither side downloads; our sync says
+    we download while we pull, so a JS writer that wants nothing serves us."""
+    blocks = blocks_of(60)
+    peer, key, port = js_writer(js, 0x14, blocks)
+    assert peer.call("idle", name="w")["downloading"] is False
+    replica = cm.Core(tmp_path / "r", key=key, durability="none")
+    counters = run(sync.pull(replica, "tcp://127.0.0.1:%d" % port))
+    assert_same(replica, blocks)
+    assert counters.get("channels_opened", 0) == 1
+
+
 def test_a_js_writers_truncation_is_followed(js, tmp_path) -> None:
+    """Our replica and a JS replica both follow the JS writer live through its
+    truncation and end the same: same fork, same blocks."""
     blocks = blocks_of(40)
     peer, key, port = js_writer(js, 0x13, blocks)
     replica = cm.Core(tmp_path / "r", key=key)
     new = [b"new-%d" % i for i in range(25, 45)]
+    other = js()
+    other.call("core", name="r", key=key.hex())
 
     async def main() -> None:
         task = asyncio.ensure_future(sync.pull(replica, "tcp://127.0.0.1:%d" % port, live=True))
         try:
+            await other.acall("connect", port=port, cores=["r"])
             await until(lambda: replica.contiguous_length == 40, "the first 40 blocks")
+            await other.acall("wait", name="r", length=40)
             await peer.acall("truncate", name="w", length=25)
             await peer.acall("append", name="w", blocks=hexes(new))
             await until(lambda: replica.fork == 1 and replica.contiguous_length == 45,
                         "the new fork")
+            await other.acall("wait", name="r", length=45, fork=1)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
     run(main())
     assert replica.fork == 1
     assert_same(replica, blocks[:25] + new)
-    # a JS replica of the same writer ends the same way
-    other = js()
-    other.call("core", name="r", key=key.hex())
-    other.call("connect", port=port, cores=["r"])
-    other.call("wait", name="r", length=45, fork=1)
-    assert [bytes.fromhex(other.call("get", name="r", index=i)["value"]) for i in range(45)] \
-        == blocks[:25] + new
+    theirs = other.call("info", name="r")
+    assert (theirs["fork"], theirs["length"]) == (replica.fork, replica.length)
+    assert js_blocks(other, "r", 45) == blocks[:25] + new
 
 
 # --- our writer -> JS reader ----------------------------------------------------------------
@@ -220,6 +235,34 @@ def test_our_writer_to_js_reader_we_connect(js, tmp_path) -> None:
     run(main())
     assert js_blocks(peer, "r", 120) == blocks
     js_audit(peer, "r", 120)
+
+
+def test_any_stream_pair_carries_it_both_ways_over_a_unix_socket(js, tmp_path) -> None:
+    """sync.replicate over a transport that is not TCP: one Unix-socket stream
+    carries our writer's core to a JS reader and a JS writer's core to us."""
+    ours = writer(tmp_path, 12)
+    our_blocks, their_blocks = blocks_of(90), blocks_of(70, 500)
+    ours.append(our_blocks)
+    peer, their_key, _ = js_writer(js, 13, their_blocks)
+    peer.call("core", name="r", key=ours.key.hex())
+    path = str(tmp_path / "hyper.sock")
+    peer.call("listen", cores=["w", "r"], path=path)
+    replica = cm.Core(tmp_path / "replica", key=their_key, durability="none")
+
+    async def main() -> None:
+        reader, writer_ = await asyncio.open_unix_connection(path)
+        task = asyncio.ensure_future(sync.replicate([ours, replica], reader, writer_,
+                                                    initiator=True))
+        try:
+            await peer.acall("wait", name="r", length=90)
+            await until(lambda: replica.contiguous_length == 70, "the JS writer's blocks")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    run(main())
+    assert js_blocks(peer, "r", 90) == our_blocks
+    js_audit(peer, "r", 90)
+    assert_same(replica, their_blocks)
 
 
 def test_our_writers_truncation_reaches_a_js_reader(js, tmp_path) -> None:
@@ -421,4 +464,38 @@ def test_the_cli_serves_and_pulls_with_hypercore_peers(js, tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert "length 70" in r.stdout and "blocks=70" in r.stderr
     replica = cm.Core(tmp_path / "replica", key=key)
+    assert_same(replica, blocks)
+    replica.close()
+
+
+def test_the_cli_pulls_live_from_a_js_writer(js, tmp_path) -> None:
+    """``coremachine pull REPLICA KEY tcp:// --live`` reports the catch-up,
+    then holds what the JS writer appends while it runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    blocks = blocks_of(60)
+    peer, key, port = js_writer(js, 0x62, blocks[:40])
+    store = str(tmp_path / "live")
+    puller = subprocess.Popen([sys.executable, "-m", "coremachine_embedded", "pull", store,
+                               key.hex(), "tcp://127.0.0.1:%d" % port, "--live"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert puller.stdout is not None
+        assert puller.stdout.readline().startswith("caught up at length 40; following live")
+        peer.call("append", name="w", blocks=hexes(blocks[40:]))
+        deadline = time.monotonic() + TIMEOUT
+        while "contiguous_length  60" not in subprocess.run(
+                [sys.executable, "-m", "coremachine_embedded", "info", store],
+                capture_output=True, text=True, env=env).stdout:   # a read-only snapshot
+            assert time.monotonic() < deadline, "the live pull never got the appends"
+            time.sleep(0.1)
+    finally:
+        puller.send_signal(signal.SIGTERM)
+        out, err = puller.communicate(timeout=30)
+    assert puller.returncode == 0, err
+    assert "have 60 of 60, verified" in out
+    replica = cm.Core(store, key=key)
     assert_same(replica, blocks)

@@ -69,3 +69,24 @@ def test_ensure_deps_on_an_externally_managed_python(tmp_path) -> None:
     check = subprocess.run([os.path.join(venv, "bin", "python"), "-c", "import build.__main__"],
                            cwd=ROOT, capture_output=True, text=True, env=env)
     assert check.returncode == 0, check.stderr
+
+
+def test_setup_py_with_an_old_setuptools_names_the_fix() -> None:
+    """Debian 12's setuptools (66) cannot read pyproject.toml's PEP 639 license:
+    setup.py says so in one line, naming what works, before touching the tree."""
+    if not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip("no %s here" % SYSTEM_PYTHON)
+    found = subprocess.run([SYSTEM_PYTHON, "-c",
+                            "import setuptools; print(setuptools.__version__)"],
+                           capture_output=True, text=True)
+    if found.returncode != 0 or int(found.stdout.split(".")[0]) >= 77:
+        pytest.skip("%s has no setuptools older than 77" % SYSTEM_PYTHON)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "COREMACHINE_IMPL")}
+    proc = subprocess.run([SYSTEM_PYTHON, "setup.py", "--version"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+    assert ("setup.py needs setuptools >= 77 (pyproject.toml's license is a PEP 639 expression);"
+            " %s has setuptools %s." % (SYSTEM_PYTHON, found.stdout.strip())) in proc.stderr
+    assert "make build" in proc.stderr and "pip install ." in proc.stderr

@@ -35,6 +35,8 @@ from tools.wheelrepair import ELF_MACHINES
 ROOT = debroot.REPO
 SMOKE = Path(__file__).resolve().parent / "wheel_smoke.py"
 FOREIGN = ["aarch64", "armv7l"]
+#: The extension modules a wheel must carry: one for each .pyx (setup.py builds them all).
+EXTENSIONS = sorted(p.stem for p in (ROOT / "coremachine_embedded").glob("*.pyx"))
 TOOLS = ["patchelf", "readelf", "apt-get", "dpkg-deb"] + \
     ["%s-gcc" % ARCHES[m].triplet for m in FOREIGN] + [str(ARCHES[m].qemu) for m in FOREIGN]
 
@@ -116,14 +118,19 @@ def test_each_wheel_carries_libsodium_and_the_glibc_floor_its_symbols_need(
         with zipfile.ZipFile(wheel) as zf:
             _record_ok(zf.namelist(), zf)
             zf.extractall(tree)
-        (extension,) = (tree / "coremachine_embedded").glob("_core.*.so")
+        extensions = sorted((tree / "coremachine_embedded").glob("*.so"))
+        # One binary for each .pyx, every one for this wheel's architecture.
+        assert [e.name.split(".")[0] for e in extensions] == EXTENSIONS, extensions
+        python = debroot.PYTHON_VERSION if machine in FOREIGN else "%d.%d" % sys.version_info[:2]
+        suffix = ".cpython-%s-%s.so" % (python.replace(".", ""), ARCHES[machine].triplet)
+        assert all(e.name.endswith(suffix) for e in extensions), (suffix, extensions)
         libs = sorted((tree / "coremachine_embedded.libs").iterdir())
         assert [p.name.split("-")[0] for p in libs] == ["libsodium"], libs
-        dynamic = _readelf("-d", extension)
-        assert re.findall(r"\(NEEDED\).*\[(.+)\]", dynamic) == [libs[0].name, "libc.so.6"]
-        assert "[$ORIGIN/../coremachine_embedded.libs]" in dynamic
+        core = _readelf("-d", extensions[EXTENSIONS.index("_core")])
+        assert re.findall(r"\(NEEDED\).*\[(.+)\]", core) == [libs[0].name, "libc.so.6"]
+        assert "[$ORIGIN/../coremachine_embedded.libs]" in core
         newest = (0, 0)
-        for elf in [extension] + libs:
+        for elf in extensions + libs:
             header = _readelf("-h", elf)
             assert re.search(r"Machine:\s+.*%s$" % ELF_MACHINES[machine], header, re.M), header
             assert machine != "armv7l" or "hard-float ABI" in header, header
@@ -151,6 +158,7 @@ def test_x86_64_wheel_in_a_fresh_venv(wheels: Dict[str, Path], dependencies: Pat
         [python, str(SMOKE), str(tmp_path / "work")], capture_output=True, text=True, env=env,
         timeout=600, cwd=str(tmp_path)))
     assert summary["machine"] == "x86_64"
+    assert summary["extensions"] == EXTENSIONS
     cli = subprocess.run([str(venv / "bin" / "coremachine"), "--help"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert cli.returncode == 0 and "serve" in cli.stdout, cli.stderr
@@ -184,6 +192,7 @@ def test_foreign_wheel_under_qemu(machine: str, wheels: Dict[str, Path], depende
     (tmp_path / "work").mkdir()
     summary = _smoke_summary(guest([str(SMOKE), str(tmp_path / "work")]))
     assert summary["machine"] == machine
+    assert summary["extensions"] == EXTENSIONS
     assert str(summary["python"]).startswith(debroot.PYTHON_VERSION + ".")
     cli = guest(["-m", "coremachine_embedded", "--help"], timeout=300)
     assert cli.returncode == 0 and "serve" in cli.stdout, cli.stderr

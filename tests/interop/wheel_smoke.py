@@ -3,7 +3,8 @@ was installed into (natively, or an armhf/arm64 Python under qemu-user):
 ``python wheel_smoke.py WORKDIR``.
 
 It checks the installed package runs the C backend from site-packages with the
-libsodium bundled in the wheel (the only libsodium mapped into the process),
+libsodium bundled in the wheel (the only libsodium mapped into the process) and
+its C speedups (``_backend.speedups``, another extension from the wheel),
 then creates a store, acts on a machine, reopens and verifies it, and pulls a
 replica over UDP on 127.0.0.1 (serve and pull in this one process).  Prints
 ``wheel smoke ok`` and a JSON summary line at the end.
@@ -15,7 +16,7 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import coremachine_embedded as cm
 from coremachine_embedded import sync
@@ -46,7 +47,17 @@ def mapped_libsodium() -> List[str]:
                    if len(f) == 6 and "libsodium" in os.path.basename(f[5])})
 
 
-def check_installation() -> List[str]:
+def loaded_extensions(package: str) -> List[str]:
+    """The package's extension modules, each loaded from a binary in ``package``."""
+    from coremachine_embedded import _backend
+    assert _backend.speedups is not None, "_speedups did not load"
+    modules = [_backend.impl, _backend.speedups]
+    for module in modules:
+        assert os.path.dirname(os.path.abspath(module.__file__ or "")) == package, module
+    return sorted(module.__name__.rsplit(".", 1)[-1] for module in modules)
+
+
+def check_installation() -> Tuple[List[str], List[str]]:
     assert cm.backend == "c", cm.backend
     package = os.path.dirname(os.path.abspath(cm.__file__))
     assert os.path.basename(os.path.dirname(package)) == "site-packages", package
@@ -56,7 +67,7 @@ def check_installation() -> List[str]:
     libs = mapped_libsodium()
     assert libs, "no libsodium is mapped into the process"
     assert all(os.path.dirname(p) == bundled_dir for p in libs), libs
-    return libs
+    return libs, loaded_extensions(package)
 
 
 def write_and_reopen(work: str) -> cm.Core:
@@ -95,7 +106,7 @@ async def replicate(writer: cm.Core, work: str) -> cm.Core:
 
 
 def main(work: str) -> None:
-    libs = check_installation()
+    libs, extensions = check_installation()
     writer = write_and_reopen(work)
     replica = asyncio.run(replicate(writer, work))
     assert replica.length == writer.length == 13
@@ -109,7 +120,8 @@ def main(work: str) -> None:
     writer.close()
     print("wheel smoke ok")
     print(json.dumps({"machine": platform.machine(), "libsodium": libs,
-                      "python": platform.python_version(), "prefix": sys.prefix}))
+                      "extensions": extensions, "python": platform.python_version(),
+                      "prefix": sys.prefix}))
 
 
 if __name__ == "__main__":

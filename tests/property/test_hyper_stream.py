@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coremachine_embedded import _pure, errors
+from coremachine_embedded.encoding import Reader, encode_uint
 from coremachine_embedded.sync.hyper import messages, protomux
 from coremachine_embedded.sync.hyper.secretstream import SecretStream
 
@@ -163,3 +164,36 @@ def test_a_stream_fed_a_mutated_recording_refuses_it_cleanly(name, which, change
         pass
     assert got == genuine[:len(got)]
     assert mutated == data or len(got) < len(genuine) or mutated.startswith(data)
+
+
+queued = st.lists(st.one_of(
+    st.tuples(st.integers(1, 300), st.integers(0, 3), st.binary(max_size=20)),
+    st.tuples(st.just(0), st.just(protomux.CLOSE), st.integers(1, 300).map(encode_uint))),
+    max_size=60)
+
+
+@given(queued, st.integers(1, 6), st.integers(0, 40), st.sets(st.integers(0, 3)))
+def test_queued_messages_leave_in_order_in_bounded_batches(items, batch, max_bytes,
+                                                           batched) -> None:
+    """What a connection flushes: every item once, in order; control items
+    and types not batched alone in their frame; batches within both bounds,
+    and no two neighbouring frames of batched types that would fit in one."""
+    queue = [(ch, encode_uint(kind) + body) for ch, kind, body in items]
+    frames = protomux.encode_frames(queue, batch, max_bytes, batched)
+    got, sizes = [], []
+    for frame in frames:
+        events = protomux.decode(frame)
+        assert 1 <= len(events) <= batch
+        size = sum(1 + len(ev.body) for ev in events if isinstance(ev, protomux.Message))
+        if len(events) > 1:
+            assert frame[:2] == b"\x00\x00" and size <= max_bytes
+            assert all(isinstance(ev, protomux.Message) and ev.type in batched for ev in events)
+        joinable = all(isinstance(ev, protomux.Message) and ev.type in batched for ev in events)
+        sizes.append((len(events), size, joinable))
+        got += events
+    want = [protomux.Close(Reader(body).uint()) if ch == 0 else protomux.Message(ch, kind, body)
+            for ch, kind, body in items]
+    assert got == want
+    for (n, size, joinable), (_, next_size, next_joinable) in zip(sizes, sizes[1:]):
+        if joinable and next_joinable:   # split only where a bound was reached
+            assert n == batch or size + next_size > max_bytes

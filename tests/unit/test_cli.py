@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -129,7 +130,7 @@ def test_the_whole_cli(tmp_path) -> None:
                                "udp://127.0.0.1:%d" % port], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=ENV)
     try:
-        assert "serving" in server.stdout.readline()
+        assert "serving" in next_line(server.stdout)
         r = cm("pull", replica, key, "udp://127.0.0.1:%d" % port, "--timeout", "30")
         assert r.returncode == 0, r.stderr
         assert "length 5" in r.stdout and "blocks=5" in r.stderr
@@ -185,6 +186,19 @@ def one_error_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.startswith("coremachine: error: ")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+def next_line(stream, timeout: float = 120) -> str:
+    """The next line a child process writes to ``stream``; fails (instead of
+    hanging the suite) when none comes within ``timeout`` (no wall-clock claim:
+    a generous bound on a loaded machine)."""
+    assert stream is not None
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert got, "no line from the process within %ss" % timeout
+    return str(got[0])
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -296,7 +310,7 @@ def test_a_missing_serial_device_is_an_error_or_waited_for(tmp_path) -> None:
     socat = None
     try:
         assert server.stderr is not None
-        assert "waiting for %s" % device in server.stderr.readline()
+        assert "waiting for %s" % device in next_line(server.stderr)
         if shutil.which("socat") is None:
             pytest.skip("socat is needed to plug the serial line in")
         # plug the line in: a PTY pair whose one end appears at the awaited path
@@ -348,7 +362,7 @@ def test_pull_binds_the_replica_only_to_a_key_a_peer_verified(tmp_path) -> None:
     port = free_port()
     server = start("serve", store, "udp://127.0.0.1:%d" % port)
     try:
-        assert server.stdout is not None and "serving" in server.stdout.readline()
+        assert "serving" in next_line(server.stdout)
         wrong = "11" * 32
         r = cm("pull", replica, wrong, "udp://127.0.0.1:%d" % port, "--timeout", "1")
         assert r.returncode == 3 and "no peer answered for this key" in r.stderr
@@ -377,10 +391,10 @@ def test_sigterm_makes_serve_and_live_pull_flush_print_counters_and_exit_0(tmp_p
     replica = str(tmp_path / "replica")
     puller = None
     try:
-        assert server.stdout is not None and "serving" in server.stdout.readline()
+        assert "serving" in next_line(server.stdout)
         puller = start("pull", replica, key, "udp://127.0.0.1:%d" % port, "--live")
         assert puller.stdout is not None
-        assert puller.stdout.readline().startswith("caught up at length 3; following live")
+        assert next_line(puller.stdout).startswith("caught up at length 3; following live")
         puller.send_signal(signal.SIGTERM)
         out, err = puller.communicate(timeout=30)
         assert puller.returncode == 0, err

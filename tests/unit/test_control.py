@@ -19,12 +19,13 @@ import pytest
 
 from coremachine_embedded import Core, Coremachine, KeyPair, control
 from coremachine_embedded.demo import THERMOSTAT
-from tests.unit.test_cli import ENV, cm, free_port, init_thermostat, one_error_line, start
+from tests.unit.test_cli import (ENV, cm, free_port, init_thermostat, next_line, one_error_line,
+                                 start)
 
 
 def serving(store: str) -> subprocess.Popen:
     server = start("serve", store, "udp://127.0.0.1:%d" % free_port())
-    assert server.stdout is not None and "serving" in server.stdout.readline()
+    assert "serving" in next_line(server.stdout)
     return server
 
 
@@ -77,10 +78,10 @@ def test_stop_ends_serve_and_live_pull_as_sigterm_does(tmp_path) -> None:
     cm("act", store, "READING", '{"t": 0, "celsius": 15}')
     port = free_port()
     server = start("serve", store, "udp://127.0.0.1:%d" % port)
-    assert server.stdout is not None and "serving" in server.stdout.readline()
+    assert "serving" in next_line(server.stdout)
     replica = str(tmp_path / "replica")
     puller = start("pull", replica, key, "udp://127.0.0.1:%d" % port, "--live")
-    assert puller.stdout is not None and "caught up at length 1" in puller.stdout.readline()
+    assert "caught up at length 1" in next_line(puller.stdout)
     r = cm("act", replica, "READING", "{}", "--machine", "coremachine_embedded.demo:THERMOSTAT")
     assert r.returncode == 1 and "takes no actions" in r.stderr
     r = cm("state", replica, "--machine", "coremachine_embedded.demo:THERMOSTAT", "--json")
@@ -125,7 +126,7 @@ def test_a_script_opts_in_with_a_control_server(tmp_path) -> None:
     """)
     proc = subprocess.Popen([sys.executable, "-c", script, store], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
-    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    assert next_line(proc.stdout) == "ready\n"
     assert len(os.fsencode(os.path.join(store, control.SOCKET_NAME))) > 108
     r = cm("act", store, "READING", '{"t": 0, "celsius": 15}', "--machine",
            "coremachine_embedded.demo:THERMOSTAT")
@@ -207,7 +208,7 @@ def test_reads_in_a_loop_while_a_writer_acts_and_checkpoints(tmp_path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", writer, store, stop], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        assert next_line(proc.stdout) == "ready\n"
         seen = []
         for _ in range(5):
             r = cm("verify", store)

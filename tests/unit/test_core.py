@@ -47,6 +47,33 @@ def test_append_get_reopen(tmp_path, kp: cm.KeyPair) -> None:
         assert core.length == 5
 
 
+def test_append_locked_is_append_of_one_block_under_the_held_lock(tmp_path,
+                                                                  kp: cm.KeyPair) -> None:
+    with cm.Core(tmp_path / "a", key_pair=kp, max_block_size=100) as a, \
+            cm.Core(tmp_path / "b", key_pair=kp) as b:
+        seen_a, seen_b, skipped = [], [], []
+        origin = skipped.append   # one bound method: the one the core compares
+        a.on_change(seen_a.append)
+        a.on_change(origin)
+        b.on_change(seen_b.append)
+        with a.lock:
+            assert a.append_locked(b"one") == 1
+            assert a.append_locked(bytearray(b"two"), origin) == 2  # type: ignore
+        with b.lock:
+            b.append(b"one")
+        b.append(b"two", origin=seen_a.append)  # not a listener of b: all are told
+        assert [a.get(i) for i in range(2)] == [b"one", b"two"]
+        assert (a.tree_hash(), a.signature) == (b.tree_hash(), b.signature)
+        assert [(c.kind, c.length) for c in seen_a] == [("append", 1), ("append", 2)]
+        assert [c.length for c in skipped] == [1]   # the origin is not told of its own
+        assert [c.length for c in seen_b] == [1, 2]
+        with pytest.raises(errors.ArgumentTypeError), a.lock:
+            a.append_locked("text")  # type: ignore
+        with pytest.raises(errors.TooLargeError), a.lock:
+            a.append_locked(b"x" * 101)
+        assert a.length == 2
+
+
 def test_compat_mode_key_is_public_key(tmp_path, kp: cm.KeyPair) -> None:
     with cm.Core(tmp_path / "c", key_pair=kp, compat=True) as core:
         core.append(b"x")

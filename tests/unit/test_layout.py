@@ -1,6 +1,7 @@
 """The shape of the source tree: the store's C files and their Python twins
-go in pairs and in layers, no C file depends on itself through others, and no
-source file grows past about 600 lines."""
+go in pairs and in layers, no C file depends on itself through others, no
+source file grows past about 600 lines, and no module reaches into the private
+attributes of another module's objects."""
 from __future__ import annotations
 
 import ast
@@ -20,6 +21,16 @@ MAX_LINES = 600
 # Files still to be split: none now (remove an entry when its split lands;
 # the test then holds it to the limit).
 OVER_LIMIT_FOR_NOW: Set[str] = set()
+# ``obj._name`` where obj is not self/cls and _name is not defined in the same
+# module, still to be removed: broadcast.Fanout drives the Endpoint's sessions
+# (its envelope counter, entries, SYNC/HELLO/announce/pump).  Giving Endpoint a
+# public surface for it waits for the sync rework of other branches (peers.py).
+PRIVATE_REACH_FOR_NOW = {
+    ("coremachine_embedded/sync/broadcast.py", name)
+    for name in ("ep._counter", "ep._entries", "self.ep._entries", "self.ep._links",
+                 "ep._announce", "ep._send_sync", "ep._hello", "ep._pump")}
+# Underscore names that are public API (namedtuple methods, os/sys functions).
+PUBLIC_UNDERSCORE = {"_replace", "_asdict", "_fields", "_make", "_exit", "_getframe"}
 
 
 def _c_files() -> Dict[str, str]:
@@ -153,3 +164,44 @@ def test_no_source_file_is_over_about_600_lines() -> None:
                 if lines > MAX_LINES and rel not in OVER_LIMIT_FOR_NOW:
                     over.append("%s (%d lines)" % (rel, lines))
     assert over == []
+
+
+def _defined_here(tree: ast.AST) -> Set[str]:
+    """Private names a module defines: its functions and methods, the
+    attributes its classes set on self/cls or list in __slots__."""
+    names: Set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and \
+                node.value.id in ("self", "cls"):
+            names.add(node.attr)
+        elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets) and \
+                isinstance(node.value, (ast.Tuple, ast.List)):
+            names.update(e.value for e in node.value.elts if isinstance(e, ast.Constant))
+    return names
+
+
+def test_no_module_reaches_into_private_attributes_of_another() -> None:
+    found = set()
+    for directory, _, names in os.walk(os.path.join(ROOT, "coremachine_embedded")):
+        for name in names:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(directory, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            own = _defined_here(tree)
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Attribute) or not node.attr.startswith("_") or \
+                        node.attr.startswith("__") or node.attr in PUBLIC_UNDERSCORE:
+                    continue
+                holder = node.value
+                if isinstance(holder, ast.Name) and (
+                        holder.id in ("self", "cls") or node.attr in own):
+                    continue  # its own, or an object of a class of this module
+                found.add((os.path.relpath(path, ROOT),
+                           "%s.%s" % (ast.unparse(holder), node.attr)))
+    assert found - PRIVATE_REACH_FOR_NOW == set()
+    assert PRIVATE_REACH_FOR_NOW - found == set(), "fixed: remove from PRIVATE_REACH_FOR_NOW"

@@ -165,8 +165,11 @@ def check_import_figure(folder: str) -> None:
     probe = ("import sys; before = set(sys.modules); import coremachine_embedded as c; "
              "print(c.backend, len(set(sys.modules) - before))")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COREMACHINE_IMPL")}
-    backend, count = subprocess.run([py, "-c", probe], cwd=folder, env=env, check=True,
-                                    capture_output=True, text=True).stdout.split()
+    # Away from the source tree (as the Install block's `cd venv`): in ``folder``
+    # the import would find the unbuilt sources, not what pip installed.
+    backend, count = subprocess.run([py, "-c", probe], cwd=os.path.dirname(os.path.dirname(py)),
+                                    env=env, check=True, capture_output=True,
+                                    text=True).stdout.split()
     if backend != "c" or sys.version_info[:2] != (3, 11):
         return
     assert int(count) == int(m.group(1)), "a clean venv loads %s modules" % count

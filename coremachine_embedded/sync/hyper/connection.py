@@ -37,6 +37,9 @@ TIMEOUT = 30.0                 # seconds without a byte from the peer before we 
 MAX_MALFORMED = 64             # malformed messages tolerated on one connection
 BATCH_BYTES = 1 << 20          # outgoing bytes queued before they are sealed and written
 HIGH_WATER = 1 << 20           # bytes waiting to go out before we stop answering requests
+BATCH_MESSAGES = 16            # answers per protomux batch frame (see flush)
+BATCH_MAX_BYTES = 1 << 16      # and their bytes (a batch of big blocks goes one by one)
+BATCHED = frozenset((messages.DATA, messages.NO_DATA))   # the answers to requests
 ALIASES = {alias: messages.PROTOCOL for alias in messages.ALIASES}
 _TX = ["tx_" + name for name in messages.NAMES]
 
@@ -298,15 +301,20 @@ class Connection:
             self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Seal what is queued, one frame per message, in one call and one write.
+        """Seal what is queued, in one call and one write.
 
-        Not a protomux batch: a JS peer handles a batch corked - it answers
-        only once every message in it is processed - so a batch of answers
-        would stall its pipeline of requests."""
+        Runs of answers (data, noData) go out as protomux batches of at most
+        BATCH_MESSAGES and BATCH_MAX_BYTES: a JS reader processes a batch
+        corked, so its next requests leave in one frame and one socket write,
+        not one each (half its socket writes per block), and a bounded batch
+        leaves most of its 48 requests in flight meanwhile.  Everything else
+        goes alone: a JS writer answers a batch of our requests corked too,
+        all at once when the last is ready, which slowed our pulls."""
         self._flush_pending = False
         out, self._out, self._out_bytes = self._out, [], 0
         if out:
-            self.stream.send([encode_uint(channel) + item for channel, item in out])
+            self.stream.send(protomux.encode_frames(out, BATCH_MESSAGES, BATCH_MAX_BYTES,
+                                                     BATCHED))
         self._write(self.stream.take_output())  # with handshake messages, if any
 
     @property

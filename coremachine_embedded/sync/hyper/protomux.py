@@ -15,7 +15,7 @@ events, the ``open``/``close``/``send`` methods return stream messages.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ...encoding import Reader, encode_buffer, encode_uint
 from ...errors import DecodeError, ProtocolError
@@ -123,6 +123,37 @@ def encode_batch(items: Sequence[Tuple[int, bytes]]) -> bytes:
             out += [b"\x00", encode_uint(channel)]
         out.append(encode_buffer(item))
     return b"".join(out)
+
+
+def encode_frames(items: Sequence[Tuple[int, bytes]], batch: int, max_bytes: int,
+                  batched: AbstractSet[int]) -> List[bytes]:
+    """Stream messages for ``(channel, type-and-body)`` items, in order: runs
+    of channel messages whose type (one byte) is in ``batched`` as batches of
+    at most ``batch`` items and about ``max_bytes`` (a run of one as a plain
+    message), every other item - control items (channel 0) included - on its
+    own.  The byte bound keeps a batch of big blocks under the frame limit."""
+    frames: List[bytes] = []
+    run: List[Tuple[int, bytes]] = []
+    size = 0
+    for item in items:
+        alone = item[0] == 0 or item[1][0] not in batched
+        if run and (alone or len(run) == batch or size + len(item[1]) > max_bytes):
+            _add_run(frames, run)
+            run, size = [], 0
+        if alone:
+            frames.append(encode_uint(item[0]) + item[1])
+        else:
+            run.append(item)
+            size += len(item[1])
+    _add_run(frames, run)
+    return frames
+
+
+def _add_run(frames: List[bytes], run: List[Tuple[int, bytes]]) -> None:
+    if len(run) == 1:
+        frames.append(encode_uint(run[0][0]) + run[0][1])
+    elif run:
+        frames.append(encode_batch(run))
 
 
 # --- channel table --------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //
 //   {op: "core", name, seed?, key?, store?}   open a core (writer from a seed,
 //        replica from a key; `store`: inside a Corestore of that name)
-//   {op: "listen", cores: [names]}       TCP server replicating those cores
+//   {op: "listen", cores: [names], path?} TCP server replicating those cores
+//                                        (on a Unix socket at path if given)
 //        (responder), answers {port}
 //   {op: "connect", port, cores: [names]} replicate with a TCP server (initiator)
 //   {op: "append", name, blocks: [hex]}   one append of these blocks
@@ -19,6 +20,7 @@
 //   {op: "machine", name, action?, value?}  the README quick-start Coremachine on
 //        the core (reopened each time: JS's machine does not follow appends);
 //        with `action`, run it; answers {state, context}
+//   {op: "idle", name}                    the core stops downloading (closes idle channels)
 //   {op: "disconnect"}                   destroy every replication stream
 import Hypercore from 'hypercore'
 import Corestore from 'corestore'
@@ -130,6 +132,10 @@ async function run (cmd) {
         sock.pipe(s).pipe(sock)
         sock.on('error', () => {})
       })
+      if (cmd.path) {
+        await new Promise((resolve) => server.listen(cmd.path, resolve))
+        return {}
+      }
       await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
       return { port: server.address().port }
     }
@@ -161,6 +167,10 @@ async function run (cmd) {
       return { audit: await core.core.audit() }
     case 'machine':
       return machine(core, cmd.action, cmd.value)
+    case 'idle':   // the core wants nothing: it closes channels where no side downloads
+      core.core.replicator._notDownloadingLinger = 0   // now, not after its linger timer
+      core.core.replicator.setDownloading(false)
+      return { downloading: core.core.replicator.isDownloading() }
     case 'disconnect':
       for (const s of streams) s.destroy()
       return {}

@@ -1,0 +1,150 @@
+"""One round of ``bench/compare.py``'s measures, run in the checkout whose root
+is ``argv[1]`` (it comes first on sys.path): prints one JSON object, measure
+name -> value.  Only the public API both an old and a new checkout have is
+used, so the same probe measures either."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict
+
+sys.path.insert(0, sys.argv[1])
+WORK = sys.argv[2]
+
+import coremachine_embedded as cm  # noqa: E402
+from coremachine_embedded import Coremachine  # noqa: E402
+from coremachine_embedded.machine import create_machine  # noqa: E402
+
+BLOCK = bytes(range(64))
+
+
+# This checkout's bench machine, read by path: an old checkout's bench/ may lack it.
+DEFINITION = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                         "counter_machine.py"))["DEFINITION"]
+
+
+def per_second(count: int, fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - t0)
+
+
+def new_core(name: str, **kw: Any) -> cm.Core:
+    return cm.Core(os.path.join(WORK, name), key_pair=cm.KeyPair.generate(), **kw)
+
+
+def appends() -> Dict[str, float]:
+    out = {}
+    core = new_core("batch", durability="batch")
+    out["appends/s, durability=batch, one call each"] = per_second(
+        50000, lambda: ([core.append(BLOCK) for _ in range(50000)], core.flush()))
+    core.close()
+    core = new_core("batched")
+    chunk = [BLOCK] * 1000
+    out["blocks/s, append([1000 x 64 B]), durability=sync"] = per_second(
+        200000, lambda: [core.append(chunk) for _ in range(200)])
+    out["reads/s, core.get"] = per_second(
+        100000, lambda: [core.get(i) for i in range(100000)])
+    out["blocks/s verified, core.verify() of 200k"] = per_second(200000, core.verify)
+    core.close()
+    core = new_core("sync")
+    out["durable appends/s (one fdatasync each)"] = per_second(
+        300, lambda: [core.append(BLOCK) for _ in range(300)])
+    core.close()
+    path = os.path.join(WORK, "batched")
+    t0 = time.perf_counter()
+    for _ in range(10):
+        cm.Core(path).close()
+    out["ms to open a 200k-block store (lower is better)"] = (time.perf_counter() - t0) * 100
+    return out
+
+
+def machine() -> Dict[str, float]:
+    out = {}
+    definition = create_machine(DEFINITION)
+    running = definition.state_ids["running"]
+
+    def dispatch() -> None:
+        ctx, sid, candidates = {"running": True, "counter": 0}, running, definition.candidates
+        for _ in range(300000):
+            t = candidates(sid, "INCREMENT")[0]
+            t.action(ctx, None)
+            sid = t.target_id
+    out["dispatch events/s (in memory)"] = per_second(300000, dispatch)
+
+    core = new_core("group", durability="batch")
+    cube = Coremachine(core, DEFINITION)
+    cube.action("START", 0)
+    out["group-committed actions/s"] = per_second(
+        50000, lambda: ([cube.action("INCREMENT") for _ in range(50000)], core.flush()))
+    core.close()
+    path = os.path.join(WORK, "group")
+    t0 = time.perf_counter()
+    Coremachine(cm.Core(path), DEFINITION).core.close()
+    out["ms to reopen + restore a 50k-action log (lower is better)"] = (
+        time.perf_counter() - t0) * 1000
+
+    core = new_core("durable")
+    cube = Coremachine(core, DEFINITION)
+    cube.action("START", 0)
+    out["durable actions/s (one fdatasync each)"] = per_second(
+        300, lambda: [cube.action("INCREMENT") for _ in range(300)])
+    core.close()
+
+    entries = [json.dumps({"state": "running", "context": {"running": True, "counter": i},
+                           "event": "INCREMENT"}).encode() for i in range(1000)]
+    core = new_core("followed", durability="batch")
+    cube = Coremachine(core, DEFINITION)
+    out["blocks/s, append([1000 entries]) to a followed core"] = per_second(
+        20000, lambda: ([core.append(entries) for _ in range(20)], core.flush()))
+    assert cube.context["counter"] == 999
+    core.close()
+    return out
+
+
+def sync() -> Dict[str, float]:
+    from coremachine_embedded.sync import Endpoint, open_link
+    writer = new_core("served", durability="none")
+    cube = Coremachine(writer, DEFINITION)
+    cube.action("START", 0)
+    for _ in range(19999):
+        cube.action("INCREMENT")
+
+    async def catch_up() -> float:
+        server, client = Endpoint(), Endpoint()
+        link, _ = open_link("udp://127.0.0.1:0", listen=True)
+        await server.attach(link)
+        server.serve(writer)
+        peer_link, addr = open_link("udp://127.0.0.1:%d" % link.address[1], listen=False)
+        await client.attach(peer_link)
+        replica = cm.Core(os.path.join(WORK, "replica"), key=writer.key, durability="none")
+        t0 = time.perf_counter()
+        await client.pull(replica, peer_link, addr)
+        seconds = time.perf_counter() - t0
+        assert replica.contiguous_length == writer.length
+        await client.close()
+        await server.close()
+        replica.close()
+        return seconds
+    return {"s to pull a 20k-entry log over UDP loopback (lower is better)":
+            asyncio.run(catch_up())}
+
+
+if __name__ == "__main__":
+    sections = {"log": appends, "machine": machine, "sync": sync}
+    result: Dict[str, float] = {}
+    for name in sys.argv[3].split(","):
+        base = tempfile.mkdtemp(dir=WORK)
+        WORK = base
+        try:
+            result.update(sections[name]())
+        finally:
+            WORK = os.path.dirname(base)
+            shutil.rmtree(base, ignore_errors=True)
+    print(json.dumps(result))
