@@ -162,7 +162,8 @@ class Core:
         self._storage = storage
         self._lock = threading.RLock()
         self._listeners: List[Callable[["CoreChange"], None]] = []
-        self._in_order = InOrder()
+        #: runs change deliveries in commit order (Core's and its machines')
+        self.in_order = InOrder()
         self._timer: Optional[threading.Timer] = None
         self._flush_interval = float(flush_interval)
         self._flush_interval_armed = durability is Durability.BATCH
@@ -567,7 +568,7 @@ class Core:
             for callback in list(self._listeners):
                 if callback is not origin:
                     callback(change)
-        self._in_order(deliver)
+        self.in_order(deliver)
 
     # --- lifetime ------------------------------------------------------------
 

@@ -1,20 +1,18 @@
 """The Coremachine: a state machine whose every transition is a signed log entry.
 
-DEV NOTES.  The machine keeps the current state id and context in memory and
-the log on a :class:`Core`.  One action path serves ``action()`` and
-``action_async()`` (:meth:`Coremachine._transition`, a generator that yields
-whatever a guard or action returns to be awaited): on a copy of the context,
-guard(s) -> exit actions -> the transition's action -> JSON encoding -> one
-``core.append`` -> (now committed) swap in the new state and context -> change
-events; then the target's entry actions (post-commit side effects, given a
-copy).  Anything that raises before the append leaves state, context and log
-exactly as they were.  Calls are serialised on the core's lock, so a machine
-and the sync engine that feeds its replica never interleave.  Each block is
-``{"state", "context", "event", "value"}`` in that order, so the JavaScript
-Coremachine restores our logs and the log is an audit trail.  Opening restores
-the last block only (O(1)); a machine follows what others append (a replica's
-sync, another machine on the core), decoding every new entry only when someone
-subscribed to changes - otherwise only the newest.
+DEV NOTES. The machine keeps the current state id and context in memory and the log on a
+:class:`Core`. One action path serves ``action()`` and ``action_async()``
+(:meth:`Coremachine._transition`, a generator that yields whatever a guard or action returns to
+be awaited): on a copy of the context, guard(s) -> exit actions -> the transition's action ->
+JSON encoding -> one ``core.append`` -> (now committed) swap in the new state and context ->
+change events; then the target's entry actions (post-commit side effects, given a copy).
+Anything that raises before the append leaves state, context and log exactly as they were. Calls
+are serialised on the core's lock, so a machine and the sync engine that feeds its replica never
+interleave, and change events go out in commit order (the core's ``in_order``). Each block is
+``{"state", "context", "event", "value"}`` in that order, so the JavaScript Coremachine restores
+our logs and the log is an audit trail. Opening restores the last block only (O(1)); a machine
+follows what others append (a replica's sync, another machine on the core), decoding every new
+entry only when someone subscribed to changes - otherwise only the newest.
 """
 from __future__ import annotations
 
@@ -23,7 +21,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Generator, List, Mapping
 
 from . import _json
 from .awaitables import close, is_awaitable, is_coroutine_function
-from .core import Core, CoreChange, InOrder
+from .core import Core, CoreChange
 from .errors import CoreMachineError, CorruptionError, OutOfRangeError, ReadOnlyError
 from .machine import (GuardRejectedError, InvalidActionError, MachineDefinition, Transition,
                       create_machine)
@@ -100,7 +98,6 @@ class Coremachine:
         self._change_callbacks: List[Callable[[Snapshot], Any]] = []
         self._error_callbacks: List[Callable[[BaseException, Any], Any]] = []
         self._subscribers: List["ChangeIterator"] = []
-        self._in_order = InOrder()   # changes go out in commit order, also when a callback acts
         self._cursor: Optional[int] = None
         self._view: Optional[Snapshot] = None
         self._inbox: Optional["asyncio.Queue[Any]"] = None
@@ -492,8 +489,7 @@ class Coremachine:
                 self._subscribers.remove(sub)
 
     def _emit(self, snap: Snapshot) -> None:
-        """Tell callbacks and iterators (under the lock; in commit order)."""
-        def deliver() -> None:
+        def deliver() -> None:   # in commit order (the core's), also when a callback acts
             for callback in list(self._change_callbacks):
                 try:
                     callback(snap.copy())
@@ -501,7 +497,7 @@ class Coremachine:
                     self._report(e, snap)
             for sub in list(self._subscribers):
                 sub.put(snap.copy())
-        self._in_order(deliver)
+        self.core.in_order(deliver)
 
     def _report(self, error: BaseException, message: Any) -> None:
         for callback in list(self._error_callbacks):
