@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from bench import hyper_bench, log_bench, machine_bench, sync_bench
+from bench import gateway_bench, hyper_bench, log_bench, machine_bench, sync_bench
 from bench.common import Report
 
-SECTIONS = {"log": log_bench, "machine": machine_bench, "sync": sync_bench, "hyper": hyper_bench}
+SECTIONS = {"log": log_bench, "machine": machine_bench, "sync": sync_bench, "hyper": hyper_bench,
+            "gateway": gateway_bench}
 
 
 def main() -> None:

@@ -275,7 +275,8 @@ def _find(name: str) -> Path:
         name, ", ".join(names) if names else "none (no profiles directory found)"))
 
 
-def _toml_loads() -> Callable[[str], Dict[str, Any]]:
+def _toml_loads(what: str = "reading board profiles") -> Callable[[str], Dict[str, Any]]:
+    """tomllib's ``loads`` (or tomli's on Python < 3.11); ``what`` needs it."""
     if sys.version_info >= (3, 11):
         import tomllib
         return tomllib.loads
@@ -283,9 +284,8 @@ def _toml_loads() -> Callable[[str], Dict[str, Any]]:
         try:
             import tomli  # type: ignore[import-not-found,unused-ignore]
         except ImportError:
-            raise BoardProfileError("reading board profiles needs Python 3.11 or later "
-                                    "(tomllib), or the tomli package: pip install tomli"
-                                    ) from None
+            raise BoardProfileError("%s needs Python 3.11 or later (tomllib), or the tomli "
+                                    "package: pip install tomli" % what) from None
         return tomli.loads  # type: ignore[no-any-return,unused-ignore]
 
 

@@ -53,15 +53,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run(args.dir, quiet=args.quiet)
 
 
+def _setup_logging(args: argparse.Namespace) -> None:
+    from . import logs
+    logs.setup(args.log_level or "warning", args.log_format or "text")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from . import node
-    return node.serve(args.store, args.url, args.wait_for_device)
+    _setup_logging(args)
+    return node.serve(args.stores, args.url, args.wait_for_device)
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
     from . import node
+    _setup_logging(args)
     return node.pull(args.store, args.key, args.url, args.live, args.timeout, args.window,
                      args.wait_for_device, Progress("pull"))
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    from .gateway.service import run
+    return run(args.config, args.metrics, args.log_level, args.log_format, args.check)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from . import commands
+    count = commands.export(args.store, args.format, args.output)
+    if args.output:
+        print("%s: %d entries written to %s" % (args.store, count, args.output), file=sys.stderr)
+    return EXIT_OK
 
 
 def _emit(data: Any, as_json: bool, lines: Callable[[], List[str]]) -> None:
@@ -131,8 +151,32 @@ def _cmd_state(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    from . import _json, commands
+    from . import commands
+    if args.follow:
+        if args.json or args.end is not None:
+            raise commands.CommandError("--follow prints entries as they come: not with --json "
+                                        "or --to", EXIT_USAGE)
+        return _follow(args)
     rows = commands.history(args.store, args.start, args.end)
+    return _print_history(args, rows)
+
+
+def _follow(args: argparse.Namespace) -> int:
+    """history --follow: until SIGTERM or Ctrl-C, both a clean exit 0."""
+    import signal
+
+    from . import commands
+    stopped: List[int] = []
+    signal.signal(signal.SIGTERM, lambda sig, _frame: stopped.append(sig))
+    try:
+        return _print_history(args, commands.follow_history(args.store, args.start,
+                                                            stop=lambda: bool(stopped)))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _print_history(args: argparse.Namespace, rows: Any) -> int:
+    from . import _json
     if args.jsonl:
         for r in rows:
             sys.stdout.write(_json.dumps(r).decode() + "\n")
@@ -144,7 +188,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
     for r in rows:
         print("%6d  %-12s %-24s -> %-12s fork %d" % (
             r["index"], r["event"] or "-", json.dumps(r["value"]) if r["value"] is not None
-            else "-", r["state"] or "?", r["fork"]))
+            else "-", r["state"] or "?", r["fork"]), flush=args.follow)
     return EXIT_OK
 
 
@@ -198,6 +242,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import logs
     from .commands import DEFAULT_PULL_TIMEOUT
     parser = argparse.ArgumentParser(
         prog="coremachine",
@@ -264,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="one JSON array")
     history.add_argument("--jsonl", action="store_true",
                          help="one JSON object a line, streamed as it reads")
+    history.add_argument("--follow", action="store_true",
+                         help="then print new entries as they are verified and committed "
+                              "(by the gateway, a pull --live, the writer) until interrupted")
     history.set_defaults(func=_cmd_history)
 
     verify = command("verify", help="re-hash every block, check the signature",
@@ -293,14 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_cmd_bench)
 
-    serve = command("serve", help="serve a store (writer or replica) on a link",
-                    description="Answer sync requests for the core in STORE_DIR until "
-                                "SIGTERM, SIGINT or coremachine stop; prints counters on "
-                                "exit. coremachine act on STORE_DIR is carried out here.")
-    serve.add_argument("store", metavar="STORE_DIR")
+    serve = command("serve", help="serve stores (writers or replicas) on a link",
+                    description="Answer sync requests for the cores in the STORE_DIRs until "
+                                "SIGTERM, SIGINT or coremachine stop (on any of them); prints "
+                                "counters on exit. coremachine act on a STORE_DIR is carried "
+                                "out here.")
+    serve.add_argument("stores", metavar="STORE_DIR", nargs="+")
     serve.add_argument("url", metavar="URL", help=URL_HELP)
     serve.add_argument("--wait-for-device", action="store_true",
                        help="a serial device that does not exist yet is waited for")
+    logs.add_arguments(serve)
     serve.set_defaults(func=_cmd_serve)
 
     stop = command("stop", help="stop the serve or pull --live that holds STORE",
@@ -324,7 +374,30 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--wait-for-device", action="store_true",
                       help="a serial device that does not exist yet is waited for")
     pull.add_argument("--window", type=int, default=128, help="block requests in flight")
+    logs.add_arguments(pull)
     pull.set_defaults(func=_cmd_pull)
+
+    gateway = command("gateway", help="follow a fleet of devices (gateway.toml)",
+                      description="Pull every device in the configuration live, write its "
+                                  "local machines, bridge to MQTT; SIGHUP reloads the file, "
+                                  "SIGTERM stops. See docs/gateway.md.")
+    gateway.add_argument("--config", required=True, metavar="FILE", help="the TOML file")
+    gateway.add_argument("--metrics", metavar="HOST:PORT",
+                         help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    gateway.add_argument("--check", action="store_true",
+                         help="check the configuration and exit (0: valid)")
+    logs.add_arguments(gateway)
+    gateway.set_defaults(func=_cmd_gateway)
+
+    export = command("export", help="write a log as JSON lines, CSV or SQLite",
+                     description="Columns: index, fork, event, value, state, context "
+                                 "(value and context as JSON). SQLite: one table, "
+                                 "'entries', keyed by index.")
+    export.add_argument("store", metavar="STORE")
+    export.add_argument("--format", choices=["jsonl", "csv", "sqlite"], default="jsonl")
+    export.add_argument("-o", "--output", metavar="FILE",
+                        help="write here (default: standard output; SQLite needs a file)")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -12,16 +12,18 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import Core, KeyPair, _json, caps
-from .errors import CoreMachineError, StoreLockedError, StoreNotFoundError
+from .errors import (CoreMachineError, SnapshotStaleError, StoreLockedError,
+                     StoreNotFoundError)
 from .storage import insecure
 
 META = "coremachine.json"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REJECTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 #: How long ``pull`` without ``--live`` waits, unless ``--timeout`` says otherwise.
 DEFAULT_PULL_TIMEOUT = 60.0
+FOLLOW_POLL = 0.25   # seconds between the read-only snapshots of history --follow
 
 
 class CommandError(CoreMachineError):
@@ -291,23 +293,51 @@ def state(store: str, machine_ref: Optional[str]) -> Dict[str, Any]:
 
 
 def history(store: str, start: Optional[int], end: Optional[int]) -> Iterator[Dict[str, Any]]:
-    """Entries [start, end) as recorded: index, event, value, state, context, fork,
+    """Entries [start, end) as recorded: index, fork, event, value, state, context,
     one at a time.  Reads the blocks directly: no machine definition needed."""
+    from . import export as exporting
     with open_to_read(store) as core:
-        n = core.contiguous_length
-        lo = max(0, start or 0)
-        hi = n if end is None else min(n, end)
-        for i in range(lo, hi):
-            raw = core.get(i)
-            try:
-                entry = _json.loads(raw)
-            except ValueError:
-                entry = {"raw": raw.hex()}
-            if not isinstance(entry, dict):
-                entry = {"value": entry}
-            yield {"index": i, "event": entry.get("event"), "value": entry.get("value"),
-                   "state": entry.get("state"), "context": entry.get("context"),
-                   "fork": core.fork}
+        yield from exporting.rows(core, start or 0, end)
+
+
+def follow_history(store: str, start: Optional[int], poll: float = FOLLOW_POLL,
+                   stop: Optional[Callable[[], bool]] = None) -> Iterator[Dict[str, Any]]:
+    """:func:`history` from ``start``, then each new entry as the process that
+    holds the store (a gateway, a ``pull --live``, a writer) commits it: a new
+    read-only snapshot every ``poll`` seconds, so only verified, committed
+    blocks are shown.  Runs until ``stop()`` is true (never, by default).  A
+    new fork goes on from the lesser of the next index and the new length."""
+    from . import export as exporting
+    next_index, fork = max(0, start or 0), None
+    while stop is None or not stop():
+        try:
+            with open_to_read(store) as core:
+                if fork is not None and core.fork != fork:
+                    next_index = min(next_index, core.contiguous_length)
+                fork = core.fork
+                for row in exporting.rows(core, next_index):
+                    next_index = row["index"] + 1
+                    yield row
+        except SnapshotStaleError:
+            continue   # truncated while read: read the new state at once
+        time.sleep(poll)
+
+
+def export(store: str, fmt: str, output: Optional[str]) -> int:
+    """Write the store's entries as ``fmt`` (jsonl, csv, sqlite) to ``output``
+    (None: standard output); returns how many.  A read-only snapshot: a store
+    that the gateway or a pull --live holds is exported as it runs."""
+    from . import export as exporting
+    if fmt == "sqlite" and output is None:
+        raise CommandError("an SQLite export needs a file: give -o FILE", EXIT_USAGE)
+    with open_to_read(store) as core:
+        rows = exporting.rows(core)
+        if fmt == "sqlite":
+            return exporting.write(rows, fmt, path=output)
+        if output is None:
+            return exporting.write(rows, fmt, sys.stdout)
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            return exporting.write(rows, fmt, f)
 
 
 def verify(store: str, progress: Any = None) -> Dict[str, Any]:

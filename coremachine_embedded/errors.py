@@ -158,6 +158,25 @@ class StoreLockedError(StorageError, BlockingIOError):
     code = "STORE_LOCKED"
 
 
+class ConfigError(InvalidArgumentError):
+    """A configuration file (the gateway's TOML) is unreadable or invalid.
+
+    The message is one line, ``FILE:LINE: FIELD: what is wrong``; ``path``,
+    ``line`` (1-based, None if unknown) and ``field`` (dotted, e.g.
+    ``device[0].key``) say the same for programs.
+    """
+
+    code = "BAD_CONFIG"
+
+    def __init__(self, message: str, path: str, line: Optional[int] = None,
+                 field: Optional[str] = None) -> None:
+        where = path if line is None else "%s:%d" % (path, line)
+        super().__init__(": ".join(p for p in (where, field, message) if p))
+        self.path = path
+        self.line = line
+        self.field = field
+
+
 class ProtocolError(CoreMachineError, ConnectionError):
     """A replication peer broke Hypercore's protocol: its connection is closed."""
 

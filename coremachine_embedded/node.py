@@ -14,7 +14,7 @@ import asyncio
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlsplit
 
 from .commands import (DEFAULT_PULL_TIMEOUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TIMEOUT,
@@ -90,43 +90,49 @@ def _one_machine(core: Core, store: str) -> Callable[[Optional[str]], Any]:
     return machine_for
 
 
-def serve(store: str, url: str, wait_for_device: bool = False) -> int:
-    """Serve the store on ``url`` until SIGTERM/SIGINT or ``coremachine stop``;
-    ``coremachine act`` on the store is carried out here."""
+def serve(stores: Sequence[str], url: str, wait_for_device: bool = False) -> int:
+    """Serve the stores on ``url`` until SIGTERM/SIGINT or ``coremachine stop``
+    (on any of them); ``coremachine act`` on a store is carried out here."""
     from .control import ControlServer
     from .sync import serve as serve_on
     from .sync import shown_url
 
     check_device(url, wait_for_device)
-    core = open_store(store)
-    control: Optional[ControlServer] = None
-
-    async def main() -> None:
-        nonlocal control
-        stop = Stop()
-        control = ControlServer(store, machine_for=_one_machine(core, store),
-                                on_stop=stop.request).start()
-        try:
-            ep = await serve_on(core, url)
-        except OSError as e:  # bind: EADDRINUSE, EADDRNOTAVAIL, EACCES
-            raise CommandError("cannot listen on %s: %s" % (shown_url(url), e.strerror or e)) \
-                from None
-        try:
-            # tcp://host:0 listens on a free port: say which
-            where = ("tcp://%s:%d" % ep.address) if url.startswith("tcp://") else shown_url(url)
-            print("serving %s (length %d, %s) on %s" % (
-                core.key.hex(), core.length, "writer" if core.writable else "replica",
-                where), flush=True)
-            await stop.event.wait()
-        finally:
-            await ep.close()
-            core.flush()
-            print_counters(ep.counters)
+    cores: List[Core] = []
+    controls: List[ControlServer] = []
     try:
+        for store in stores:
+            cores.append(open_store(store))
+
+        async def main() -> None:
+            stop = Stop()
+            for store, core in zip(stores, cores):
+                controls.append(ControlServer(store, machine_for=_one_machine(core, store),
+                                              on_stop=stop.request).start())
+            try:
+                ep = await serve_on(cores, url)
+            except OSError as e:  # bind: EADDRINUSE, EADDRNOTAVAIL, EACCES
+                raise CommandError("cannot listen on %s: %s" % (shown_url(url),
+                                                               e.strerror or e)) from None
+            try:
+                # tcp://host:0 listens on a free port: say which
+                where = ("tcp://%s:%d" % ep.address) if url.startswith("tcp://") \
+                    else shown_url(url)
+                for core in cores:
+                    print("serving %s (length %d, %s) on %s" % (
+                        core.key.hex(), core.length, "writer" if core.writable else "replica",
+                        where), flush=True)
+                await stop.event.wait()
+            finally:
+                await ep.close()
+                for core in cores:
+                    core.flush()
+                print_counters(ep.counters)
         asyncio.run(main())
     finally:
-        core.close()
-        if control is not None:  # last: `coremachine stop` returns once the store is free
+        for core in cores:
+            core.close()
+        for control in controls:  # last: `coremachine stop` returns once the store is free
             control.close()
     return EXIT_OK
 

@@ -24,25 +24,34 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Hashable, Iterable, List, Optional, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from ..core import Core
 from ..errors import InvalidArgumentError
 from .counters import Counters
 from .endpoint import Endpoint
-from .peers import Pulled
+from .peers import Pulled, SourceStatus
 from .udp import UDPLink
 
-__all__ = ["Endpoint", "Pulled", "Counters", "UDPLink", "open_link", "serve", "pull", "replicate",
-           "serve_forever", "pull_blocking", "shown_url"]
+#: socket buffer of a UDP socket shared by many peers (capped by net.core.rmem_max),
+#: and the datagrams it reads per wake-up
+SHARED_SOCKET_BUFFER, SHARED_READ_BATCH = 8 << 20, 64
+
+__all__ = ["Endpoint", "Pulled", "Counters", "SourceStatus", "UDPLink", "open_link", "check_url",
+           "link_schemes", "serve", "pull", "replicate", "serve_forever", "pull_blocking",
+           "shown_url"]
 
 
 def _udp_parts(url: str) -> Tuple[str, int, Dict[str, List[str]]]:
     parts = urlsplit(url)
-    if parts.scheme != "udp" or not parts.hostname or parts.port is None:
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "udp" or not parts.hostname or port is None:
         raise InvalidArgumentError("a UDP address looks like udp://host:port, not %r" % url)
-    return parts.hostname, parts.port, parse_qs(parts.query)
+    return parts.hostname, port, parse_qs(parts.query)
 
 
 def shown_url(url: str) -> str:
@@ -54,36 +63,136 @@ def shown_url(url: str) -> str:
     return parts._replace(netloc="%s:***@%s" % (parts.username, host)).geturl()
 
 
-def open_link(url: str, listen: bool = True) -> Tuple[Any, Any]:
+def _udp_mtu(url: str, query: Dict[str, List[str]]) -> int:
+    try:
+        mtu = int(query.get("mtu", ["1200"])[0])
+    except ValueError:
+        mtu = 0
+    if not 256 <= mtu <= 65000:
+        raise InvalidArgumentError("mtu in %r must be a number of bytes from 256 to 65000" % url)
+    return mtu
+
+
+def _open_udp(url: str, listen: bool, shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    host, port, query = _udp_parts(url)
+    mtu = _udp_mtu(url, query)
+    if listen:
+        return UDPLink(host, port, mtu=mtu), None
+    # Resolve once: answers come from an address, and the peer is known by it.
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    except OSError as e:
+        raise InvalidArgumentError("cannot resolve %s: %s" % (host, e)) from None
+    addr = tuple(sockaddr[:2])
+    share = ("udp", family, mtu)  # one socket talks to any number of peers
+    if shared is not None and share in shared:
+        return shared[share], addr
+    if shared is None:
+        return UDPLink("::" if family == socket.AF_INET6 else "0.0.0.0", 0, mtu=mtu), addr
+    link = shared[share] = UDPLink("::" if family == socket.AF_INET6 else "0.0.0.0", 0, mtu=mtu,
+                                   buffer=SHARED_SOCKET_BUFFER, read_batch=SHARED_READ_BATCH)
+    return link, addr
+
+
+def _check_udp(url: str) -> None:
+    _udp_mtu(url, _udp_parts(url)[2])
+
+
+def _open_serial(url: str, listen: bool,
+                 shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    from .serial import SerialLink
+    link = SerialLink.from_url(url)
+    share = ("serial", link.path)  # a port opens once; every core on the line shares it
+    if shared is not None:
+        link = shared.setdefault(share, link)
+    return link, None
+
+
+def _check_serial(url: str) -> None:
+    from .serial import SerialLink
+    try:
+        SerialLink.from_url(url)
+    except ValueError as e:
+        raise InvalidArgumentError("%s: %s" % (url, e)) from None
+
+
+def _open_mqtt(url: str, listen: bool,
+               shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    from .mqtt import SERVERS, MQTTLink
+    peer = None if listen else SERVERS
+    if shared is not None and ("mqtt", url) in shared:  # one broker connection per URL
+        return shared[("mqtt", url)], peer
+    link = MQTTLink.from_url(url)
+    if shared is not None:
+        shared[("mqtt", url)] = link
+    return link, peer
+
+
+def _check_mqtt(url: str) -> None:
+    from .mqtt import MQTTLink
+    MQTTLink.from_url(url)   # parses only: connects on attach
+
+
+def _no_datagrams(url: str, listen: bool,
+                  shared: Optional[Dict[Hashable, Any]]) -> Tuple[Any, Any]:
+    raise InvalidArgumentError("%s is a Hypercore stream, not a datagram link: use "
+                               "sync.serve/sync.pull (sync.hyper)" % shown_url(url))
+
+
+def _check_tcp(url: str) -> None:
+    from .hyper import tcp_address
+    tcp_address(url)
+
+
+#: scheme -> (open(url, listen, shared) -> (link, peer address), check(url));
+#: tcp:// (Hypercore's protocol over a stream) is checked here but opened by hyper
+_SCHEMES: Dict[str, Tuple[Callable[[str, bool, Optional[Dict[Hashable, Any]]], Tuple[Any, Any]],
+                          Callable[[str], None]]] = {
+    "udp": (_open_udp, _check_udp),
+    "serial": (_open_serial, _check_serial),
+    "mqtt": (_open_mqtt, _check_mqtt),
+    "mqtts": (_open_mqtt, _check_mqtt),
+    "tcp": (_no_datagrams, _check_tcp),
+}
+
+
+def link_schemes() -> Tuple[str, ...]:
+    """The URL schemes :func:`open_link` opens."""
+    return tuple(sorted(_SCHEMES))
+
+
+def _scheme(url: str) -> Tuple[Callable[[str, bool, Optional[Dict[Hashable, Any]]],
+                                        Tuple[Any, Any]], Callable[[str], None]]:
+    scheme = _SCHEMES.get(urlsplit(url).scheme)
+    if scheme is None:
+        raise InvalidArgumentError("unknown link %r (use %s)" % (url, " or ".join(
+            "%s://..." % name for name in link_schemes())))
+    return scheme
+
+
+def check_url(url: str) -> None:
+    """Raise :class:`InvalidArgumentError` if ``url`` is not a link URL that
+    :func:`open_link` could open (checks the syntax only; opens nothing)."""
+    _scheme(url)[1](url)
+
+
+def open_link(url: str, listen: bool = True,
+              shared: Optional[Dict[Hashable, Any]] = None) -> Tuple[Any, Any]:
     """A link for ``url`` and the peer address on it.
 
     ``udp://host:port`` with ``listen``: bind there (peer None); without:
     bind any local port and talk to host:port.  ``serial://...``: the port
     (its single peer is None).  ``?mtu=N`` sets the UDP datagram size.
+
     ``mqtt://[user:pass@]broker[:port]/PREFIX`` or ``mqtts://``: a broker
     connection; the peer is whoever serves the core there (sync/mqtt.py).
+
+    ``shared``: a dict the caller keeps, holding the links opened so far; a
+    link that can carry this peer too is reused rather than opened again (one
+    UDP socket per address family for every ``udp://`` peer, one link per
+    serial port, one broker connection per MQTT URL).  The links are not started: attach new ones to an endpoint.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "udp":
-        host, port, query = _udp_parts(url)
-        mtu = int(query.get("mtu", ["1200"])[0])
-        if listen:
-            return UDPLink(host, port, mtu=mtu), None
-        # Resolve once: answers come from an address, and the peer is known by it.
-        try:
-            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-        except OSError as e:
-            raise InvalidArgumentError("cannot resolve %s: %s" % (host, e)) from None
-        local = "::" if family == socket.AF_INET6 else "0.0.0.0"
-        return UDPLink(local, 0, mtu=mtu), tuple(sockaddr[:2])
-    if scheme == "serial":
-        from .serial import SerialLink
-        return SerialLink.from_url(url), None
-    if scheme in ("mqtt", "mqtts"):
-        from .mqtt import SERVERS, MQTTLink
-        return MQTTLink.from_url(url), None if listen else SERVERS
-    raise InvalidArgumentError("unknown link %r (use udp://host:port, serial:///dev/tty... or "
-                               "mqtt://broker/PREFIX)" % url)
+    return _scheme(url)[0](url, listen, shared)
 
 
 async def serve(cores: Union[Core, Iterable[Core]], url: str,

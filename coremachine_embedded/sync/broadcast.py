@@ -30,7 +30,7 @@ from . import wire
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
-    from .peers import Entry as _Entry
+    from .peers import Entry
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -109,7 +109,7 @@ class Fanout:
         self.ep = endpoint
         self._states: Dict[bytes, _State] = {}
 
-    def _state(self, entry: "_Entry") -> _State:
+    def _state(self, entry: "Entry") -> _State:
         st = self._states.get(entry.dk)
         if st is None:
             st = self._states[entry.dk] = _State()
@@ -118,7 +118,7 @@ class Fanout:
     def _links(self) -> List[Any]:
         return [link for link in self.ep._links if getattr(link, "broadcasts", False)]
 
-    def head_of(self, entry: "_Entry") -> Optional[Tuple[int, int]]:
+    def head_of(self, entry: "Entry") -> Optional[Tuple[int, int]]:
         """The newest (fork, length) a verified head showed for ``entry``, if any."""
         st = self._states.get(entry.dk)
         return st.head if st is not None and st.head[1] >= 0 else None
@@ -132,17 +132,23 @@ class Fanout:
         for entry in list(self.ep._entries.values()):
             self._watch_on(entry, link)
 
-    def serve(self, entry: "_Entry") -> None:
+    def serve(self, entry: "Entry") -> None:
         self._state(entry).serving = True
         self.watch(entry)
         self.announce(entry)
 
-    def watch(self, entry: "_Entry") -> None:
+    def watch(self, entry: "Entry") -> None:
         """(Re)subscribe ``entry``'s topics on every fan-out link."""
         for link in self._links():
             self._watch_on(entry, link)
 
-    def _watch_on(self, entry: "_Entry", link: Any) -> None:
+    def forget(self, entry: "Entry") -> None:
+        """``entry`` left the endpoint: its topics are unsubscribed."""
+        self._states.pop(entry.dk, None)
+        for link in self._links():
+            link.unwatch(entry.dk)
+
+    def _watch_on(self, entry: "Entry", link: Any) -> None:
         roles: Set[str] = set()
         if self._state(entry).serving or entry.core.writable:
             roles.add("serve")
@@ -156,7 +162,7 @@ class Fanout:
 
     # --- a writer publishes -----------------------------------------------------------
 
-    def announce(self, entry: "_Entry", links: Optional[List[Any]] = None,
+    def announce(self, entry: "Entry", links: Optional[List[Any]] = None,
                  force: bool = False) -> None:
         """A writer's core changed: publish its head, and the live block."""
         core = entry.core
@@ -185,7 +191,7 @@ class Fanout:
             link.broadcast(head, "head")
         self.ep.counters.inc("tx_broadcasts", len(links) * (2 if live else 1))
 
-    def _seal(self, entry: "_Entry", proof: bytes) -> bytes:
+    def _seal(self, entry: "Entry", proof: bytes) -> bytes:
         ep = self.ep
         ep._counter += 1
         payload = wire.encode_payload(ep.session, ep._counter, bytes(8), [(wire.DATA, proof)])
@@ -213,7 +219,7 @@ class Fanout:
                 self._nudge(entry)
             ep._announce(entry)
 
-    def _nudge(self, entry: "_Entry") -> None:
+    def _nudge(self, entry: "Entry") -> None:
         """Ask the source for its state now (a newer head was seen, or the link is back)."""
         ep = self.ep
         if entry.source is None:
@@ -245,7 +251,7 @@ class Fanout:
                 log.debug("bad broadcast for %s: %s", entry.dk.hex()[:16], e)
         return True
 
-    def _on_signed(self, entry: "_Entry", body: bytes) -> None:
+    def _on_signed(self, entry: "Entry", body: bytes) -> None:
         ep, c, core = self.ep, self.ep.counters, entry.core
         msg = DataMessage.decode(body)
         if msg.upgrade is None or not entry.pulling:

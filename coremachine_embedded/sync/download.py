@@ -58,7 +58,7 @@ class Ask:
     """
 
     __slots__ = ("id", "index", "upgrade", "nodes", "run", "missing", "tries", "sent",
-                 "deadline", "confirm")
+                 "deadline", "prev_id", "prev_sent", "confirm")
 
     def __init__(self, index: Optional[int], upgrade: Optional[Tuple[int, int]],
                  nodes: List[int], run: Optional[batch.Run] = None,
@@ -73,6 +73,15 @@ class Ask:
         self.sent = 0.0
         self.deadline = 0.0
         self.confirm = confirm
+        self.prev_id, self.prev_sent = 0, 0.0   # the transmission before the current one
+
+    def sent_at(self, request: int) -> Optional[float]:
+        """When the transmission with id ``request`` went out (this one or the
+        one before): each has its own id, so a late answer to the one before a
+        retry is still a round-trip sample - Karn's ambiguity does not arise."""
+        if request == self.id:
+            return self.sent
+        return self.prev_sent if request == self.prev_id and self.prev_id else None
 
     @property
     def size(self) -> int:
@@ -81,12 +90,19 @@ class Ask:
 
 
 class Answered(NamedTuple):
-    """What an answer was: ``ask`` is the in-flight ask whose id it carries
-    (for round-trip samples), ``early`` that it arrived before an earlier
-    block - on a lossy link, the asks sent before ``ask`` were probably lost."""
+    """What an answer was: ``ask`` is the in-flight ask one of whose last two
+    transmissions it answers, ``sent`` when that transmission went out (for
+    round-trip samples), ``early`` that it arrived before an earlier block -
+    on a lossy link, the asks sent before it were probably lost."""
 
     ask: Optional[Ask] = None
     early: bool = False
+    sent: Optional[float] = None
+
+
+def _answering(ask: Optional[Ask], request: int, early: bool = False) -> "Answered":
+    sent = ask.sent_at(request) if ask is not None else None
+    return Answered(ask, early, sent) if sent is not None else Answered(early=early)
 
 
 NOTHING = Answered()
@@ -182,6 +198,7 @@ class Download:
         what is still missing)."""
         rid = self._next_id
         self._next_id += 1
+        ask.prev_id, ask.prev_sent = ask.id, ask.sent
         ask.id = rid
         ask.tries += 1
         core = self.core
@@ -262,11 +279,15 @@ class Download:
 
     # --- answers -----------------------------------------------------------------------
 
-    def on_data(self, body: bytes, head: Optional[DataHead] = None) -> Answered:
+    def on_data(self, body: bytes, head: Optional[DataHead] = None,
+                pushed_ok: bool = False) -> Answered:
         """A DATA message (a Hypercore proof): applied if it is the next block
         or an upgrade we asked for, kept if it builds on a block still to come,
         otherwise counted and dropped.  ``head``: its head, if the caller
-        peeked already."""
+        peeked already.  With ``pushed_ok`` (it comes from the peer we follow
+        live) an unasked upgrade with our next block - a push, request id
+        ``wire.PUSHED`` - is applied when nothing is in flight: the core
+        verifies it like any other."""
         if self.core.writable:
             self.counters.inc("dropped_unsolicited")
             return NOTHING
@@ -277,20 +298,24 @@ class Download:
             return NOTHING
         if head.upgrade:
             up = self.upgrade
-            if up is None:  # a late answer to a retried upgrade: we have it already
-                self.counters.inc("duplicates")
-                return NOTHING
-            if up.confirm:
+            if up is None or (up.confirm and head.request == wire.PUSHED):
+                # (a push while the proof of the peer's state is asked proves it too)
+                if not (pushed_ok and head.request == wire.PUSHED and self._pushable(head)):
+                    # a late answer to a retried upgrade, or a push we cannot use
+                    self.counters.inc("duplicates")
+                    return NOTHING
+                self.counters.inc("pushes")
+            if up is not None and up.confirm and head.request != wire.PUSHED:
                 self._confirm(body)
             else:
-                self._apply(body, upgrade=True)
-            return Answered(up if head.request == up.id else None)
+                self._apply(body, upgrade=True)   # (an upgrade we asked for: checked alike)
+            return _answering(up, head.request)
         index = head.block_index
         if index is None:
             self.counters.inc("dropped_unsolicited")
             return NOTHING
         ask = self.inflight.get(index)
-        answered = Answered(ask if ask is not None and head.request == ask.id else None)
+        answered = _answering(ask, head.request)
         contiguous = self.core.contiguous_length
         if index < contiguous:
             self.counters.inc("duplicates")
@@ -301,9 +326,17 @@ class Download:
                 return answered
             if self._wait(index, body, answered.ask is not None):
                 self._mark(ask)
-            return Answered(answered.ask, True)
+            return answered._replace(early=True)
         self._apply(body)
         return answered
+
+    def _pushable(self, head: DataHead) -> bool:
+        """A push we take: for our next block, while we hold our whole signed
+        length and no block is in flight (with an upgrade in flight, a push
+        counts as its answer)."""
+        core = self.core
+        return (not self.inflight
+                and head.block_index == core.length == core.contiguous_length)
 
     def on_values(self, msg: wire.Values) -> Answered:
         """VALUES of a run in flight (the caller takes them only from the peer
@@ -315,7 +348,8 @@ class Download:
             return NOTHING
         ask.run.add(msg.first, msg.values)
         self._mark(ask)
-        answered = Answered(ask, True) if msg.request == ask.id else NOTHING
+        answered = _answering(ask, msg.request, early=True)
+        answered = answered if answered.ask is not None else NOTHING
         self._advance()
         return answered
 

@@ -22,17 +22,17 @@ answer (our HELLO, no bigger than 3x what it sent) and creates nothing; a peer
 is a validated address (link and source address) with the random session id
 of its envelopes, and answers are taken only from the peer a request went
 to.  Serving: SYNC answers SYNC (fork, signed length), REQUEST answers DATA
-or NO_DATA, RUN answers DATA and VALUES; appends
-are announced to peers that pull live.  Pulling: HELLO until the source
-answers, then whatever the core's :class:`Download` plans, retried as
-``flow.py`` says.
+or NO_DATA, RUN answers DATA and VALUES; appends are announced to peers that
+pull live (the next block pushed to one that holds all).  Pulling: HELLO until
+the source answers, then what the core's :class:`Download` plans, retried as
+``flow.py`` says (the timer visits pulls with something pending; all per SWEEP).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .. import errors
 from ..core import Core
@@ -41,9 +41,9 @@ from . import flow, serving, sessions, wire
 from .broadcast import BROADCAST, Fanout
 from .counters import Counters
 from .download import Ask, Download
-from .memory import COUNT_PERIOD, PEER_COST, Memory, default_budget, sizes
+from .memory import Memory, default_budget
 from .outbox import Message, budget, fragments
-from .peers import NO_COOKIE, Entry, Peer, Pulled, origin
+from .peers import NO_COOKIE, Entry, Peer, Pulled, SourceStatus, origin
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -81,7 +81,7 @@ class Endpoint:
         self._frag_id = 1
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
-        self._counted = 0.0   # when what is held was last counted
+        self._active: Set[Entry] = set()    # pulls the timer visits every tick
         self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
 
     # --- setup ----------------------------------------------------------------------
@@ -135,6 +135,7 @@ class Endpoint:
                 progress(contiguous, max(0, peer.length if peer else 0))
             entry.download.on_progress = report
         entry.download.resume()
+        self._active.add(entry)
         self._fanout.watch(entry)
         self._hello(entry, link, addr)
         try:
@@ -148,6 +149,34 @@ class Endpoint:
         proved = entry.download.proved
         assert proved is not None  # caught_up is set only then
         return Pulled(addr, core.fork, core.length, proved[1])
+
+    def remove(self, core: Core) -> None:
+        """Stop serving and pulling ``core`` (the caller cancels its :meth:`pull`)."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core:
+            return
+        del self._entries[entry.dk]
+        self._active.discard(entry)
+        self._fanout.forget(entry)
+        if entry.unsubscribe:
+            entry.unsubscribe()
+        entry.pulling = False
+
+    def source_status(self, core: Core) -> Optional[SourceStatus]:
+        """What the peer ``core`` is pulled from last said (None: not pulled here)."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core or not entry.pulling:
+            return None
+        return entry.source_status()
+
+    def ping(self, core: Core) -> bool:
+        """HELLO the peer ``core`` is pulled from (it answers with a SYNC, which
+        :meth:`source_status` shows); False if ``core`` is not pulled here."""
+        entry = self._entries.get(core.discovery_key)
+        if entry is None or entry.core is not core or not entry.pulling or entry.source is None:
+            return False
+        self._hello(entry, *entry.source, entry.source_peer())
+        return True
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -197,6 +226,7 @@ class Endpoint:
             self._hello(entry, link, addr, peer)
         elif peer.outbox.messages and not peer.outbox.scheduled:
             self._flush(entry, peer)  # answers held while its cookie was unknown
+        entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
         self._pump(entry)
         return True
 
@@ -287,7 +317,9 @@ class Endpoint:
             peer.fork, peer.length = msg.fork, msg.length
             if msg.downloading:
                 peer.live = True
-            if (msg.remote_length, msg.fork) != (core.length, core.fork) or \
+            if (msg.remote_length, msg.fork) == (core.length, core.fork):
+                peer.told = (core.fork, core.length)  # it knows (it pushed us our new length)
+            elif (msg.remote_length, msg.fork) != (core.length, core.fork) or \
                     peer.told != (core.fork, core.length):
                 # a wrong remote length: our last SYNC to it was lost - send it again
                 self._send_sync(entry, peer, force=msg.remote_length != core.length)
@@ -296,7 +328,12 @@ class Endpoint:
                 peer.contiguous = msg.length
         elif kind == wire.REQUEST:
             if self._admit(peer, msg.id):
-                self._answer(entry, peer, serving.answer_request(entry.core, msg, self.counters))
+                answer = serving.answer_request(entry.core, msg, self.counters)
+                self._answer(entry, peer, answer)
+                if msg.upgrade is not None and answer.resync is None:
+                    # take it to hold what the answer gives it, as after a push: a
+                    # puller that fell behind is pushed again after one ordinary round
+                    peer.length = msg.upgrade[0] + msg.upgrade[1]
         elif kind == wire.RUN:
             if self._admit(peer, msg.id):
                 self._answer(entry, peer, serving.answer_run(
@@ -343,6 +380,12 @@ class Endpoint:
         now = time.monotonic()
         for peer in list(entry.peers.values()):
             if peer.live and peer.ready and now - peer.last_seen < PEER_TIMEOUT:
+                # pushed ahead of the SYNC, in its envelope (serving.push says why)
+                proof = serving.push(entry.core, peer.fork, peer.length, budget(peer.link.mtu))
+                if proof is not None:
+                    self.counters.inc("pushed")
+                    self._queue(entry, peer, wire.DATA, proof)
+                    peer.length = entry.core.length   # the SYNC tells it so
                 self._send_sync(entry, peer)
         self._pump(entry)
 
@@ -362,6 +405,7 @@ class Endpoint:
                 peer = entry.peers[key] = Peer(link, addr, b"", self.memory)
         peer.hello_sent = time.monotonic()
         peer.hellos += 1
+        entry.next_check = min(entry.next_check, peer.hello_sent + flow.hello_backoff(peer.hellos))
         kind, body = self._hello_message(entry, origin(link, addr))
         if peer.ready:
             self._queue(entry, peer, kind, body)
@@ -379,18 +423,27 @@ class Endpoint:
         run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
         for ask in download.plan(peer.fork, peer.length, self.window, run_bytes):
             self._ask(entry, peer, ask)
-        if download.caught_up(peer.fork, peer.length):
-            if not entry.caught_up.is_set():
-                entry.caught_up.set()
+        if not download.caught_up(peer.fork, peer.length):
+            return
+        if entry.live:
+            # tell the source where we are, so that it can push what comes next
+            self._send_sync(entry, peer)
+        if not entry.caught_up.is_set():
+            entry.caught_up.set()
+            # What pull() returns on is durable; a live pull's later updates are
+            # as durable as the core's setting makes them (batch: within its
+            # flush interval) - not one fdatasync per update.
             try:
                 entry.core.flush()
             except errors.CoreMachineError:
                 pass
 
     def _ask(self, entry: Entry, peer: Peer, ask: Ask, lost: bool = False) -> None:
+        self._active.add(entry)
         kind, body = entry.download.send(ask)
         ask.sent = time.monotonic()
         ask.deadline = flow.deadline(ask.sent, peer.rtt.rto(), ask.tries, lost)
+        entry.next_check = min(entry.next_check, ask.deadline)
         self._queue(entry, peer, kind, body)
         if kind == wire.RUN and ask.tries > 1:
             # a retried run goes in two envelopes: one loss does not cost another round
@@ -407,17 +460,16 @@ class Endpoint:
             self.counters.inc("dropped_unsolicited")
             return
         now = time.monotonic()
-        answered = entry.download.on_data(body)
-        ask = answered.ask
-        if ask is not None and (ask.upgrade is not None or ask.tries == 1):
-            peer.rtt.sample(now - ask.sent)
-        if ask is not None and answered.early:
-            self._lost_before(entry, ask.sent)
+        answered = entry.download.on_data(body, pushed_ok=entry.live)  # (from the source)
+        if answered.sent is not None:
+            peer.rtt.sample(now - answered.sent)
+            if answered.early:
+                self._lost_before(entry, answered.sent)
 
     def _on_values(self, entry: Entry, peer: Peer, msg: wire.Values) -> None:
         answered = entry.download.on_values(msg)
-        if answered.ask is not None:
-            self._lost_before(entry, answered.ask.sent)
+        if answered.sent is not None:
+            self._lost_before(entry, answered.sent)
 
     def _lost_before(self, entry: Entry, sent: float) -> None:
         peer = entry.source_peer()
@@ -473,12 +525,14 @@ class Endpoint:
     # --- timers ----------------------------------------------------------------------
 
     async def _tick(self) -> None:
+        """Timers of the pulls with something pending (``_active``), and every
+        ``flow.SWEEP`` seconds of every pull (keepalives): a thousand idle pulls
+        are not visited every tick.  The memory budget is counted here."""
+        swept = 0.0
         stalls = 0
         while True:
             # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
-            busy = any(e.download.busy or (e.pulling and not e.caught_up.is_set())
-                       for e in self._entries.values())
-            period = flow.TICK_BUSY if busy else flow.TICK_IDLE
+            period = flow.TICK_BUSY if self._active else flow.TICK_IDLE
             before = time.monotonic()
             await asyncio.sleep(period)
             now = time.monotonic()
@@ -490,32 +544,22 @@ class Endpoint:
                 continue
             stalls = 0
             self.sessions.rotate(now)
-            if now - self._counted > COUNT_PERIOD:
-                self._counted = now
-                self._budget()
-            for entry in list(self._entries.values()):
+            self.memory.count(now, list(self._entries.values()), len(self.sessions.windows),
+                              self.counters)
+            if now - swept >= flow.SWEEP:
+                swept = now
+                entries = [e for e in self._entries.values() if e.pulling]
+            else:   # the pending ones, when something of theirs may be due
+                entries = [e for e in self._active if now >= e.next_check]
+            for entry in entries:
                 try:
                     self._timeouts(entry, now)
                 except errors.CoreMachineError as e:  # a core that failed: report, go on
                     self.counters.inc("errors")
                     log.warning("sync of %s: %s", entry.dk.hex()[:16], e)
-
-    def _budget(self) -> None:
-        """Count what is held for others; over the budget, give back the oldest."""
-        mem = self.memory
-        entries = list(self._entries.values())
-        held = [e.download.held_bytes() for e in entries]
-        mem.others = sizes(len(self.sessions.windows), {
-            (e.dk, k): p for e in entries for k, p in e.peers.items()}) + sum(held)
-        if not mem.over:
-            return
-        mem.reclaim_fragments(self.counters)
-        for entry in entries:   # the least recently seen peers of each core
-            while mem.over and len(entry.peers) > 1 and entry.forget_oldest_peer():
-                mem.others -= PEER_COST
-        for _, entry in sorted(zip(held, entries), key=lambda x: -x[0]):
-            if mem.over:   # the largest waiting first
-                mem.others -= entry.download.shed(mem.used - mem.limit)
+                # (a swept one not in _active has had nothing in flight since)
+                if entry in self._active and not entry.visited(now):
+                    self._active.discard(entry)
 
     def _timeouts(self, entry: Entry, now: float) -> None:
         if not entry.pulling or entry.source is None:
@@ -527,12 +571,20 @@ class Endpoint:
             if peer is None or flow.hello_due(now, peer.hello_sent, peer.hellos):
                 self._hello(entry, link, addr, peer)
             return
-        if entry.live and now - entry.last_keepalive > flow.KEEPALIVE:
+        # A source quiet for KEEPALIVE may have lost our answers: ask it; any
+        # other needs a SYNC per LIVE_REFRESH only (to keep pushing to us).
+        since = now - entry.last_keepalive
+        if entry.live and (since > flow.LIVE_REFRESH or (
+                since > flow.KEEPALIVE and now - peer.last_seen > flow.KEEPALIVE)):
             entry.last_keepalive = now
             self._send_sync(entry, peer, force=True)
         download = entry.download
+        if not download.busy:
+            return
         up = download.upgrade
-        if up is not None and now > up.deadline:
+        retried = up is not None and now > up.deadline
+        if up is not None and retried:
+            peer.rtt.timed_out()
             self._retry(entry, peer, [up])
         # Timeouts are for a quiet link, so a backlog of answers is not taken
         # for losses (on a slow serial line the gap between two full frames is
@@ -542,5 +594,7 @@ class Endpoint:
         expired = entry.retries.expired(download, now, peer.rtt.rto(), quiet)
         if expired:
             self.counters.inc("timeouts", len(expired))
+            peer.rtt.timed_out()
             self._retry(entry, peer, expired)
-        self._pump(entry)
+        if retried or expired:   # (every envelope received pumps already)
+            self._pump(entry)

@@ -21,7 +21,10 @@ STALL = 0.01                   # a timer this late means this process stalled: n
 MAX_STALLS = 4                 # ...unless it was that late this many times in a row
 HELLO_FIRST = 0.05             # seconds before the first HELLO to a silent source is repeated...
 HELLO_MAX = 1.0                # ...doubling up to this
-KEEPALIVE = 2.0                # seconds between SYNCs to a source while pulling live
+KEEPALIVE = 2.0                # a live pull SYNCs a source quiet for this long...
+LIVE_REFRESH = 15.0            # ...and any source this often (a source stops announcing to
+#                                a puller silent for endpoint.PEER_TIMEOUT)
+SWEEP = 0.5                    # seconds between timer visits of every pull (keepalives)
 QUIET_FRAMES = 2.0             # a link is quiet after this many frame times without an answer
 RUN_ENVELOPES = 4              # a batched run's values fill about this many envelopes
 
@@ -29,17 +32,25 @@ RUN_ENVELOPES = 4              # a batched run's values fill about this many env
 class Rtt:
     """Round-trip time estimate of one peer (RFC 6298)."""
 
-    __slots__ = ("srtt", "rttvar", "sampled")
+    __slots__ = ("srtt", "rttvar", "sampled", "backoff")
 
     def __init__(self) -> None:
         self.srtt = INITIAL_SRTT
         self.rttvar = INITIAL_RTTVAR
         self.sampled = False
+        self.backoff = 1      # doubled by each timeout, reset by the next sample
 
     def rto(self) -> float:
-        return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
+        return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar) * self.backoff)
+
+    def timed_out(self) -> None:
+        """A request timed out: the RTO stays doubled for the next ones until an
+        answer gives a sample (RFC 6298, 5.5) - a swamped peer, or our own
+        swamped loop, is not sent every request again and again."""
+        self.backoff = min(self.backoff * 2, 1 << MAX_BACKOFF)
 
     def sample(self, rtt: float) -> None:
+        self.backoff = 1
         if not self.sampled:  # the first sample replaces the guess (RFC 6298)
             self.sampled = True
             self.srtt, self.rttvar = rtt, rtt / 2
@@ -54,9 +65,14 @@ def deadline(sent: float, rto: float, tries: int, lost: bool) -> float:
     return sent + rto * (1 if lost else 2 ** min(tries - 1, MAX_BACKOFF))
 
 
+def hello_backoff(hellos: int) -> float:
+    """Seconds to wait for an answer after ``hellos`` unanswered HELLOs."""
+    return min(HELLO_MAX, HELLO_FIRST * (1 << min(hellos, 30)))
+
+
 def hello_due(now: float, sent: float, hellos: int) -> bool:
     """Whether to greet a silent source again (``hellos`` unanswered so far)."""
-    return now - sent > min(HELLO_MAX, HELLO_FIRST * (1 << min(hellos, 30)))
+    return now - sent > hello_backoff(hellos)
 
 
 class Retries:

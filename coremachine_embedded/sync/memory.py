@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .counters import Counters
+
+if TYPE_CHECKING:
+    from .peers import Entry
 
 SYNC_SHARE = 4            # the endpoint may hold 1/SYNC_SHARE of the board's memory budget
 DEFAULT_BOARD = "generic-linux"
@@ -48,13 +51,14 @@ def default_budget() -> int:
 class Memory:
     """The budget and what is held against it.  Fragments are counted as they
     come and go (they are what a flood of unfinished messages grows);
-    everything else is counted by :meth:`Endpoint` on its timer
-    (:attr:`others`)."""
+    everything else is counted on the endpoint's timer (:meth:`count`,
+    :attr:`others`)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.fragments = 0   # bytes of fragments kept, all peers
         self.others = 0      # proofs waiting, queued answers, peers and windows at the last count
+        self.counted = 0.0   # when (monotonic) that count was made
         # every fragment set in progress, least recently added to first
         self.sets: "OrderedDict[SetKey, Callable[[SetKey], None]]" = OrderedDict()
 
@@ -92,6 +96,28 @@ class Memory:
             drop = self.sets.pop(key)
             drop(key)
             counters.inc("dropped_memory")
+
+    def count(self, now: float, entries: List["Entry"], windows: int,
+              counters: Counters) -> None:
+        """Once a ``COUNT_PERIOD``, count what the endpoint holds for others
+        (its cores' ``entries``, ``windows`` replay windows); over the budget,
+        give back the oldest: fragment sets, each core's least recently seen
+        peers, then proofs waiting (the core holding the most first)."""
+        if now - self.counted <= COUNT_PERIOD:
+            return
+        self.counted = now
+        held = [e.download.held_bytes() for e in entries]
+        self.others = sizes(windows, {
+            (e.dk, k): p for e in entries for k, p in e.peers.items()}) + sum(held)
+        if not self.over:
+            return
+        self.reclaim_fragments(counters)
+        for entry in entries:
+            while self.over and len(entry.peers) > 1 and entry.forget_oldest_peer():
+                self.others -= PEER_COST
+        for _, entry in sorted(zip(held, entries), key=lambda x: -x[0]):
+            if self.over:
+                self.others -= entry.download.shed(self.used - self.limit)
 
 
 def sizes(windows: int, peers: Dict[Any, Any]) -> int:

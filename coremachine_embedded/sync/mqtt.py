@@ -218,6 +218,14 @@ class MQTTLink:
         if had - want:
             client.unsubscribe(sorted(had - want))
 
+    def unwatch(self, dk: bytes) -> None:
+        """Unsubscribe every topic of core ``dk`` (it left the endpoint)."""
+        with self._lock:
+            had = self._topics.pop(dk, set())
+        client = self._client
+        if had and client is not None and self.connected:
+            client.unsubscribe(sorted(had))
+
     # --- running -----------------------------------------------------------------------
 
     async def start(self, on_receive: Callable[[bytes, Any], Any]) -> None:

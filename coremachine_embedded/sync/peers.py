@@ -1,6 +1,7 @@
 """What an endpoint keeps: per core (an :class:`Entry`: its peers and the
 state of pulling it) and per remote endpoint that proved its address (a
-:class:`Peer`: its cookie, session, queues, limits and round-trip time).
+:class:`Peer`: its cookie, session, queues, limits and round-trip time),
+and what it tells of the peer a core is pulled from (:class:`SourceStatus`).
 
 A peer is known by its link and source address, and by the random session
 id of its envelopes there; a new session at the same address is a new peer
@@ -23,6 +24,15 @@ from .outbox import Message, Outbox, Reassembly
 
 MAX_PEERS_PER_CORE = 256
 NO_COOKIE = bytes(sessions.COOKIE_BYTES)
+
+
+class SourceStatus(NamedTuple):
+    """The peer a core is pulled from, as last heard (see :meth:`Endpoint.source_status`)."""
+
+    length: int                   # its signed length (-1: not heard yet)
+    fork: int
+    last_seen: Optional[float]    # time.monotonic() of its last valid envelope (None: never)
+    caught_up: bool               # this replica held its signed length at least once
 
 
 def origin(link: Any, addr: Any) -> bytes:
@@ -86,6 +96,7 @@ class Entry:
         self.caught_up = asyncio.Event()
         self.unsubscribe: Optional[Callable[[], None]] = None
         self.last_keepalive = 0.0
+        self.next_check = 0.0      # monotonic: the timer need not look before this
         self._announced: Tuple[Any, List[Message]] = (None, [])
 
     def announcement(self) -> List[Message]:
@@ -96,6 +107,34 @@ class Entry:
         if self._announced[0] != state:
             self._announced = (state, serving.announcement(core, 0, self.pulling))
         return self._announced[1]
+
+    def source_status(self) -> SourceStatus:
+        """What the peer it is pulled from last said."""
+        peer = self.source_peer()
+        if peer is None or not peer.session:
+            return SourceStatus(-1, -1, None, False)
+        return SourceStatus(peer.length, peer.fork, peer.last_seen, self.caught_up.is_set())
+
+    def visited(self, now: float) -> bool:
+        """After the endpoint's timer looked at it: when to look next
+        (deadlines are an RTO or more away: a quarter of it is soon enough);
+        False if nothing is pending."""
+        peer = self.source_peer()
+        self.next_check = now + max(flow.TICK_BUSY, peer.rtt.rto() / 4 if peer else 0.0)
+        return self.pending()
+
+    def pending(self) -> bool:
+        """Does pulling it need the endpoint's fine timer: requests in flight,
+        or a greeting whose retry is due sooner than the next sweep?"""
+        if not self.pulling:
+            return False
+        if self.download.busy:
+            return True
+        peer = self.source_peer()
+        if peer is None:
+            return True
+        return (not peer.ready or peer.length < 0) and \
+            flow.hello_backoff(peer.hellos) < flow.SWEEP
 
     def source_peer(self) -> Optional[Peer]:
         if self.source is None:
@@ -111,10 +150,11 @@ class Entry:
             peer = Peer(link, addr, session, memory)
             if old is not None:
                 old.reassembly.clear()
-                if self.source_peer() is old and old.session:
-                    self.download.restart()  # the source restarted: ask it all again
-                elif self.source_peer() is old:  # the source we greet answered: a first RTT
+                if not old.session:  # our greeting's placeholder answered: a first RTT
                     peer.hello_sent, peer.hellos = old.hello_sent, old.hellos
+                elif self.source_peer() is old:
+                    self.download.restart()  # the source restarted: ask it all again
+                    self.next_check = 0.0
             self.peers[key] = peer
             while len(self.peers) > MAX_PEERS_PER_CORE and self.forget_oldest_peer():
                 pass

@@ -38,6 +38,7 @@ REQUEST_BURST = 1024   # ...after a burst of this many; beyond: dropped_flood
 SERVED_IDS = 256       # request ids remembered per peer, so a duplicate is answered once
 VALUES_HEAD = 32       # a VALUES message's type, length, request, first and count, at most
 VALUE_HEAD = 4         # the length before each value, at most (for values under 64 KiB)
+PUSH_ROOM = 64         # room a push leaves in its envelope for the SYNC and RANGE after it
 
 # NoData reasons (Hypercore's noData), the same for a REQUEST and a RUN:
 # what this core does not hold (or cannot prove) is not available; a request
@@ -64,6 +65,27 @@ def announcement(core: Core, remote_length: int, downloading: bool) -> List[Mess
                                   downloading=downloading,
                                   has_manifest=core.manifest is not None).encode()),
             (wire.RANGE, wire.Range(0, core.contiguous_length).encode())]
+
+
+def push(core: Core, peer_fork: int, peer_length: int, room: int) -> Optional[bytes]:
+    """What a live peer holding our first ``peer_length`` blocks would ask for
+    next, unasked (request id ``wire.PUSHED``): the upgrade to our signed length
+    with the first new block, to go ahead of the SYNC in one envelope of
+    ``room`` bytes - a live update costs one envelope, no request, no round
+    trip.  The caller then takes the peer to hold our length (the SYNC says
+    so); a peer that cannot use it (it lacks blocks, or is asking already)
+    drops it unverified and its answer to the SYNC puts us right.  None if we
+    cannot prove it (the peer is on another fork or not behind, we lack the
+    block) or it does not fit."""
+    if peer_fork != core.fork or not 0 < peer_length < core.length or \
+            core.contiguous_length < core.length:
+        return None
+    try:
+        proof = core.proof(block=peer_length, upgrade=(peer_length, core.length - peer_length),
+                           request=wire.PUSHED)
+    except _PROOF_REFUSED:
+        return None
+    return proof if wire.message_size(proof) <= room - PUSH_ROOM else None
 
 
 def answer_request(core: Core, req: wire.Request, counters: Counters) -> Answer:

@@ -15,16 +15,21 @@ READ_BATCH = 8         # datagrams read per wake-up before the loop runs anythin
 class UDPLink:
     """A UDP socket bound to ``host:port`` (port 0: any free port).
 
-    It reads every datagram waiting (up to ``READ_BATCH``) each time the socket
+    It reads every datagram waiting (up to ``read_batch``) each time the socket
     is readable, so a burst of answers is handled before the timers that
     would take it for a loss, with one event-loop turn per burst."""
 
     #: line time of a full datagram: none worth waiting for (a serial link's is not)
     frame_seconds = 0.0
 
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, mtu: int = DEFAULT_MTU) -> None:
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, mtu: int = DEFAULT_MTU,
+                 buffer: int = SOCKET_BUFFER, read_batch: int = READ_BATCH) -> None:
         if not 256 <= mtu <= 65000:
             raise ValueError("mtu must be between 256 and 65000")
+        # One socket for many peers (a gateway's) needs more of both: a pause of
+        # the loop must not overflow the buffer, nor a burst outlast the batches.
+        self.buffer = buffer     # socket buffer asked for, each way
+        self.read_batch = read_batch
         self.host = host
         self.port = port
         self.mtu = mtu
@@ -49,7 +54,7 @@ class UDPLink:
             sock.setblocking(False)
             for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 try:  # a window of answers arriving at once must not overflow it
-                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+                    sock.setsockopt(socket.SOL_SOCKET, option, self.buffer)
                 except OSError:
                     pass  # the kernel's default is still a working buffer
             sock.bind((self.host, self.port))
@@ -65,7 +70,7 @@ class UDPLink:
         sock, deliver, mtu = self._sock, self._on_receive, self.mtu
         if sock is None or deliver is None:
             return
-        for _ in range(READ_BATCH):
+        for _ in range(self.read_batch):
             try:
                 data, addr = sock.recvfrom(mtu + 1)
             except (BlockingIOError, InterruptedError):

@@ -44,6 +44,7 @@ TYPES = {SYNC, REQUEST, CANCEL, DATA, NO_DATA, RANGE, HELLO, FRAGMENT, VALUES, R
 MAX_RUN = caps.MAX_RUN   # blocks in one RUN request
 
 HELLO_PULL = 1    # the sender pulls: tell it about new lengths (live)
+PUSHED = 0        # the request id of a DATA nobody asked for: a push to a live puller
 HELLO_SERVE = 2   # the sender serves this core
 
 _impl = _backend.impl

@@ -319,19 +319,17 @@ def test_node_unit_runs_firmware_on_its_board() -> None:
     assert argv[0].endswith("/python") and argv[1].endswith(".py")
 
 
-def test_gateway_unit_runs_a_valid_coremachine_command() -> None:
+def test_gateway_unit_runs_the_gateway_daemon() -> None:
     from coremachine_embedded.cli import build_parser
     u = parse_unit(UNITS / "coremachine-gateway.service")
-    env = dict(v.split("=", 1) for v in values(u, "Service", "Environment"))
-    env["COREMACHINE_KEY"] = "ab" * 32                       # from gateway.env
-    argv = shlex.split(one(u, "Service", "ExecStart"))
-    assert os.path.basename(argv[0]) == "coremachine"
-    argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a) for a in argv[1:]]
-    args = build_parser().parse_args(argv)
-    assert args.command == "pull" and args.live
-    assert args.store.startswith("/var/lib/coremachine/")
-    assert urlsplit(args.url).scheme in ("serial", "udp")
-    assert one(u, "Service", "EnvironmentFile") == "/etc/coremachine/gateway.env"
+    for key in ("ExecStartPre", "ExecStart"):
+        argv = shlex.split(one(u, "Service", key))
+        assert os.path.basename(argv[0]) == "coremachine"
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "gateway" and args.config == "/etc/coremachine/gateway.toml"
+        assert args.check == (key == "ExecStartPre")
+    assert shlex.split(one(u, "Service", "ExecReload")) == ["/bin/kill", "-HUP", "$MAINPID"]
+    assert int(one(u, "Service", "LimitNOFILE")) >= 8192
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,

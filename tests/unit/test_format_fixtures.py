@@ -86,6 +86,7 @@ def _same_files(got: str, committed: str, name: str, skip: Tuple[str, ...] = ())
 
 def _closed_copy(src: str, dst: str) -> str:
     shutil.copytree(src, dst)
+    recipes.private_key(dst)   # (a committed fixture's key has the mode git gave it)
     cm.Core(dst).close()
     return dst
 
