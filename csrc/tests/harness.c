@@ -5,11 +5,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_cm.h"
 #include "vectors.h"
@@ -32,7 +32,6 @@ void failf(const char *file, int line, const char *fmt, ...) {
         exit(1);
     }
 }
-
 
 void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h> /* exit, in REQUIRE */
 
 #include "cm.h"
 

@@ -1,10 +1,10 @@
 /*
  * test_snapshot.c - read-only snapshots of a store in use.
  */
-#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "test_cm.h"
 
