@@ -8,6 +8,7 @@ import os
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 from typing import Any, Dict, List
 
@@ -28,7 +29,9 @@ class JSPeer:
         src = os.path.join(jsenv.SCRIPTS, "hyper_peer.mjs")
         dst = os.path.join(env_dir, "hyper_peer.mjs")
         shutil.copyfile(src, dst)
-        self.proc = subprocess.Popen(["node", dst], cwd=env_dir, stdin=subprocess.PIPE,
+        # Its stores (RocksDB, ~150 MB each) live here and go with close().
+        self.dir = tempfile.mkdtemp(prefix="hyper-peer-")
+        self.proc = subprocess.Popen(["node", dst, self.dir], cwd=env_dir, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._answers: "queue.Queue[Dict[str, Any]]" = queue.Queue()
         self._stderr: List[str] = []
@@ -81,3 +84,4 @@ class JSPeer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

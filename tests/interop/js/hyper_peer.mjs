@@ -33,7 +33,8 @@ import os from 'os'
 import path from 'path'
 import readline from 'readline'
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hyper-peer-'))
+// the folder for its stores: given by the test (which removes it), else a new one
+const dir = process.argv[2] || fs.mkdtempSync(path.join(os.tmpdir(), 'hyper-peer-'))
 const cores = new Map()
 const stores = new Map()
 const streams = new Set()
