@@ -21,6 +21,8 @@ CFLAGS_COMMON = -std=c99 -O2 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes 
                 -D_FILE_OFFSET_BITS=64 -D_DEFAULT_SOURCE
 CSRC = $(filter-out csrc/tests/%,$(wildcard csrc/*.c))
 CHDR = $(wildcard csrc/*.h)
+# The C tests: one program, test_cm (csrc/tests/test_cm.c runs the others).
+CTESTS = $(wildcard csrc/tests/*.c)
 BUILD = build/c
 VECTORS = tests/interop/vectors/hypercore-v11.json
 WIRE_VECTORS = $(wildcard tests/interop/vectors/wire/*.json)
@@ -61,14 +63,14 @@ ctest: ctest-native
 
 ctest-native: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	$(CC) $(CFLAGS_COMMON) -g -I csrc -I $(BUILD) -o $(BUILD)/test_cm_native \
-	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
+	    $(CSRC) $(CTESTS) $$(pkg-config --cflags --libs libsodium)
 	$(BUILD)/test_cm_native $(BUILD)/tmp-native
 
 # Native build with AddressSanitizer + UndefinedBehaviorSanitizer (not part of `test`).
 ctest-asan: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	$(CC) $(CFLAGS_COMMON) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	    -I csrc -I $(BUILD) -o $(BUILD)/test_cm_asan \
-	    $(CSRC) csrc/tests/test_cm.c $$(pkg-config --cflags --libs libsodium)
+	    $(CSRC) $(CTESTS) $$(pkg-config --cflags --libs libsodium)
 	$(BUILD)/test_cm_asan $(BUILD)/tmp-asan
 
 ctest-armhf: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
@@ -76,7 +78,7 @@ ctest-armhf: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	    && [ -e /usr/lib/arm-linux-gnueabihf/libsodium.so ]; then \
 	  echo "arm-linux-gnueabihf-gcc + qemu-arm (32-bit Raspberry Pi OS)"; \
 	  arm-linux-gnueabihf-gcc $(CFLAGS_COMMON) -I csrc -I $(BUILD) -o $(BUILD)/test_cm_armhf \
-	      $(CSRC) csrc/tests/test_cm.c -lsodium && \
+	      $(CSRC) $(CTESTS) -lsodium && \
 	  qemu-arm -L /usr/arm-linux-gnueabihf $(BUILD)/test_cm_armhf $(BUILD)/tmp-armhf; \
 	else \
 	  echo "SKIPPED ctest-armhf: no cross toolchain. As root: sh .ci/ensure-deps.sh --cross"; \
@@ -87,7 +89,7 @@ ctest-aarch64: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	    && [ -e /usr/lib/aarch64-linux-gnu/libsodium.so ]; then \
 	  echo "aarch64-linux-gnu-gcc + qemu-aarch64 (64-bit Raspberry Pi OS)"; \
 	  aarch64-linux-gnu-gcc $(CFLAGS_COMMON) -I csrc -I $(BUILD) -o $(BUILD)/test_cm_aarch64 \
-	      $(CSRC) csrc/tests/test_cm.c -lsodium && \
+	      $(CSRC) $(CTESTS) -lsodium && \
 	  qemu-aarch64 -L /usr/aarch64-linux-gnu $(BUILD)/test_cm_aarch64 $(BUILD)/tmp-aarch64; \
 	else \
 	  echo "SKIPPED ctest-aarch64: no cross toolchain. As root: sh .ci/ensure-deps.sh --cross"; \

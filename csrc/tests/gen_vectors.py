@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Convert tests/interop/vectors/hypercore-v11.json into a C header for test_cm.c.
+"""Convert tests/interop/vectors/hypercore-v11.json into a C header for the C tests.
 
 Usage: gen_vectors.py <hypercore-v11.json> <out.h>
 
-Standard library only.  Byte strings stay lowercase hex (test_cm.c decodes
+Standard library only.  Byte strings stay lowercase hex (the C tests decode
 them); numbers become uint64_t literals.
 """
 import json

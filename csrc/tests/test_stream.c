@@ -2,10 +2,14 @@
  * test_stream.c - cm_stream.c against replication sessions recorded between
  * real JavaScript peers (tests/interop/vectors/wire/, via wire_vectors.h).
  *
- * Included by test_cm.c (it shares that file's harness), so it runs natively
+ * Part of the test_cm program (its harness is test_cm.h), so it runs natively
  * and under qemu (armhf, aarch64) with the rest of the C tests.
  */
 #include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test_cm.h"
 
 #include "wire_vectors.h"
 
@@ -206,7 +210,7 @@ static void test_stream_limits(void) {
     CHECK(frames == 1 && sizes[0] == 0 && consumed == 20, "keepalive opened");
 }
 
-static void test_stream(void) {
+void test_stream(void) {
     test_stream_dh();
     test_stream_noise_cipher();
     test_stream_sessions();

@@ -2,7 +2,7 @@
 sockets on 127.0.0.x: the key is the read capability, handed to every
 reader, so these attackers seal valid envelopes.  Each test measures the
 attack against an honest pull next to it; the tools are in
-tests/fault/hostile.py.
+tests/fault/hostile.py and tests/fault/hostile_peers.py.
 
 - A pull ends only with signed state: a forged unsigned SYNC ("length 0")
   from a man in the middle cannot end it, in the API or the CLI.
@@ -22,8 +22,9 @@ import pytest
 
 from coremachine_embedded.encoding import DataMessage
 from coremachine_embedded.sync import Pulled, memory, wire
-from tests.fault.hostile import (Attacker, Net, Spoofer, Victim, resealing, rss_bytes, run,
-                                 settle, start_hello_flood, stop_flood, wait_until)
+from tests.fault.hostile import (Net, rss_bytes, run, settle, start_hello_flood, stop_flood,
+                                 wait_until)
+from tests.fault.hostile_peers import Attacker, Spoofer, Victim, resealing
 from tests.fault.udp_proxy import UDPProxy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import os
 import re
-from typing import Dict, List, Set
+from typing import Any, Dict, List, Set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
@@ -145,25 +145,50 @@ def test_store_files_call_only_lower_layers() -> None:
                                                                               node.module)
 
 
-def test_no_source_file_is_over_about_600_lines() -> None:
+SOURCE_SUFFIXES = (".py", ".pyx", ".pxi", ".pyi", ".c", ".h", ".js", ".mjs", ".cjs")
+# Where our sources live: the package, the C core and its tests, the Python
+# tests, benchmarks and tools (not build output, not installed npm packages).
+SOURCE_TOPS = ("coremachine_embedded", "csrc", "tests", "bench", "tools", "boards")
+NOT_SOURCE_DIRS = {"node_modules", "__pycache__", "build", ".venv", ".hypothesis"}
+
+
+def _over_the_limit(root: str) -> List[str]:
+    """Source files under root's SOURCE_TOPS with more than MAX_LINES lines."""
     over = []
-    for top in ("coremachine_embedded", "csrc"):
-        for directory, _, names in os.walk(os.path.join(ROOT, top)):
-            if "tests" in os.path.relpath(directory, ROOT).split(os.sep):
-                continue
+    for top in SOURCE_TOPS:
+        for directory, subdirs, names in os.walk(os.path.join(root, top)):
+            subdirs[:] = [d for d in subdirs if d not in NOT_SOURCE_DIRS]
             for name in names:
                 generated = name.endswith(".c") and os.path.exists(
                     os.path.join(directory, name[:-2] + ".pyx"))  # Cython's output
-                if not name.endswith((".py", ".pyx", ".pxi", ".pyi", ".c", ".h")) or \
-                        name.endswith("_table.h") or generated:
+                if not name.endswith(SOURCE_SUFFIXES) or name.endswith("_table.h") or generated:
                     continue
                 path = os.path.join(directory, name)
-                rel = os.path.relpath(path, ROOT)
-                with open(path) as f:
+                rel = os.path.relpath(path, root)
+                with open(path, errors="replace") as f:
                     lines = sum(1 for _ in f)
                 if lines > MAX_LINES and rel not in OVER_LIMIT_FOR_NOW:
                     over.append("%s (%d lines)" % (rel, lines))
-    assert over == []
+    return over
+
+
+def test_no_source_file_is_over_about_600_lines() -> None:
+    assert _over_the_limit(ROOT) == []
+
+
+def test_the_line_limit_covers_test_files(tmp_path: Any) -> None:
+    """A test file (Python or C) over the limit is caught like any other."""
+    for rel in ("tests/unit/test_long.py", "csrc/tests/test_long.c"):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x = 1\n" * MAX_LINES)
+    assert _over_the_limit(str(tmp_path)) == []
+    for rel in ("tests/unit/test_long.py", "csrc/tests/test_long.c"):
+        with open(tmp_path / rel, "a") as f:
+            f.write("x = 1\n")
+    assert sorted(_over_the_limit(str(tmp_path))) == [
+        "csrc/tests/test_long.c (%d lines)" % (MAX_LINES + 1),
+        "tests/unit/test_long.py (%d lines)" % (MAX_LINES + 1)]
 
 
 def _defined_here(tree: ast.AST) -> Set[str]:
