@@ -3,6 +3,7 @@ device (a verified replica pulled live) or a local machine (a store the
 gateway writes), with what metrics and the MQTT bridge read from them."""
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import threading
@@ -20,7 +21,7 @@ log = logging.getLogger("coremachine_embedded.gateway")
 Listener = Callable[["Member"], None]
 
 
-class Member:
+class Member(abc.ABC):
     """A device or a local machine: its core, its machine definition (if
     known), and change notifications: after the core stored new entries or
     was truncated, each of ``listeners`` is called with the member, in the
@@ -43,9 +44,9 @@ class Member:
         self._dirty = False                  # stored something since take_dirty()
         self._unsubscribe: Optional[Callable[[], None]] = None
 
+    @abc.abstractmethod
     def open(self) -> None:
         """Open the store (and load the machine); raises what opening raised."""
-        raise NotImplementedError
 
     def attach(self, core: Core) -> None:
         """Start notifying listeners about ``core``'s changes."""
