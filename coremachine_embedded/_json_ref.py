@@ -355,6 +355,8 @@ def _make_encoder(quote: "Callable[[str], str]") -> "Callable[[Any], bytes]":
         app = out.append
         sep = "["
         v = None
+        # The value switch below is written out here and in enc_dict on purpose:
+        # a shared helper costs a Python call per value on the action path.
         try:
             for v in o:
                 app(sep)
