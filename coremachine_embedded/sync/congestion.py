@@ -114,9 +114,11 @@ class LinkWindow:
         del self.waiting[user]
         return user
 
-    def ready(self) -> Iterator[Any]:
-        """The pulls waiting in line, each at most once, while there is room
-        (each should ask what it may as it comes)."""
+    def heard(self, now: float) -> Iterator[Any]:
+        """Something came from the link (it is not quiet): the pulls waiting
+        in line, each at most once, while there is room (each should ask
+        what it may as it comes)."""
+        self.last_heard = now
         for _ in range(len(self.waiting)):
             user = self.next_waiting()
             if user is None:

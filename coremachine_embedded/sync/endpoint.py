@@ -228,10 +228,8 @@ class Endpoint:
         entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
         self._pump(entry)
         if entry.source_peer() is peer:
-            link = self._link(peer)
-            link.last_heard = time.monotonic()   # the link is not quiet
-            for waiting in link.ready():         # pulls its answers made room for
-                self._pump(waiting)
+            for waiting in self._link(peer).heard(time.monotonic()):
+                self._pump(waiting)   # pulls its answers made room for
         return True
 
     def open_envelope(self, data: bytes) -> Optional[Tuple[Entry, wire.Payload]]:
@@ -400,6 +398,8 @@ class Endpoint:
         flight = download.flight + (download.upgrade is not None)   # (an upgrade counts 1)
         window = link.allow(entry, flight)   # this pull's part of the link's window
         if window > flight:
+            if not download.busy:   # this pull waits for answers from now on
+                peer.last_answer = time.monotonic()
             run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
             for ask in download.plan(peer.fork, peer.length, min(self.window, window),
                                      run_bytes):
@@ -425,7 +425,6 @@ class Endpoint:
         self._active.add(entry)
         kind, body = entry.download.send(ask)
         ask.sent = time.monotonic()
-        peer.last_answer = peer.last_answer or ask.sent   # (waiting since, before any)
         ask.deadline = flow.deadline(ask.sent, peer.rtt.rto(), ask.tries, lost)
         entry.next_check = min(entry.next_check, ask.deadline)
         self._queue(entry, peer, kind, body)

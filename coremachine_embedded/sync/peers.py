@@ -104,7 +104,7 @@ class Peer:
         self.rtt = flow.Rtt()
         self.hello_sent = 0.0
         self.hellos = 0              # HELLOs sent since it last answered one
-        self.last_answer = 0.0       # when it last sent us a DATA or VALUES (or we first asked)
+        self.last_answer = 0.0       # its last DATA or VALUES (or our first ask after none)
 
     @property
     def ready(self) -> bool:
