@@ -119,6 +119,9 @@ class LinkWindow:
         in line, each at most once, while there is room (each should ask
         what it may as it comes)."""
         self.last_heard = now
+        return self._ready()
+
+    def _ready(self) -> Iterator[Any]:
         for _ in range(len(self.waiting)):
             user = self.next_waiting()
             if user is None:
