@@ -182,7 +182,9 @@ class Download:
             if i in self.inflight or i in self.ahead:
                 self.next += self.inflight[i].size if i in self.inflight else 1
                 continue
-            size = self._run_size(i, run_bytes)
+            size = self._run_size(i, run_bytes, window)
+            if self.flight and size > window - self.flight:
+                break  # wait for room for the whole run (no silly window: RFC 1122)
             ask = Ask(i, None, self._plan_nodes(i), batch.Run(i, size) if size > 1 else None)
             self.next += size
             self.flight += size
@@ -241,11 +243,12 @@ class Download:
         return (core.fork == fork and core.length >= length
                 and core.contiguous_length >= core.length and self.upgrade is None)
 
-    def _run_size(self, start: int, run_bytes: int) -> int:
-        """The largest aligned run at ``start`` whose values fill about ``run_bytes``."""
+    def _run_size(self, start: int, run_bytes: int, room: int) -> int:
+        """The largest aligned run at ``start`` whose values fill about
+        ``run_bytes``, of at most ``room`` blocks."""
         core = self.core
         average = max(1, core.byte_length // max(1, core.length))
-        limit = max(1, min(self.max_run, run_bytes // average))
+        limit = max(1, min(self.max_run, run_bytes // average, room))
         size = 1
         while (size * 2 <= limit and start % (size * 2) == 0
                and start + size * 2 <= core.length):

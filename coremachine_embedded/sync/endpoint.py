@@ -14,7 +14,8 @@ and ties together one module per concern:
 - ``serving.py``: the answers to requests and runs, announcements, rate limits;
 - ``download.py``: what to request next for a pulled core, and applying answers;
 - ``broadcast.py``: signed heads and live blocks on links that fan out (MQTT);
-- ``flow.py``: round-trip estimates and retry timing.
+- ``flow.py``: round-trip estimates and retry timing;
+- ``congestion.py``: the window of blocks in flight per link, shared by its pulls.
 
 Every envelope is authenticated with the core's wire key.  An envelope that
 does not echo the cookie we sent to its source address gets a stateless
@@ -37,13 +38,13 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from .. import errors
 from ..core import Core
 from ..encoding import Reader
-from . import flow, serving, sessions, wire
+from . import congestion, flow, serving, sessions, wire
 from .broadcast import BROADCAST, Fanout
 from .counters import Counters
 from .download import Ask, Download
 from .memory import Memory, default_budget
 from .outbox import Message, budget, fragments
-from .peers import NO_COOKIE, Entry, Peer, Pulled, SourceStatus, origin
+from .peers import NO_COOKIE, Entry, Peer, Pulled, SourceStatus, open_envelope, origin
 
 log = logging.getLogger("coremachine_embedded.sync")
 
@@ -53,9 +54,10 @@ PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announce
 class Endpoint:
     """Serves and pulls cores over one or more links.
 
-    :param window: blocks requested and not received yet, per pulled core
-        (received ones waiting for an earlier block may hold
-        ``download.WAITING`` times more).
+    :param window: blocks requested and not received yet, per pulled core, at
+        most (received ones waiting for an earlier block may hold
+        ``download.WAITING`` times more); all the pulls from one peer share
+        that link's congestion window (congestion.py).
     :param max_run: blocks per batched run a puller asks for (1 turns runs off).
     :param request_rate: requests per second served to one peer (a run counts as
         one), after a burst of ``serving.REQUEST_BURST``; beyond that they are
@@ -82,6 +84,7 @@ class Endpoint:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._timer: Optional["asyncio.Task[None]"] = None
         self._active: Set[Entry] = set()    # pulls the timer visits every tick
+        self.links = congestion.Links()     # congestion windows, per peer pulled from
         self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
 
     # --- setup ----------------------------------------------------------------------
@@ -127,13 +130,7 @@ class Endpoint:
         entry.live = live
         entry.source = (link, addr)
         entry.caught_up.clear()
-        if progress is None:
-            entry.download.on_progress = None
-        else:
-            def report(contiguous: int) -> None:
-                peer = entry.source_peer()
-                progress(contiguous, max(0, peer.length if peer else 0))
-            entry.download.on_progress = report
+        entry.report_progress(progress)
         entry.download.resume()
         self._active.add(entry)
         self._fanout.watch(entry)
@@ -146,6 +143,7 @@ class Endpoint:
             if not live:
                 entry.pulling = False
                 self._fanout.watch(entry)
+            self._link_idle(entry)
         proved = entry.download.proved
         assert proved is not None  # caught_up is set only then
         return Pulled(addr, core.fork, core.length, proved[1])
@@ -157,6 +155,7 @@ class Endpoint:
             return
         del self._entries[entry.dk]
         self._active.discard(entry)
+        self._link_idle(entry)
         self._fanout.forget(entry)
         if entry.unsubscribe:
             entry.unsubscribe()
@@ -228,36 +227,16 @@ class Endpoint:
             self._flush(entry, peer)  # answers held while its cookie was unknown
         entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
         self._pump(entry)
+        if entry.source_peer() is peer:
+            for waiting in self._link(peer).heard(time.monotonic()):
+                self._pump(waiting)   # pulls its answers made room for
         return True
 
     def open_envelope(self, data: bytes) -> Optional[Tuple[Entry, wire.Payload]]:
         """Count ``data`` and open it: its core and payload, or None (dropped
         and counted: not an envelope, a core we do not have, not sealed with
         its key, malformed, or our own)."""
-        c = self.counters
-        c.inc("rx_envelopes")
-        c.inc("rx_bytes", len(data))
-        dk = wire.peek(data)
-        if dk is None:
-            c.inc("dropped_malformed")
-            return None
-        entry = self._entries.get(dk)
-        if entry is None:
-            c.inc("dropped_unknown_core")
-            return None
-        plain = wire.unseal(entry.wire_key, data)
-        if plain is None:
-            c.inc("dropped_auth")
-            return None
-        try:
-            payload = wire.decode_payload(plain)
-        except errors.CoreMachineError:
-            c.inc("dropped_malformed")
-            return None
-        if payload.session == self.session:
-            c.inc("dropped_own")  # our own envelope, looped back
-            return None
-        return entry, payload
+        return open_envelope(self._entries, self.session, data, self.counters)
 
     def _stateless_answer(self, entry: Entry, link: Any, addr: Any, where: bytes,
                           payload: wire.Payload, received: int) -> bool:
@@ -271,14 +250,11 @@ class Endpoint:
         answer goes out once the carrier has taken the envelope (an MQTT link
         then knows it was authentic and tags the answer for its sender).
         True if it was a greeting that gets an answer."""
-        their = None
-        for kind, body in payload.messages:
-            if kind == wire.HELLO:
-                try:
-                    their = wire.Hello.decode(body).cookie
-                except errors.DecodeError:
-                    self.counters.inc("dropped_malformed")
-                    return False
+        try:
+            their = wire.greeting_cookie(payload)
+        except errors.DecodeError:
+            self.counters.inc("dropped_malformed")
+            return False
         self.counters.inc("dropped_stale_cookie" if their is None else "hellos")
         if not self.sessions.may_answer():
             self.counters.inc("unanswered")
@@ -339,10 +315,8 @@ class Endpoint:
                 self._answer(entry, peer, serving.answer_run(
                     entry.core, msg, self.counters, budget(peer.link.mtu)))
         elif kind == wire.DATA:
-            peer.last_answer = time.monotonic()
             self._on_data(entry, peer, body)
         elif kind == wire.VALUES:
-            peer.last_answer = time.monotonic()
             self._on_values(entry, peer, msg)
         elif kind == wire.NO_DATA:
             for ask in entry.download.on_no_data(msg.request):
@@ -420,9 +394,18 @@ class Endpoint:
         if peer is None or not peer.ready or peer.length < 0:
             return
         download = entry.download
-        run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
-        for ask in download.plan(peer.fork, peer.length, self.window, run_bytes):
-            self._ask(entry, peer, ask)
+        link = self._link(peer)
+        flight = download.flight + (download.upgrade is not None)   # (an upgrade counts 1)
+        window = link.allow(entry, flight)   # this pull's part of the link's window
+        if window > flight:
+            if not download.busy:   # this pull waits for answers from now on
+                peer.last_answer = time.monotonic()
+            run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
+            for ask in download.plan(peer.fork, peer.length, min(self.window, window),
+                                     run_bytes):
+                self._ask(entry, peer, ask)
+            link.update(entry, download.flight + (download.upgrade is not None),
+                        time.monotonic())
         if not download.caught_up(peer.fork, peer.length):
             return
         if entry.live:
@@ -455,26 +438,43 @@ class Endpoint:
             entry.download.retry(ask)
             self._ask(entry, peer, ask, lost=lost)
 
+    def _link(self, peer: Peer) -> congestion.LinkWindow:
+        return self.links.of(peer, time.monotonic())
+
+    def _link_idle(self, entry: Entry) -> None:
+        peer = entry.source_peer()
+        if peer is not None:
+            self._link(peer).update(entry, 0, time.monotonic())
+
     def _on_data(self, entry: Entry, peer: Peer, body: bytes) -> None:
         if not entry.pulling:
             self.counters.inc("dropped_unsolicited")
             return
         now = time.monotonic()
         answered = entry.download.on_data(body, pushed_ok=entry.live)  # (from the source)
-        if answered.sent is not None:
-            peer.rtt.sample(now - answered.sent)
+        rtt = None if answered.sent is None else now - answered.sent
+        peer.last_answer = now
+        self._link(peer).on_answer(1, rtt, now)
+        if rtt is not None:
+            peer.rtt.sample(rtt)
             if answered.early:
-                self._lost_before(entry, answered.sent)
+                self._lost_before(entry, peer, answered.sent)
 
     def _on_values(self, entry: Entry, peer: Peer, msg: wire.Values) -> None:
+        now = time.monotonic()
         answered = entry.download.on_values(msg)
+        rtt = None if answered.sent is None else now - answered.sent
+        peer.last_answer = now
+        self._link(peer).on_answer(len(msg.values), rtt, now)
         if answered.sent is not None:
-            self._lost_before(entry, answered.sent)
+            self._lost_before(entry, peer, answered.sent)
 
-    def _lost_before(self, entry: Entry, sent: float) -> None:
-        peer = entry.source_peer()
-        if peer is not None:
-            self._retry(entry, peer, entry.retries.lost_before(entry.download, sent), lost=True)
+    def _lost_before(self, entry: Entry, peer: Peer, sent: Optional[float]) -> None:
+        assert sent is not None
+        lost = entry.retries.lost_before(entry.download, sent)
+        if lost:
+            self._link(peer).on_loss(len(lost), time.monotonic())
+            self._retry(entry, peer, lost, lost=True)
 
     # --- sending ---------------------------------------------------------------------
 
@@ -529,25 +529,20 @@ class Endpoint:
         ``flow.SWEEP`` seconds of every pull (keepalives): a thousand idle pulls
         are not visited every tick.  The memory budget is counted here."""
         swept = 0.0
-        stalls = 0
+        pace = flow.Pace()
         while True:
-            # fine-grained while requests are in flight (RTOs on a LAN are a few ms)
-            period = flow.TICK_BUSY if self._active else flow.TICK_IDLE
+            period = pace.period(bool(self._active))
             before = time.monotonic()
             await asyncio.sleep(period)
             now = time.monotonic()
-            if now - before > period + flow.STALL and stalls < flow.MAX_STALLS:
-                # This process did not run for a while (a busy machine): what
-                # arrived meanwhile waits in socket buffers, unread.  Read it
-                # before taking anything for lost.
-                stalls += 1
+            if pace.stalled(now - before - period):
                 continue
-            stalls = 0
             self.sessions.rotate(now)
             self.memory.count(now, list(self._entries.values()), len(self.sessions.windows),
                               self.counters)
             if now - swept >= flow.SWEEP:
                 swept = now
+                self.links.sweep(now)
                 entries = [e for e in self._entries.values() if e.pulling]
             else:   # the pending ones, when something of theirs may be due
                 entries = [e for e in self._active if now >= e.next_check]
@@ -581,20 +576,24 @@ class Endpoint:
         download = entry.download
         if not download.busy:
             return
+        # Timeouts are for a quiet link, so a backlog of answers is not taken
+        # for losses (on a slow serial line the gap between two full frames is
+        # not quiet), nor what comes for other cores pulled from this peer
+        # ahead of ours (unless this core waited far longer than they do).
+        wait = max(peer.rtt.rto(), flow.QUIET_FRAMES * peer.link.frame_seconds)
+        link = self._link(peer)
+        quiet = (now - link.last_heard > wait
+                 or now - peer.last_answer > wait * flow.OTHERS_PATIENCE)
         up = download.upgrade
-        retried = up is not None and now > up.deadline
+        retried = up is not None and now > up.deadline and quiet
         if up is not None and retried:
             peer.rtt.timed_out()
             self._retry(entry, peer, [up])
-        # Timeouts are for a quiet link, so a backlog of answers is not taken
-        # for losses (on a slow serial line the gap between two full frames is
-        # not quiet).
-        gap = flow.QUIET_FRAMES * peer.link.frame_seconds
-        quiet = now - peer.last_answer > max(peer.rtt.rto(), gap)
         expired = entry.retries.expired(download, now, peer.rtt.rto(), quiet)
         if expired:
             self.counters.inc("timeouts", len(expired))
             peer.rtt.timed_out()
+            link.on_loss(len(expired), now)
             self._retry(entry, peer, expired)
         if retried or expired:   # (every envelope received pumps already)
             self._pump(entry)

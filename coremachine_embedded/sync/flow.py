@@ -26,6 +26,7 @@ LIVE_REFRESH = 15.0            # ...and any source this often (a source stops an
 #                                a puller silent for endpoint.PEER_TIMEOUT)
 SWEEP = 0.5                    # seconds between timer visits of every pull (keepalives)
 QUIET_FRAMES = 2.0             # a link is quiet after this many frame times without an answer
+OTHERS_PATIENCE = 4.0          # ...or for one core, this many times that while others get theirs
 RUN_ENVELOPES = 4              # a batched run's values fill about this many envelopes
 
 
@@ -61,8 +62,9 @@ class Rtt:
 
 def deadline(sent: float, rto: float, tries: int, lost: bool) -> float:
     """When a request sent at ``sent`` for the ``tries``-th time is retried:
-    back off after a timeout (the peer may be gone or swamped), not after a loss."""
-    return sent + rto * (1 if lost else 2 ** min(tries - 1, MAX_BACKOFF))
+    back off after a timeout (the peer may be gone or swamped), not after a
+    loss; never later than MAX_RTO (``rto`` may be backed off already)."""
+    return sent + (rto if lost else min(MAX_RTO, rto * 2 ** min(tries - 1, MAX_BACKOFF)))
 
 
 def hello_backoff(hellos: int) -> float:
@@ -73,6 +75,32 @@ def hello_backoff(hellos: int) -> float:
 def hello_due(now: float, sent: float, hellos: int) -> bool:
     """Whether to greet a silent source again (``hellos`` unanswered so far)."""
     return now - sent > hello_backoff(hellos)
+
+
+class Pace:
+    """The period of an endpoint's timer, and whether it fired so late that
+    its process stalled."""
+
+    __slots__ = ("stalls",)
+
+    def __init__(self) -> None:
+        self.stalls = 0      # late ticks in a row
+
+    @staticmethod
+    def period(busy: bool) -> float:
+        """Fine-grained while requests are in flight (RTOs on a LAN are a few ms)."""
+        return TICK_BUSY if busy else TICK_IDLE
+
+    def stalled(self, late: float) -> bool:
+        """The tick came ``late`` seconds late: if that is a stall (up to
+        MAX_STALLS in a row), this process did not run for a while (a busy
+        machine) and what arrived meanwhile waits in socket buffers, unread:
+        read it before taking anything for lost (skip this tick)."""
+        if late > STALL and self.stalls < MAX_STALLS:
+            self.stalls += 1
+            return True
+        self.stalls = 0
+        return False
 
 
 class Retries:

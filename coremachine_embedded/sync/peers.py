@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from .. import errors
 from ..core import Core
 from . import flow, serving, sessions, wire
+from .counters import Counters
 from .download import Download
 from .memory import Memory
 from .outbox import Message, Outbox, Reassembly
@@ -33,6 +35,36 @@ class SourceStatus(NamedTuple):
     fork: int
     last_seen: Optional[float]    # time.monotonic() of its last valid envelope (None: never)
     caught_up: bool               # this replica held its signed length at least once
+
+
+def open_envelope(entries: Dict[bytes, "Entry"], own_session: bytes, data: bytes,
+                  c: Counters) -> Optional[Tuple["Entry", wire.Payload]]:
+    """Count ``data`` and open it: its core's entry and its payload, or None
+    (dropped and counted: not an envelope, a core not in ``entries``, not
+    sealed with its key, malformed, or sent with ``own_session``: ours)."""
+    c.inc("rx_envelopes")
+    c.inc("rx_bytes", len(data))
+    dk = wire.peek(data)
+    if dk is None:
+        c.inc("dropped_malformed")
+        return None
+    entry = entries.get(dk)
+    if entry is None:
+        c.inc("dropped_unknown_core")
+        return None
+    plain = wire.unseal(entry.wire_key, data)
+    if plain is None:
+        c.inc("dropped_auth")
+        return None
+    try:
+        payload = wire.decode_payload(plain)
+    except errors.CoreMachineError:
+        c.inc("dropped_malformed")
+        return None
+    if payload.session == own_session:
+        c.inc("dropped_own")  # our own envelope, looped back
+        return None
+    return entry, payload
 
 
 def origin(link: Any, addr: Any) -> bytes:
@@ -72,7 +104,7 @@ class Peer:
         self.rtt = flow.Rtt()
         self.hello_sent = 0.0
         self.hellos = 0              # HELLOs sent since it last answered one
-        self.last_answer = 0.0       # when it last sent us a DATA or VALUES
+        self.last_answer = 0.0       # its last DATA or VALUES (or our first ask after none)
 
     @property
     def ready(self) -> bool:
@@ -107,6 +139,18 @@ class Entry:
         if self._announced[0] != state:
             self._announced = (state, serving.announcement(core, 0, self.pulling))
         return self._announced[1]
+
+    def report_progress(self, progress: Optional[Callable[[int, int], None]]) -> None:
+        """Call ``progress(contiguous length, source's signed length)`` as
+        blocks arrive (None: stop)."""
+        if progress is None:
+            self.download.on_progress = None
+            return
+
+        def report(contiguous: int) -> None:
+            peer = self.source_peer()
+            progress(contiguous, max(0, peer.length if peer else 0))
+        self.download.on_progress = report
 
     def source_status(self) -> SourceStatus:
         """What the peer it is pulled from last said."""

@@ -239,6 +239,16 @@ class Hello(NamedTuple):
         return cls(flags, r.fixed(8))
 
 
+def greeting_cookie(payload: Payload) -> Optional[bytes]:
+    """The cookie of the HELLO in ``payload`` (the last one), None if it has
+    none; raises DecodeError for a malformed HELLO."""
+    their = None
+    for kind, body in payload.messages:
+        if kind == HELLO:
+            their = Hello.decode(body).cookie
+    return their
+
+
 class Fragment(NamedTuple):
     id: int
     part: int
