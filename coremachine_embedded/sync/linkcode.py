@@ -173,7 +173,8 @@ class Assembler:
 
 
 REPORT_INTERVAL = 0.25          # seconds between two reports of a receiver that saw noise
-REPORT_TIMEOUT = 2.0            # no report for this long while we send: assume worse
+HALF_DUPLEX_REPORT_INTERVAL = 1.0   # (each report contends for a shared line)
+REPORT_TIMEOUTS = 4             # no report for this many intervals while we send: assume worse
 COUNTERS = ("fec_tx", "segments_tx", "fec_rx", "fec_recovered", "fec_abandoned",
             "fec_malformed", "reports_tx", "reports_rx", "report_timeouts",
             "chunk_shrunk", "chunk_grown")
@@ -190,8 +191,10 @@ class LinkCoder:
     ``report_timeouts``, ``chunk_shrunk``/``chunk_grown`` (the segment size
     for a full envelope changed)."""
 
-    def __init__(self, mtu: int, counters: Dict[str, int]) -> None:
+    def __init__(self, mtu: int, counters: Dict[str, int],
+                 report_interval: float = REPORT_INTERVAL) -> None:
         self.mtu = mtu
+        self.report_interval = report_interval
         self.counters = counters
         for key in COUNTERS:
             counters.setdefault(key, 0)
@@ -212,7 +215,7 @@ class LinkCoder:
         noise = self.noise
         if noise.reports:
             self.sent_since_report += len(envelope)
-            if (now - self.last_report_rx > REPORT_TIMEOUT
+            if (now - self.last_report_rx > REPORT_TIMEOUTS * self.report_interval
                     and self.sent_since_report > 4 * MIN_CHUNK * MAX_DATA_SHARDS):
                 self.counters["report_timeouts"] += 1
                 self.last_report_rx = now
@@ -275,8 +278,8 @@ class LinkCoder:
 
     def report(self, rx_bytes: int, bad_frames: int, now: float) -> Optional[bytes]:
         """A REPORT to send now, if one is due: we have seen noise, and the
-        last report is :data:`REPORT_INTERVAL` old."""
-        if not bad_frames or now - self.last_report_tx < REPORT_INTERVAL:
+        last report is ``report_interval`` old."""
+        if not bad_frames or now - self.last_report_tx < self.report_interval:
             return None
         self.last_report_tx = now
         self.counters["reports_tx"] += 1

@@ -43,7 +43,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .framing import FrameDecoder, encode_frame, max_encoded_size
-from .linkcode import LinkCoder
+from .linkcode import HALF_DUPLEX_REPORT_INTERVAL, REPORT_INTERVAL, LinkCoder
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,8 @@ class SerialLink:
             "reconnects", "disconnects", "open_failures", "tx_dropped", "tx_lost", "tx_oversize",
             "collisions", "tx_retries", "tx_collision_drops", "rx_callback_errors"), 0)
         self._decoder = FrameDecoder(mtu)
-        self._coder = LinkCoder(mtu, self.counters) if fec else None
+        self._coder = LinkCoder(mtu, self.counters, HALF_DUPLEX_REPORT_INTERVAL if half_duplex
+                                else REPORT_INTERVAL) if fec else None
         self._ser: Any = None
         self._fd: Optional[int] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
