@@ -5,7 +5,9 @@ The port is opened with pyserial (``serial.Serial(path, baud, timeout=0)``,
 non-blocking) and read from the event loop with ``loop.add_reader``.  Writes
 go through a bounded queue and are paced by a token bucket at ``baud / 10``
 bytes per second (start bit + 8 data bits + stop bit), so a real UART's
-buffer is never flooded and a pseudo-terminal behaves like the line.
+buffer is never flooded and a pseudo-terminal behaves like the line.  On a
+noisy line envelopes go as erasure-coded segments sized to the noise the
+peer reports (:mod:`.linkcode`; ``fec=False``: never).
 
 ``half_duplex=True`` (RS-485, any shared medium): never start a frame while
 bytes are arriving - wait until the line has been idle for ``guard_time`` (a
@@ -21,9 +23,6 @@ reopens the same path every ``reconnect_interval`` seconds until it works
 (counted in ``reconnects``).  Frames queued or in flight then are lost; the
 replicator retries.  A cable pulled between two real UARTs is not visible at
 all: the bytes just vanish.
-
-On a noisy line envelopes travel as erasure-coded segments sized to the
-noise the peer reports (:mod:`.linkcode`; ``fec=False`` turns it off).
 
 URL form: ``serial:///dev/ttyUSB0?baud=115200&half_duplex=1`` (see
 :meth:`SerialLink.from_url`).
@@ -107,6 +106,15 @@ def _flag(value: str) -> bool:
     raise ValueError("not a boolean: %r" % value)
 
 
+# URL query key -> (SerialLink argument, parser)
+_URL_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
+    "mtu": ("mtu", int), "half_duplex": ("half_duplex", _flag),
+    "guard_ms": ("guard_time", lambda v: float(v) / 1000.0),
+    "collision_detect": ("collision_detect", _flag), "max_attempts": ("max_attempts", int),
+    "queue": ("tx_queue_limit", int), "reconnect": ("reconnect_interval", float),
+    "burst": ("burst", int), "rtscts": ("rtscts", _flag), "fec": ("fec", _flag)}
+
+
 class SerialLink:
     """One serial port carrying envelopes of at most ``mtu`` bytes.
 
@@ -177,8 +185,7 @@ class SerialLink:
         self._fd: Optional[int] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._on_receive: Optional[Callable[[bytes, Any], None]] = None
-        # payloads to send: envelopes (cut into segments when they go, with the
-        # noise known then) and link reports (ahead of them)
+        # envelopes (cut into segments as they go, for the noise known then), reports
         self._queue: Deque[Tuple[bytes, bool]] = collections.deque()
         self._queued_bytes = 0
         self._wakeup: Optional[asyncio.Event] = None
@@ -214,24 +221,9 @@ class SerialLink:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key == "baud":
                 baud = int(value)
-            elif key == "mtu":
-                kw["mtu"] = int(value)
-            elif key == "half_duplex":
-                kw["half_duplex"] = _flag(value)
-            elif key == "guard_ms":
-                kw["guard_time"] = float(value) / 1000.0
-            elif key == "collision_detect":
-                kw["collision_detect"] = _flag(value)
-            elif key == "max_attempts":
-                kw["max_attempts"] = int(value)
-            elif key == "queue":
-                kw["tx_queue_limit"] = int(value)
-            elif key == "reconnect":
-                kw["reconnect_interval"] = float(value)
-            elif key == "burst":
-                kw["burst"] = int(value)
-            elif key in ("rtscts", "fec"):
-                kw[key] = _flag(value)
+            elif key in _URL_KEYS:
+                name, parse = _URL_KEYS[key]
+                kw[name] = parse(value)
             else:
                 raise ValueError("unknown serial URL parameter %r" % key)
         if "baud" in overrides:

@@ -83,6 +83,10 @@ def test_from_url() -> None:
     link = SerialLink.from_url("serial:///dev/pts/5")
     assert (link.path, link.baud, link.half_duplex, link.mtu) == ("/dev/pts/5", 115200, False, 4096)
     assert link.guard_time == pytest.approx(4 * 10 / 115200 + 0.002)
+    assert "fec_tx" in link.counters                                  # coding is on by default
+    assert "fec_tx" not in SerialLink.from_url("serial:///dev/pts/5?fec=0").counters
+    with pytest.raises(ValueError):
+        SerialLink.from_url("serial:///dev/pts/5?fec=maybe")
     with pytest.raises(ValueError):
         SerialLink.from_url("udp://1.2.3.4:5")
     with pytest.raises(ValueError):
