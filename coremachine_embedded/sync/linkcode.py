@@ -61,16 +61,17 @@ def _tail_ok(n: int, m: int, q: float) -> bool:
     return 1 - total <= ENVELOPE_LOSS
 
 
-def plan(n: int, rate: float) -> Optional[Tuple[int, int]]:
+def plan(n: int, rate: float, max_chunk: int = MAX_CHUNK) -> Optional[Tuple[int, int]]:
     """``(k, m)`` for an envelope of ``n`` bytes at ``rate`` errors a byte, or
     None: send it whole.  The chunk size minimises header overhead plus loss
-    (the optimum of (L - h) / L * (1 - p)^L is L = (h + sqrt(h^2 + 4h/p)) / 2)."""
+    (the optimum of (L - h) / L * (1 - p)^L is L = (h + sqrt(h^2 + 4h/p)) / 2),
+    at most ``max_chunk`` (a segment must fit the peer's mtu)."""
     rate = min(rate, MAX_RATE)
     if rate * (n + 6) <= WHOLE_FRAME_LOSS:
         return None
     h = SEGMENT_OVERHEAD
     best = (h + math.sqrt(h * h + 4 * h / rate)) / 2 - h
-    chunk = max(MIN_CHUNK, min(MAX_CHUNK, int(best)))
+    chunk = min(max_chunk, max(MIN_CHUNK, min(MAX_CHUNK, int(best))))
     k = max(1, min(MAX_DATA_SHARDS, -(-n // chunk)))
     size = -(-n // k)
     q = 1 - (1 - rate) ** (size + h)
@@ -194,6 +195,7 @@ class LinkCoder:
     def __init__(self, mtu: int, counters: Dict[str, int],
                  report_interval: float = REPORT_INTERVAL) -> None:
         self.mtu = mtu
+        self.max_chunk = min(MAX_CHUNK, mtu - SEGMENT_HEAD)   # a segment fits a frame
         self.report_interval = report_interval
         self.counters = counters
         for key in COUNTERS:
@@ -221,7 +223,7 @@ class LinkCoder:
                 self.last_report_rx = now
                 noise.silent()
                 self._resized()
-        code = plan(len(envelope), noise.rate) if noise.reports else None
+        code = plan(len(envelope), noise.rate, self.max_chunk) if noise.reports else None
         if code is None:
             return [envelope]
         self.seq = (self.seq + 1) & 0xFFFF
@@ -232,7 +234,7 @@ class LinkCoder:
 
     def expansion(self) -> float:
         """Line bytes per envelope byte of a full envelope now (>= 1)."""
-        code = plan(self.mtu, self.noise.rate) if self.noise.reports else None
+        code = plan(self.mtu, self.noise.rate, self.max_chunk) if self.noise.reports else None
         if code is None:
             return 1.0
         k, m = code
@@ -240,7 +242,7 @@ class LinkCoder:
         return (k + m) * (size + SEGMENT_OVERHEAD) / self.mtu
 
     def _resized(self) -> None:
-        code = plan(self.mtu, self.noise.rate)
+        code = plan(self.mtu, self.noise.rate, self.max_chunk)
         chunk = self.mtu if code is None else -(-self.mtu // code[0])
         if chunk < self.chunk:
             self.counters["chunk_shrunk"] += 1

@@ -87,6 +87,15 @@ def test_plan_follows_the_noise() -> None:
     assert efficiency > 0.6
 
 
+def test_segments_fit_a_small_mtu() -> None:
+    for mtu in (16, 40, 64, 100):
+        coder = LinkCoder(mtu, {})
+        coder.noise.report(10000, 9000, 50)           # very noisy: 1-chunk codes
+        for n in range(1, mtu + 1):
+            parts = coder.outgoing(b"\x01" * n, 0.0)
+            assert len(parts) > 1 and all(len(p) <= mtu for p in parts), (mtu, n)
+
+
 def test_plan_loses_few_envelopes_at_the_planned_rate() -> None:
     """Simulate the planned code against independent byte errors."""
     rng = random.Random(3)
