@@ -175,7 +175,8 @@ class Assembler:
 
 REPORT_INTERVAL = 0.25          # seconds between two reports of a receiver that saw noise
 HALF_DUPLEX_REPORT_INTERVAL = 1.0   # (each report contends for a shared line)
-REPORT_TIMEOUTS = 4             # no report for this many intervals while we send: assume worse
+REPORT_TIMEOUTS = 4             # no report for this many intervals...
+SILENT_BYTES = 8192             # ...while we sent this much: assume the line got worse
 COUNTERS = ("fec_tx", "segments_tx", "fec_rx", "fec_recovered", "fec_abandoned",
             "fec_malformed", "reports_tx", "reports_rx", "report_timeouts",
             "chunk_shrunk", "chunk_grown")
@@ -207,7 +208,8 @@ class LinkCoder:
         self.last_report_tx = -1e9
         self.last_report_rx = 0.0
         self.sent_since_report = 0
-        self.chunk = mtu              # segment size for a full envelope now
+        self.chunk = mtu              # segment size for a full envelope now...
+        self.expansion = 1.0          # ...and line bytes per byte of it (>= 1)
 
     # --- sending ----------------------------------------------------------------------
 
@@ -218,7 +220,7 @@ class LinkCoder:
         if noise.reports:
             self.sent_since_report += len(envelope)
             if (now - self.last_report_rx > REPORT_TIMEOUTS * self.report_interval
-                    and self.sent_since_report > 4 * MIN_CHUNK * MAX_DATA_SHARDS):
+                    and self.sent_since_report > SILENT_BYTES):
                 self.counters["report_timeouts"] += 1
                 self.last_report_rx = now
                 noise.silent()
@@ -232,16 +234,8 @@ class LinkCoder:
         self.counters["segments_tx"] += len(out)
         return out
 
-    def expansion(self) -> float:
-        """Line bytes per envelope byte of a full envelope now (>= 1)."""
-        code = plan(self.mtu, self.noise.rate, self.max_chunk) if self.noise.reports else None
-        if code is None:
-            return 1.0
-        k, m = code
-        size = -(-self.mtu // k)
-        return (k + m) * (size + SEGMENT_OVERHEAD) / self.mtu
-
     def _resized(self) -> None:
+        """The estimate changed: the code of a full envelope now."""
         code = plan(self.mtu, self.noise.rate, self.max_chunk)
         chunk = self.mtu if code is None else -(-self.mtu // code[0])
         if chunk < self.chunk:
@@ -249,6 +243,8 @@ class LinkCoder:
         elif chunk > self.chunk:
             self.counters["chunk_grown"] += 1
         self.chunk = chunk
+        self.expansion = 1.0 if code is None else (
+            sum(code) * (chunk + SEGMENT_OVERHEAD) / self.mtu)
 
     # --- receiving --------------------------------------------------------------------
 

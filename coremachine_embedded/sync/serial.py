@@ -241,7 +241,7 @@ class SerialLink:
     def frame_seconds(self) -> float:
         """Line time of a full envelope (10 bits a byte, COBS, CRC and the
         parity segments of a noisy line included)."""
-        grow = self._coder.expansion() if self._coder is not None else 1.0
+        grow = self._coder.expansion if self._coder is not None else 1.0
         return (self.mtu + self.mtu // 254 + 6) * grow * 10 / self.baud
 
     @property

@@ -220,9 +220,10 @@ def test_link_coders_adapt_through_their_reports() -> None:
             rate[0] = 0.0
             noisy_shrunk = tx_counters["chunk_shrunk"]
             assert tx.chunk < 400 and tx_counters["fec_tx"] > 150
+            assert 1.2 < tx.expansion < 2.0     # parity and headers, as planned
             assert rx_counters["fec_recovered"] > 50
     assert noisy_shrunk >= 1 and tx_counters["chunk_grown"] >= 1
-    assert tx.chunk == 4096 and tx.outgoing(b"\x01" * 100, now[0]) == [b"\x01" * 100]
+    assert tx.chunk == 4096 and tx.expansion == 1.0 and tx.outgoing(b"\x01" * 100, now[0]) == [b"\x01" * 100]
     assert all(d in sent for d in delivered)
     assert len(delivered) >= 390            # a few whole frames before the first report
     assert rx_counters["fec_malformed"] == 0
