@@ -99,7 +99,7 @@ class NoiseEstimate:
         self.reports += 1
         last, self.last = self.last, (rx, good, bad)
         d_rx, d_good, d_bad = ((a - b) & 0xFFFFFFFF for a, b in zip((rx, good, bad), last))
-        if d_rx > 1 << 30:   # counters went back: the peer restarted
+        if d_rx > 1 << 30 or d_bad > 1 << 30:   # counters went back: the peer restarted
             return
         exposure = d_good + max(0, d_rx - d_good) / 2
         keep = 0.5 ** (exposure / HALF_LIFE)
@@ -205,6 +205,7 @@ class LinkCoder:
         self.assembler = Assembler(mtu)
         self.seq = 0
         self.good_bytes = 0           # bytes of frames whose CRC checked
+        self.noise_frames = 0         # frames dropped, less those a collision explains
         self.last_report_tx = -1e9
         self.last_report_rx = 0.0
         self.sent_since_report = 0
@@ -274,14 +275,18 @@ class LinkCoder:
             c["fec_rx"] += 1
         return envelope
 
-    def report(self, rx_bytes: int, bad_frames: int, now: float) -> Optional[bytes]:
+    def report(self, rx_bytes: int, bad_frames: int, now: float,
+               collisions: int = 0) -> Optional[bytes]:
         """A REPORT to send now, if one is due: we have seen noise, and the
-        last report is ``report_interval`` old."""
-        if not bad_frames or now - self.last_report_tx < self.report_interval:
+        last report is ``report_interval`` old.  On a shared line each
+        collision we saw spoiled about one frame we received: that is not
+        noise (parity does not help against it), so those are not counted."""
+        self.noise_frames = max(self.noise_frames, bad_frames - collisions)
+        if not self.noise_frames or now - self.last_report_tx < self.report_interval:
             return None
         self.last_report_tx = now
         self.counters["reports_tx"] += 1
-        return encode_report(rx_bytes, self.good_bytes, bad_frames)
+        return encode_report(rx_bytes, self.good_bytes, self.noise_frames)
 
     def reset(self) -> None:
         """The port was reopened: half-received envelopes are gone."""

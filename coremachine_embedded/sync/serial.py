@@ -433,8 +433,8 @@ class SerialLink:
             except Exception:
                 c["rx_callback_errors"] += 1
                 log.exception("serial %s: on_receive failed", self.path)
-        report = coder.report(c["bytes_rx"], dec.bad_crc + dec.bad_cobs + dec.oversize,
-                              now) if coder is not None else None
+        report = coder.report(c["bytes_rx"], dec.bad_crc + dec.bad_cobs + dec.oversize, now,
+                              c["collisions"]) if coder is not None else None
         if report is not None and self._fd is not None:
             self._queue.appendleft((report, True))   # first: it steers how the rest goes
             self._queued_bytes += max_encoded_size(len(report))
