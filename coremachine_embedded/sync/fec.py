@@ -28,10 +28,12 @@ _TABLES: Dict[int, bytes] = {}
 
 
 def gf_mul(a: int, b: int) -> int:
+    """a * b in GF(2^8)."""
     return 0 if a == 0 or b == 0 else _EXP[_LOG[a] + _LOG[b]]
 
 
 def gf_inv(a: int) -> int:
+    """1 / a in GF(2^8) (ZeroDivisionError for 0)."""
     if a == 0:
         raise ZeroDivisionError("0 has no inverse in GF(256)")
     return _EXP[255 - _LOG[a]]

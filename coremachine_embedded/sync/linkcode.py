@@ -13,7 +13,8 @@ Frame payloads on a serial line (inside COBS + CRC-32, :mod:`.framing`)::
                ceil(length / k) bytes (the last data chunk zero-padded)
     0xC2 rx_bytes(u32 LE) good_bytes(u32 LE) bad_frames(u32 LE)
                a receiver's cumulative counters (mod 2^32): bytes received,
-               bytes in frames whose CRC checked, frames dropped
+               bytes in frames whose CRC checked, frames dropped (less
+               those a collision on a shared line explains)
 
 The sender estimates the noise as bad frames per byte of exposure (a bad
 frame counts half its bytes: the first hit comes on average before its
@@ -113,10 +114,12 @@ class NoiseEstimate:
 
 
 def encode_report(rx: int, good: int, bad: int) -> bytes:
+    """A REPORT payload (the counters taken mod 2^32)."""
     return _REPORT.pack(REPORT, rx & 0xFFFFFFFF, good & 0xFFFFFFFF, bad & 0xFFFFFFFF)
 
 
 def decode_report(payload: bytes) -> Tuple[int, int, int]:
+    """``(rx_bytes, good_bytes, bad_frames)`` of a REPORT payload."""
     if len(payload) != REPORT_SIZE:
         raise ValueError("bad REPORT size")
     _, rx, good, bad = _REPORT.unpack(payload)
