@@ -136,6 +136,12 @@ def test_many_frames_both_ways_intact_and_in_order(pty_pair: PtyPair) -> None:
     run(main())
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def test_hostile_bytes_and_a_failing_callback(pty_pair: PtyPair) -> None:
     async def main() -> None:
         got: List[bytes] = []
@@ -151,9 +157,11 @@ def test_hostile_bytes_and_a_failing_callback(pty_pair: PtyPair) -> None:
         try:
             rng = random.Random(5)
             junk = bytes(rng.randrange(256) for _ in range(20000)) + b"\x01" * 5000
-            os.write(fd, junk)
-            os.write(fd, b"\x00" + encode_frame(b"boom") + encode_frame(b"x" * 65)
-                     + encode_frame(b"still alive"))
+            # written from another thread: a blocking write of 25 KB from the event
+            # loop's thread waits for the link to read, which that thread runs
+            await asyncio.get_running_loop().run_in_executor(None, _write_all, fd, junk + (
+                b"\x00" + encode_frame(b"boom") + encode_frame(b"x" * 65)
+                + encode_frame(b"still alive")))
             assert await wait_until(lambda: got == [b"still alive"], 5), got
             c = link.counters
             assert c["rx_callback_errors"] == 1 and c["oversize"] >= 2
