@@ -151,30 +151,50 @@ def median_rate(reports: List[Dict[str, Any]], entries: int, digest: str) -> flo
     return float(statistics.median(entries / r["seconds"] for r in reports))
 
 
+# issue 10's noisy line: 1 byte in 2,000 flipped, 1 in 5,000 dropped, 1 in 5,000 inserted
+NOISE = {"flip": 1 / 2000, "drop": 1 / 5000, "insert": 1 / 5000}
+
+
 def serial_goodput(report: Report, section: str, base: str, quick: bool) -> None:
     """Payload bytes delivered per second over a PTY null-modem paced at
-    115200 baud, as a fraction of the line rate (11,520 bytes/s)."""
+    115200 baud, as a fraction of the line rate (11,520 bytes/s); the same
+    ~560-byte entries also through tests/fault/serial_line.py's relay with
+    issue 10's noise (targets: >= 85% clean, >= 35% noisy)."""
     from coremachine_embedded.demo import NullModem
+    from tests.fault.serial_line import NoisyLine, have_socat
     line_rate = 115200 / 10
-    for label, entries, payload in (("machine entries (~80 B)", 150 if quick else 600, 0),
-                                    ("1 KiB entries", 20 if quick else 80, 1000)):
-        writer = build_log(os.path.join(base, "serial-w-%d" % payload), entries, payload)
+    cases = [("machine entries (~80 B)", 150 if quick else 600, 0, False),
+             ("1 KiB entries", 20 if quick else 80, 1000, False),
+             ("~560 B entries", 100 if quick else 400, 244, False)]
+    if have_socat():
+        cases.append(("~560 B entries, noisy line", 100 if quick else 400, 244, True))
+    else:
+        print("  (noisy serial line not measured: socat is not installed)")
+    for label, entries, payload, noisy in cases:
+        name = "serial-%d-%d" % (payload, noisy)
+        writer = build_log(os.path.join(base, name + "-w"), entries, payload)
         key, size = writer.key, writer.byte_length
         writer.close()
-        modem = NullModem()
-        server = Server(os.path.join(base, "serial-w-%d" % payload),
-                        "serial://%s?baud=115200" % modem.paths[0], base)
+        modem: Any = NoisyLine(os.path.join(base, name + "-line"), seed=10, **NOISE).start() \
+            if noisy else NullModem()
+        paths = (modem.a, modem.b) if noisy else modem.paths
+        server = Server(os.path.join(base, name + "-w"),
+                        "serial://%s?baud=115200" % paths[0], base)
         try:
-            r = pull([os.path.join(base, "serial-r-%d" % payload)], key,
-                     "serial://%s?baud=115200" % modem.paths[1])[0]
+            r = pull([os.path.join(base, name + "-r")], key,
+                     "serial://%s?baud=115200" % paths[1])[0]
         finally:
             server.stop()
             modem.close()
         assert r["verified"]
-        print("    (%s: %.1f s, %s)" % (label, r["seconds"], ", ".join(
-            "%s %d" % kv for kv in sorted(r["counters"].items()) if kv[0] in COUNTED)))
+        link = r["link"]
+        print("    (%s: %.1f s, %s; link: %s)" % (label, r["seconds"], ", ".join(
+            "%s %d" % kv for kv in sorted(r["counters"].items()) if kv[0] in COUNTED),
+            ", ".join("%s %d" % (k, link[k]) for k in (
+                "bad_crc", "bad_cobs", "reports_tx", "fec_rx", "fec_recovered") if k in link)))
         goodput = size / r["seconds"]
-        used = r["link"]["bytes_rx"] / r["seconds"]
+        used = link["bytes_rx"] / r["seconds"]
+        target = 0.35 if noisy else 0.85
         report.add(section, "serial 115200 goodput, %s" % label, goodput / line_rate * 100, "%",
-                   target=">= 85%", ok=goodput >= 0.85 * line_rate)
+                   target=">= %d%%" % (target * 100), ok=goodput >= target * line_rate)
         report.add(section, "  line busy with sync traffic", used / line_rate * 100, "%")

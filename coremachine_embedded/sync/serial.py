@@ -5,7 +5,9 @@ The port is opened with pyserial (``serial.Serial(path, baud, timeout=0)``,
 non-blocking) and read from the event loop with ``loop.add_reader``.  Writes
 go through a bounded queue and are paced by a token bucket at ``baud / 10``
 bytes per second (start bit + 8 data bits + stop bit), so a real UART's
-buffer is never flooded and a pseudo-terminal behaves like the line.
+buffer is never flooded and a pseudo-terminal behaves like the line.  On a
+noisy line envelopes go as erasure-coded segments sized to the noise the
+peer reports (:mod:`.linkcode`; ``fec=False``: never).
 
 ``half_duplex=True`` (RS-485, any shared medium): never start a frame while
 bytes are arriving - wait until the line has been idle for ``guard_time`` (a
@@ -36,10 +38,11 @@ import os
 import random
 import select
 import time
-from typing import Any, Callable, Deque, Dict, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .framing import FrameDecoder, encode_frame
+from .framing import FrameDecoder, encode_frame, max_encoded_size
+from .linkcode import HALF_DUPLEX_REPORT_INTERVAL, REPORT_INTERVAL, LinkCoder
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +106,15 @@ def _flag(value: str) -> bool:
     raise ValueError("not a boolean: %r" % value)
 
 
+# URL query key -> (SerialLink argument, parser)
+_URL_KEYS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
+    "mtu": ("mtu", int), "half_duplex": ("half_duplex", _flag),
+    "guard_ms": ("guard_time", lambda v: float(v) / 1000.0),
+    "collision_detect": ("collision_detect", _flag), "max_attempts": ("max_attempts", int),
+    "queue": ("tx_queue_limit", int), "reconnect": ("reconnect_interval", float),
+    "burst": ("burst", int), "rtscts": ("rtscts", _flag), "fec": ("fec", _flag)}
+
+
 class SerialLink:
     """One serial port carrying envelopes of at most ``mtu`` bytes.
 
@@ -125,7 +137,8 @@ class SerialLink:
     ``tx_lost`` (port down or lost mid-frame), ``tx_oversize`` (empty or over
     ``mtu``); half duplex: ``collisions``, ``tx_retries``,
     ``tx_collision_drops``; ``rx_callback_errors`` (on_receive raised: logged,
-    the link goes on).
+    the link goes on); with ``fec`` (default) those of
+    :class:`~.linkcode.LinkCoder`.
     """
 
     def __init__(self, path: str, baud: int = DEFAULT_BAUD, *, mtu: int = DEFAULT_MTU,
@@ -133,7 +146,7 @@ class SerialLink:
                  collision_detect: bool = True, max_attempts: int = 8,
                  tx_queue_limit: int = TX_QUEUE_LIMIT,
                  reconnect_interval: float = RECONNECT_INTERVAL,
-                 burst: Optional[int] = None, rtscts: bool = False,
+                 burst: Optional[int] = None, rtscts: bool = False, fec: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  rng: Optional[random.Random] = None) -> None:
         if not 16 <= mtu <= 65535:
@@ -166,11 +179,14 @@ class SerialLink:
             "reconnects", "disconnects", "open_failures", "tx_dropped", "tx_lost", "tx_oversize",
             "collisions", "tx_retries", "tx_collision_drops", "rx_callback_errors"), 0)
         self._decoder = FrameDecoder(mtu)
+        self._coder = LinkCoder(mtu, self.counters, HALF_DUPLEX_REPORT_INTERVAL if half_duplex
+                                else REPORT_INTERVAL) if fec else None
         self._ser: Any = None
         self._fd: Optional[int] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._on_receive: Optional[Callable[[bytes, Any], None]] = None
-        self._queue: Deque[bytes] = collections.deque()
+        # envelopes (cut into segments as they go, for the noise known then), reports
+        self._queue: Deque[Tuple[bytes, bool]] = collections.deque()
         self._queued_bytes = 0
         self._wakeup: Optional[asyncio.Event] = None
         self._writer_task: Optional[asyncio.Task[None]] = None
@@ -193,7 +209,7 @@ class SerialLink:
         """``serial:///dev/ttyUSB0?baud=115200&half_duplex=1``.  Query keys:
         ``baud``, ``mtu``, ``half_duplex``, ``guard_ms``, ``collision_detect``,
         ``max_attempts``, ``queue`` (bytes), ``reconnect`` (seconds), ``burst``,
-        ``rtscts``.  Keyword arguments override the URL."""
+        ``rtscts``, ``fec``.  Keyword arguments override the URL."""
         parts = urlsplit(url)
         if parts.scheme != "serial":
             raise ValueError("not a serial:// URL: %r" % url)
@@ -205,24 +221,9 @@ class SerialLink:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key == "baud":
                 baud = int(value)
-            elif key == "mtu":
-                kw["mtu"] = int(value)
-            elif key == "half_duplex":
-                kw["half_duplex"] = _flag(value)
-            elif key == "guard_ms":
-                kw["guard_time"] = float(value) / 1000.0
-            elif key == "collision_detect":
-                kw["collision_detect"] = _flag(value)
-            elif key == "max_attempts":
-                kw["max_attempts"] = int(value)
-            elif key == "queue":
-                kw["tx_queue_limit"] = int(value)
-            elif key == "reconnect":
-                kw["reconnect_interval"] = float(value)
-            elif key == "burst":
-                kw["burst"] = int(value)
-            elif key == "rtscts":
-                kw["rtscts"] = _flag(value)
+            elif key in _URL_KEYS:
+                name, parse = _URL_KEYS[key]
+                kw[name] = parse(value)
             else:
                 raise ValueError("unknown serial URL parameter %r" % key)
         if "baud" in overrides:
@@ -238,12 +239,14 @@ class SerialLink:
 
     @property
     def frame_seconds(self) -> float:
-        """Line time of one full frame (10 bits a byte, COBS and CRC included)."""
-        return (self.mtu + self.mtu // 254 + 6) * 10 / self.baud
+        """Line time of a full envelope (10 bits a byte, COBS, CRC and the
+        parity segments of a noisy line included)."""
+        grow = self._coder.expansion if self._coder is not None else 1.0
+        return (self.mtu + self.mtu // 254 + 6) * grow * 10 / self.baud
 
     @property
     def queued_bytes(self) -> int:
-        """Encoded bytes waiting to be written."""
+        """Bytes waiting to be written (as whole frames, without parity)."""
         return self._queued_bytes
 
     async def start(self, on_receive: Callable[[bytes, Any], None]) -> None:
@@ -276,12 +279,12 @@ class SerialLink:
         if self._closing or (self._started and self._fd is None):
             c["tx_lost"] += 1
             return
-        frame = encode_frame(envelope)
-        if self._queued_bytes + len(frame) > self.tx_queue_limit:
+        size = max_encoded_size(len(envelope))
+        if self._queued_bytes + size > self.tx_queue_limit:
             c["tx_dropped"] += 1
             return
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
+        self._queue.append((bytes(envelope), False))
+        self._queued_bytes += size
         if self._wakeup is not None:
             self._wakeup.set()
 
@@ -315,6 +318,8 @@ class SerialLink:
         self._fd = fd = int(ser.fileno())
         self._gen += 1
         self._decoder.reset()
+        if self._coder is not None:
+            self._coder.reset()
         self._need_prefix = True
         assert self._loop is not None
         try:
@@ -416,16 +421,25 @@ class SerialLink:
         c["bad_crc"] = dec.bad_crc
         c["bad_cobs"] = dec.bad_cobs
         c["oversize"] = dec.oversize
+        coder = self._coder
         for payload in payloads:
             c["frames_rx"] += 1
+            envelope = coder.incoming(payload, now) if coder is not None else payload
             cb = self._on_receive
-            if cb is None:
+            if cb is None or envelope is None:
                 continue
             try:
-                cb(payload, None)
+                cb(envelope, None)
             except Exception:
                 c["rx_callback_errors"] += 1
                 log.exception("serial %s: on_receive failed", self.path)
+        report = coder.report(c["bytes_rx"], dec.bad_crc + dec.bad_cobs + dec.oversize, now,
+                              c["collisions"]) if coder is not None else None
+        if report is not None and self._fd is not None:
+            self._queue.appendleft((report, True))   # first: it steers how the rest goes
+            self._queued_bytes += max_encoded_size(len(report))
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     # --- sending --------------------------------------------------------------------
 
@@ -455,27 +469,37 @@ class SerialLink:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            frame = self._queue.popleft()
-            self._queued_bytes -= len(frame)
-            attempt = 0
-            while not self._closing:
-                attempt += 1
-                result = await self._transmit(frame)
-                if result == _OK:
-                    self.counters["frames_tx"] += 1
+            payload, raw = self._queue.popleft()
+            self._queued_bytes -= max_encoded_size(len(payload))
+            coder = self._coder
+            parts: List[bytes] = [payload] if raw or coder is None else coder.outgoing(
+                payload, self.clock())
+            for part in parts:
+                if not await self._send_frame(encode_frame(part)):
                     break
-                if result == _LOST:
-                    self.counters["tx_lost"] += 1
-                    break
-                # collision
-                self._need_prefix = True
-                if attempt >= self.max_attempts:
-                    self.counters["tx_collision_drops"] += 1
-                    break
-                self.counters["tx_retries"] += 1
-                slot = max(0.002, 64 * self.byte_time)
-                await asyncio.sleep(self.guard_time
-                                    + self.rng.uniform(0, 2 ** min(attempt, 6)) * slot)
+
+    async def _send_frame(self, frame: bytes) -> bool:
+        """Transmit one frame, again after collisions; whether it went."""
+        attempt = 0
+        while not self._closing:
+            attempt += 1
+            result = await self._transmit(frame)
+            if result == _OK:
+                self.counters["frames_tx"] += 1
+                return True
+            if result == _LOST:
+                self.counters["tx_lost"] += 1
+                return False
+            # collision
+            self._need_prefix = True
+            if attempt >= self.max_attempts:
+                self.counters["tx_collision_drops"] += 1
+                return False
+            self.counters["tx_retries"] += 1
+            slot = max(0.002, 64 * self.byte_time)
+            await asyncio.sleep(self.guard_time
+                                + self.rng.uniform(0, 2 ** min(attempt, 6)) * slot)
+        return False
 
     async def _transmit(self, frame: bytes) -> int:
         """Write one frame paced by the bucket.  _OK, _COLLISION or _LOST."""

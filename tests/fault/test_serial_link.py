@@ -8,7 +8,7 @@ import os
 import pathlib
 import random
 import time
-from typing import Any, Awaitable, List, TypeVar
+from typing import Any, Awaitable, Callable, List, TypeVar
 
 import pytest
 
@@ -83,6 +83,10 @@ def test_from_url() -> None:
     link = SerialLink.from_url("serial:///dev/pts/5")
     assert (link.path, link.baud, link.half_duplex, link.mtu) == ("/dev/pts/5", 115200, False, 4096)
     assert link.guard_time == pytest.approx(4 * 10 / 115200 + 0.002)
+    assert "fec_tx" in link.counters                                  # coding is on by default
+    assert "fec_tx" not in SerialLink.from_url("serial:///dev/pts/5?fec=0").counters
+    with pytest.raises(ValueError):
+        SerialLink.from_url("serial:///dev/pts/5?fec=maybe")
     with pytest.raises(ValueError):
         SerialLink.from_url("udp://1.2.3.4:5")
     with pytest.raises(ValueError):
@@ -132,6 +136,12 @@ def test_many_frames_both_ways_intact_and_in_order(pty_pair: PtyPair) -> None:
     run(main())
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def test_hostile_bytes_and_a_failing_callback(pty_pair: PtyPair) -> None:
     async def main() -> None:
         got: List[bytes] = []
@@ -147,9 +157,11 @@ def test_hostile_bytes_and_a_failing_callback(pty_pair: PtyPair) -> None:
         try:
             rng = random.Random(5)
             junk = bytes(rng.randrange(256) for _ in range(20000)) + b"\x01" * 5000
-            os.write(fd, junk)
-            os.write(fd, b"\x00" + encode_frame(b"boom") + encode_frame(b"x" * 65)
-                     + encode_frame(b"still alive"))
+            # written from another thread: a blocking write of 25 KB from the event
+            # loop's thread waits for the link to read, which that thread runs
+            await asyncio.get_running_loop().run_in_executor(None, _write_all, fd, junk + (
+                b"\x00" + encode_frame(b"boom") + encode_frame(b"x" * 65)
+                + encode_frame(b"still alive")))
             assert await wait_until(lambda: got == [b"still alive"], 5), got
             c = link.counters
             assert c["rx_callback_errors"] == 1 and c["oversize"] >= 2
@@ -197,8 +209,9 @@ def test_noisy_line_delivers_only_what_was_sent(noisy_line: Callable[..., NoisyL
     b_out = payloads(4, n, 4, 12, b"b")
 
     async def main() -> None:
-        a = await Endpoint(line.a, baud=921600).start()
-        b = await Endpoint(line.b, baud=921600).start()
+        # the framing alone: no erasure coding (test_fec_* below has it)
+        a = await Endpoint(line.a, baud=921600, fec=False).start()
+        b = await Endpoint(line.b, baud=921600, fec=False).start()
         try:
             for x, y in zip(a_out, b_out):
                 a.link.send(x)
@@ -224,6 +237,58 @@ def test_noisy_line_delivers_only_what_was_sent(noisy_line: Callable[..., NoisyL
                 # every byte that left the relay reached the link, and only those
                 assert lc["bytes_rx"] == c[d + "bytes"] - c[d + "drops"] + c[d + "inserts"]
                 assert lc["frames_rx"] == len(got)
+        finally:
+            await a.link.close()
+            await b.link.close()
+
+    run(main())
+
+
+def test_fec_delivers_through_heavy_noise(noisy_line: Callable[..., NoisyLine]) -> None:
+    """The same line and payloads with erasure coding on (the default), and a
+    64-byte mtu: once each receiver has reported the noise, payloads go as a
+    data segment and parity segments, and nearly all arrive - each once, in
+    order."""
+    line = noisy_line(flip=0.01, drop=0.005, insert=0.005, seed=7)
+    n = 600
+    a_out = payloads(3, n, 4, 12, b"a")
+    b_out = payloads(4, n, 4, 12, b"b") + [b"b" * 64]         # a full-mtu one: 2 chunks
+
+    async def main() -> None:
+        a = await Endpoint(line.a, baud=921600, mtu=64).start()
+        b = await Endpoint(line.b, baud=921600, mtu=64).start()
+        try:
+            # sent whole until the first reports come back (a receiver reports
+            # as frames arrive: a lost report is followed by the next)
+            warm = 0
+            while not (a.link.counters["reports_rx"] and b.link.counters["reports_rx"]):
+                assert warm < 300, (a.link.counters, b.link.counters)
+                a.link.send(a_out[warm])
+                b.link.send(b_out[warm])
+                warm += 1
+                await asyncio.sleep(0.01)
+            for x, y in zip(a_out[warm:], b_out[warm:]):
+                a.link.send(x)
+                b.link.send(y)
+            b.link.send(b_out[-1])
+            await settle(lambda: len(a.got) + len(b.got) + a.link.counters["bytes_rx"]
+                         + b.link.counters["bytes_rx"], timeout=30)
+            line.check()
+            for rx, tx, sent in ((b, a, a_out), (a, b, b_out)):
+                got = rx.got
+                assert all(g in sent for g in got)
+                idx = [sent.index(g) for g in got]
+                assert idx == sorted(set(idx))
+                rc, tc = rx.link.counters, tx.link.counters
+                print(len(got), "of", len(sent), "delivered;", rc)
+                assert rc["reports_tx"] > 0 and tc["reports_rx"] > 0
+                # everything after the warm-up went coded; nearly all of it
+                # arrived, much of it repaired from parity
+                assert tc["fec_tx"] >= len(sent) - warm
+                assert rc["fec_rx"] >= 0.97 * tc["fec_tx"] and rc["fec_recovered"] > 0
+                assert len([i for i in idx if i >= warm]) >= 0.97 * (len(sent) - warm)
+                assert rc["fec_malformed"] == 0
+            assert b"b" * 64 in a.got
         finally:
             await a.link.close()
             await b.link.close()
