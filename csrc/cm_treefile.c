@@ -3,6 +3,7 @@
  * slots, verified walks from the signed roots with a cache of verified nodes,
  * the roots on open, node queries.  Twin: _pure/treefile.py.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cm_store.h"
@@ -55,13 +56,16 @@ int cm__tree_read_slots(cm_core *c, uint64_t first, size_t count, cm_node *out) 
 
 static int vcache_get(const cm_core *c, uint64_t index, cm_node *out) {
     size_t slot = (size_t)(index % CM_VCACHE);
-    if (c->vcache[slot].gen != c->vgen || c->vcache[slot].node.index != index) return 0;
+    if (!c->vcache || c->vcache[slot].gen != c->vgen || c->vcache[slot].node.index != index)
+        return 0;
     *out = c->vcache[slot].node;
     return 1;
 }
 
 static void vcache_put(cm_core *c, const cm_node *n) {
     size_t slot = (size_t)(n->index % CM_VCACHE);
+    if (!c->vcache && !(c->vcache = (cm__vslot *)calloc(CM_VCACHE, sizeof(cm__vslot))))
+        return; /* no memory for it: later walks verify these nodes again */
     c->vcache[slot].node = *n;
     c->vcache[slot].gen = c->vgen;
 }
