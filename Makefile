@@ -96,8 +96,15 @@ ctest-aarch64: $(BUILD)/vectors.h $(BUILD)/wire_vectors.h
 	fi
 
 # --- Python suite, once per backend ---------------------------------------
+# The two backends' runs go side by side (PYTEST_JOBS=1: one after the other):
+# much of the suite waits on sockets, subprocesses and qemu, so two runs on two
+# cores take about 60% of the time of one after the other.  Each run's output is
+# printed whole when it ends.
+PYTEST_JOBS ?= 2
 
-pytest: pytest-c pytest-python
+pytest:
+	@echo "pytest: the C and the Python backend, $(PYTEST_JOBS) at a time (output when each ends)"
+	@$(MAKE) --no-print-directory -j$(PYTEST_JOBS) --output-sync=target pytest-c pytest-python
 
 pytest-c:
 	$(VENV_PATH) COREMACHINE_IMPL=c $(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -14,6 +14,7 @@ from typing import Any, Dict, List
 
 from bench.common import ROOT, Report, workdir
 from bench.sync_bench import build_log
+from tests.interop import jsenv
 
 import coremachine_embedded as cm
 
@@ -25,9 +26,7 @@ ROUNDS = 3
 def script(env: str, name: str) -> str:
     """bench/js/``name`` copied into the npm environment (Node resolves the
     packages from the script's folder)."""
-    dst = os.path.join(env, name)
-    shutil.copyfile(os.path.join(JS, name), dst)
-    return dst
+    return jsenv.place_script(env, os.path.join(JS, name))
 
 
 class Writer:

@@ -22,7 +22,7 @@ def run(report: Report, section: str, base: str, key: bytes, digest: str, entrie
         udp_rate: float, quick: bool) -> None:
     from bench.sync_bench import Server, median_rate, pull
     try:
-        from tests.fault.mqtt_broker import Broker
+        from tests.mqtt_broker import Broker
         from coremachine_embedded.sync.mqtt import _paho
         _paho()
         broker = Broker()

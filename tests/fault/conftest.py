@@ -5,7 +5,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.fault.mqtt_broker import MOSQUITTO, NO_MOSQUITTO, Broker
+from tests.mqtt_broker import MOSQUITTO, NO_MOSQUITTO, Broker
 
 
 @pytest.fixture

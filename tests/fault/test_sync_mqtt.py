@@ -22,7 +22,7 @@ from coremachine_embedded import Core, Coremachine, KeyPair, sync
 from coremachine_embedded.errors import InvalidArgumentError, InvalidProofError
 from coremachine_embedded.sync import Endpoint, open_link, wire
 from coremachine_embedded.sync.broadcast import verify_head
-from tests.fault.mqtt_broker import Broker, counters_of, needs_mosquitto
+from tests.mqtt_broker import Broker, counters_of, needs_mosquitto
 from tests.fault.test_sync_replication import (COUNTER, PULL_TIMEOUT, Follower, act,
                                                assert_same_log, assert_same_machine,
                                                build_writer, wait_until)

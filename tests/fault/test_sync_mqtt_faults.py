@@ -13,7 +13,7 @@ import pytest
 
 from coremachine_embedded import Core, sync
 from coremachine_embedded.sync import Endpoint, open_link
-from tests.fault.mqtt_broker import Broker, MQTTProxy, counters_of, needs_mosquitto
+from tests.mqtt_broker import Broker, MQTTProxy, counters_of, needs_mosquitto
 from tests.fault.test_sync_mqtt import run, serving
 from tests.fault.test_sync_replication import (PULL_TIMEOUT, Follower, act, assert_same_log,
                                                assert_same_machine, build_writer,

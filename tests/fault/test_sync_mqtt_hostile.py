@@ -19,7 +19,7 @@ import pytest
 from coremachine_embedded import Core, KeyPair, sync
 from coremachine_embedded.sync import wire
 from coremachine_embedded.sync.broadcast import verify_head
-from tests.fault.mqtt_broker import Broker, counters_of, needs_mosquitto
+from tests.mqtt_broker import Broker, counters_of, needs_mosquitto
 from tests.fault.test_sync_mqtt import run, serving
 from tests.fault.test_sync_mqtt_faults import follow, stop
 from tests.fault.test_sync_replication import (PULL_TIMEOUT, Follower, act, assert_same_log,

@@ -62,12 +62,23 @@ def ensure(name: str, packages: Optional[Sequence[str]] = None,
     return target
 
 
+def place_script(env_dir: str, src: str) -> str:
+    """Copy the Node script ``src`` into ``env_dir`` (Node resolves packages
+    from the script's folder); returns its path there.  The copy is renamed
+    into place, so a process running the script while another test process
+    places it again never reads half a file."""
+    dst = os.path.join(env_dir, os.path.basename(src))
+    tmp = "%s.%d.tmp" % (dst, os.getpid())
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
 def run(env_dir: str, script: str, payload: Any, timeout: float = 600) -> Any:
     """Run a Node script (a path, or a name in tests/interop/js/) inside
     ``env_dir`` with JSON on stdin; returns the JSON it prints."""
     src = script if os.path.isabs(script) else os.path.join(SCRIPTS, script)
-    dst = os.path.join(env_dir, os.path.basename(src))
-    shutil.copyfile(src, dst)
+    dst = place_script(env_dir, src)
     proc = subprocess.run(["node", dst], input=json.dumps(payload), capture_output=True,
                           text=True, cwd=env_dir, timeout=timeout)
     if proc.returncode != 0:

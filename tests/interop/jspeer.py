@@ -26,9 +26,7 @@ class JSPeer:
     """One Node process; :meth:`call` sends a command and returns the answer."""
 
     def __init__(self, env_dir: str) -> None:
-        src = os.path.join(jsenv.SCRIPTS, "hyper_peer.mjs")
-        dst = os.path.join(env_dir, "hyper_peer.mjs")
-        shutil.copyfile(src, dst)
+        dst = jsenv.place_script(env_dir, os.path.join(jsenv.SCRIPTS, "hyper_peer.mjs"))
         # Its stores (RocksDB, ~150 MB each) live here and go with close().
         self.dir = tempfile.mkdtemp(prefix="hyper-peer-")
         self.proc = subprocess.Popen(["node", dst, self.dir], cwd=env_dir, stdin=subprocess.PIPE,

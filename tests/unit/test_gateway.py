@@ -259,15 +259,15 @@ def test_devices_over_tcp_and_mqtt(tmp_path) -> None:
     their links in the metrics; the tcp one reconnects after its server
     restarts."""
     from coremachine_embedded import sync
-    from tests.unit.mqtt_broker import Broker, need_broker
+    from tests.mqtt_broker import Broker, need_broker
     need_broker()
 
     async def main() -> None:
-        broker = Broker(str(tmp_path)).start()
+        broker = Broker(persistence=True)
         over_tcp, over_mqtt = SimDevice(str(tmp_path), "t"), SimDevice(str(tmp_path), "m")
         port = free_udp_port()   # (free for TCP too on 127.0.0.1, as a rule)
         server = await sync.serve(over_tcp.core, "tcp://127.0.0.1:%d" % port)
-        mqtt_url = broker.url + "/fleet"
+        mqtt_url = broker.address + "/fleet"
         ep = await sync.serve(over_mqtt.core, mqtt_url)
         for d in (over_tcp, over_mqtt):
             d.reading(18.0)
@@ -298,7 +298,7 @@ def test_devices_over_tcp_and_mqtt(tmp_path) -> None:
             await gw.stop()
             await server.close()
             await ep.close()
-            broker.stop()
+            broker.close()
             for d in (over_tcp, over_mqtt):
                 d.close()
     run(main, timeout=90)

@@ -22,7 +22,7 @@ from coremachine_embedded.gateway.mqtt_bridge import MqttBridge
 from tests.fault.hostile import run
 from tests.unit.fleet import MACHINE_REF, SimDevice, check_copy, gateway_toml, holds, \
     wait_for
-from tests.unit.mqtt_broker import Broker, Recorder, need_broker
+from tests.mqtt_broker import Broker, Recorder, need_broker
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +67,7 @@ def run_with_broker(broker: Broker, main: Any, timeout: float, *recorders: Recor
     finally:
         for rec in recorders:
             rec.close()
-        broker.stop()
+        broker.close()
 
 
 def indexes(rec: Recorder, name: str) -> List[int]:
@@ -75,12 +75,12 @@ def indexes(rec: Recorder, name: str) -> List[int]:
 
 
 def test_states_events_and_home_assistant_discovery(tmp_path) -> None:
-    broker = Broker(str(tmp_path)).start()
+    broker = Broker(persistence=True)
     rec = Recorder(broker, ["coremachine/#", "homeassistant/#"])
 
     async def main() -> None:
         dev = await SimDevice(str(tmp_path), "kitchen").up()
-        gw = await start(make_config(tmp_path, [dev], broker.url, local_valve(tmp_path)))
+        gw = await start(make_config(tmp_path, [dev], broker.address, local_valve(tmp_path)))
         try:
             await wait_for(lambda: rec.last("coremachine/kitchen/state") is not None)
             for celsius in (18.0, 17.5, 21.0):       # heating, heating, idle
@@ -127,12 +127,12 @@ def test_states_events_and_home_assistant_discovery(tmp_path) -> None:
 
 
 def test_actions_only_for_what_the_configuration_allows(tmp_path) -> None:
-    broker = Broker(str(tmp_path)).start()
+    broker = Broker(persistence=True)
     rec = Recorder(broker, ["coremachine/+/action/reply", "replies/#"])
 
     async def main() -> None:
         dev = await SimDevice(str(tmp_path), "kitchen").up()
-        gw = await start(make_config(tmp_path, [dev], broker.url, local_valve(tmp_path)))
+        gw = await start(make_config(tmp_path, [dev], broker.address, local_valve(tmp_path)))
         try:
             await wait_for(lambda: gw.bridge.listening and rec.subscribed.is_set()
                            and gw.locals["valve"].machine is not None)
@@ -182,13 +182,13 @@ def test_actions_only_for_what_the_configuration_allows(tmp_path) -> None:
 def test_broker_restart_mid_run_loses_nothing_and_late_subscribers_get_states(tmp_path,
                                                                               caplog) -> None:
     caplog.set_level(logging.INFO, logger="coremachine_embedded.gateway")
-    broker = Broker(str(tmp_path)).start()
+    broker = Broker(persistence=True)
     rec = Recorder(broker, ["coremachine/+/events"], client_id="persistent-sub",
                    persistent=True)
 
     async def main() -> None:
         devs = [await SimDevice(str(tmp_path), n).up() for n in ("a", "b")]
-        gw = await start(make_config(tmp_path, devs, broker.url))
+        gw = await start(make_config(tmp_path, devs, broker.address))
         try:
             await wait_for(lambda: gw.bridge.connected and rec.subscribed.is_set())
             for _ in range(5):
@@ -229,11 +229,11 @@ def test_broker_restart_mid_run_loses_nothing_and_late_subscribers_get_states(tm
 
 def test_an_unreachable_broker_is_retried_and_logged_then_caught_up(tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, logger="coremachine_embedded.gateway")
-    broker = Broker(str(tmp_path))            # not started yet
+    broker = Broker(persistence=True, start=False)   # not started yet
 
     async def main() -> None:
         dev = await SimDevice(str(tmp_path), "early").up()
-        gw = await start(make_config(tmp_path, [dev], broker.url))
+        gw = await start(make_config(tmp_path, [dev], broker.address))
         try:
             await wait_for(lambda: gw.devices["early"].core is not None)
             for _ in range(4):
@@ -259,12 +259,12 @@ def test_an_unreachable_broker_is_retried_and_logged_then_caught_up(tmp_path, ca
 
 
 def test_a_restarted_gateway_resumes_from_its_acknowledged_cursors(tmp_path) -> None:
-    broker = Broker(str(tmp_path)).start()
+    broker = Broker(persistence=True)
     rec = Recorder(broker, ["coremachine/+/events"])
 
     async def main() -> None:
         dev = await SimDevice(str(tmp_path), "resume").up()
-        cfg = make_config(tmp_path, [dev], broker.url)
+        cfg = make_config(tmp_path, [dev], broker.address)
         gw = await start(cfg)
         try:
             await wait_for(lambda: gw.bridge.connected)
@@ -289,8 +289,7 @@ def test_tls_and_a_password_from_the_configuration(tmp_path) -> None:
     """The bridge connects over TLS (the broker's CA from ``ca_file``) with a
     user and a ``password_file``, and publishes the device's state; with a
     wrong password it is refused, logs it and retries, and nothing crashes."""
-    from tests.fault.mqtt_broker import Broker as AuthBroker
-    broker = AuthBroker(users={"gw": "s3cret"}, tls=True)
+    broker = Broker(users={"gw": "s3cret"}, tls=True)
     (tmp_path / "pw").write_text("s3cret\n")
     (tmp_path / "bad").write_text("wrong\n")
 

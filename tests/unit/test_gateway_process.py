@@ -14,7 +14,7 @@ import urllib.request
 from typing import Dict
 
 from tests.unit.fleet import MACHINE_REF, free_udp_port
-from tests.unit.mqtt_broker import free_tcp_port
+from tests.mqtt_broker import free_port as free_tcp_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, PYTHONPATH=ROOT)

@@ -1,5 +1,6 @@
-"""A real Mosquitto broker for the MQTT sync tests, and a TCP proxy between a
-client and the broker that can drop, reorder and cut MQTT packets.
+"""A real Mosquitto broker for the MQTT tests (sync and gateway), a recording
+MQTT 5 client, and a TCP proxy between a client and the broker that can drop,
+reorder and cut MQTT packets.
 
 :class:`Broker` writes its own config (a free port on 127.0.0.1, optionally a
 password file, TLS and persistence) into a temporary directory, starts
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -34,6 +37,14 @@ def _find_mosquitto() -> Optional[str]:
 MOSQUITTO = _find_mosquitto()
 NO_MOSQUITTO = "mosquitto is not installed (sh .ci/ensure-deps.sh --test)"
 needs_mosquitto = pytest.mark.skipif(MOSQUITTO is None, reason=NO_MOSQUITTO)
+
+
+def need_broker() -> None:
+    """Skip the calling test without mosquitto or paho-mqtt."""
+    if MOSQUITTO is None:
+        pytest.skip(NO_MOSQUITTO)
+    pytest.importorskip("paho.mqtt", reason="paho-mqtt is not installed (pip install "
+                        "'paho-mqtt>=2')")
 
 
 def free_port() -> int:
@@ -57,10 +68,12 @@ class Broker:
     :param tls: serve TLS with a fresh CA (``self.ca`` is its certificate).
     :param persistence: keep sessions and retained messages across restarts.
     :param extra: more lines of mosquitto.conf.
+    :param start: start it now (else :meth:`start` later, on the port already chosen).
     """
 
     def __init__(self, users: Optional[Dict[str, str]] = None, tls: bool = False,
-                 persistence: bool = False, extra: Tuple[str, ...] = ()) -> None:
+                 persistence: bool = False, extra: Tuple[str, ...] = (),
+                 start: bool = True) -> None:
         if MOSQUITTO is None:
             raise FileNotFoundError(NO_MOSQUITTO)
         self.path = MOSQUITTO
@@ -93,7 +106,13 @@ class Broker:
         self.config = os.path.join(self.dir, "mosquitto.conf")
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n")
-        self.start()
+        if start:
+            self.start()
+
+    @property
+    def address(self) -> str:
+        """``mqtt://127.0.0.1:PORT``, no topic prefix."""
+        return "mqtt://%s:%d" % (LOCAL, self.port)
 
     def url(self, prefix: str = "test", scheme: str = "mqtt", auth: str = "",
             port: Optional[int] = None, query: str = "") -> str:
@@ -134,6 +153,68 @@ class Broker:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Recorder:
+    """An MQTT 5 client that records every message it gets, by topic."""
+
+    def __init__(self, broker: Broker, topics: List[str], client_id: str = "",
+                 persistent: bool = False) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+        self.messages: List[Tuple[str, bytes, bool, Any]] = []
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.topics = topics
+        props = None
+        if persistent:   # the broker keeps our subscriptions and queues for us while we are away
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect(LOCAL, broker.port, keepalive=10,
+                            clean_start=not persistent, properties=props)
+        self.client.loop_start()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
+                    properties: Any) -> None:
+        if not reason.is_failure:
+            client.subscribe([(topic, 1) for topic in self.topics])   # one SUBACK for all
+            self.connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), bool(msg.retain),
+                                  getattr(msg, "properties", None)))
+
+    def on(self, topic: str) -> List[bytes]:
+        with self.lock:
+            return [payload for t, payload, _, _ in self.messages if t == topic]
+
+    def json(self, topic: str) -> List[Dict[str, Any]]:
+        return [json.loads(p) for p in self.on(topic)]
+
+    def last(self, topic: str) -> Optional[Dict[str, Any]]:
+        got = self.json(topic)
+        return got[-1] if got else None
+
+    def topics_seen(self) -> List[str]:
+        with self.lock:
+            return sorted({t for t, _, _, _ in self.messages})
+
+    def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
+        self.client.publish(topic, payload, qos=1, **kw).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def make_certificates(directory: str) -> Tuple[str, str, str]:
