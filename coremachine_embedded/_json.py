@@ -3,7 +3,7 @@
 values JSON/JS cannot carry are rejected with :class:`JSONValueError` before
 anything is written.  See docs/json.md.
 
-* ``_pure_dumps`` (in ``_json_ref.py``) is the reference: plain Python that
+* ``pure_dumps`` (in ``_json_ref.py``) is the reference: plain Python that
   also runs on MicroPython, as this module does.
 * ``dumps`` is the fast shim.  A cheap walk (``_scan``) checks that the value
   holds nothing on which the fast library (orjson, else ujson, else the stdlib
@@ -24,9 +24,9 @@ try:  # typing exists only on CPython; the encoder never uses it at run time
 except ImportError:  # pragma: no cover - MicroPython (a plain assignment upsets mypy)
     globals()["TYPE_CHECKING"] = False
 
-from ._json_ref import (MAX_DEPTH, MAX_SAFE_INTEGER, ArgumentTypeError, DecodeError,
-                        JSONValueError, _DIGITS, _RecursionError, _is_index, _make_encoder,
-                        _pure_dumps, _quote_pure, _short_repr)
+from ._json_ref import (DIGITS, MAX_DEPTH, MAX_SAFE_INTEGER, ArgumentTypeError, DecodeError,
+                        JSONValueError, RecursionLimitError, is_index, make_encoder, pure_dumps,
+                        quote_pure, short_repr)
 
 __all__ = ["dumps", "loads", "backend", "backends", "encoder", "JSONValueError",
            "MAX_DEPTH", "MAX_SAFE_INTEGER"]
@@ -50,7 +50,7 @@ def _scan(o: "Any", depth: int) -> None:
         if depth >= 200:
             raise _Slow
         for k, v in o.items():
-            if type(k) is not str or (k[:1] in _DIGITS and _is_index(k)):
+            if type(k) is not str or (k[:1] in DIGITS and is_index(k)):
                 raise _Slow
             t = type(v)
             if t is str or t is bool or v is None:
@@ -97,7 +97,7 @@ def scan_ok(value: "Any") -> bool:
     ``_fast_ok`` is with the C backend)."""
     try:
         _scan(value, 0)
-    except (_Slow, _RecursionError):
+    except (_Slow, RecursionLimitError):
         return False
     return True
 
@@ -118,7 +118,7 @@ def _c_quote() -> "Callable[[str], str]":
         from json.encoder import encode_basestring
         return encode_basestring
     except ImportError:  # pragma: no cover
-        return _quote_pure
+        return quote_pure
 
 
 def _fast_writer(name: str) -> "Callable[[Any], bytes]":
@@ -169,11 +169,11 @@ def encoder(name: str) -> "Callable[[Any], bytes]":
     """The dumps of backend ``name`` ("orjson", "ujson", "json" or "pure").
     ImportError when it is unknown or not installed."""
     if name == "pure":
-        return _pure_dumps
+        return pure_dumps
     if not _CPYTHONISH:
         raise ImportError("JSON backend %r is not available on %s" % (name, sys.implementation.name))
     write = _fast_writer(name)
-    slow = _make_encoder(_c_quote())
+    slow = make_encoder(_c_quote())
 
     def dumps(value: "Any") -> bytes:
         """``Buffer.from(JSON.stringify(value))``; JSONValueError if JS/JSON
@@ -216,7 +216,7 @@ def _choose() -> "Tuple[str, Callable[[Any], bytes]]":
             return name, encoder(name)
         except ImportError:
             continue
-    return "pure", _pure_dumps
+    return "pure", pure_dumps
 
 
 # ``backend``, the library ``dumps`` uses ("orjson", "ujson", "json" or
@@ -269,7 +269,7 @@ def _parse_int(s: str) -> "Any":
 def _parse_float(s: str) -> float:
     v = float(s)
     if v - v != 0.0:
-        raise ValueError("number %s is out of range" % _short_repr(s))
+        raise ValueError("number %s is out of range" % short_repr(s))
     return v
 
 
@@ -304,7 +304,7 @@ def loads(data: "Any") -> "Any":
         raise ArgumentTypeError("loads wants bytes or str, not %s" % type(data).__name__)
     try:
         return _decode(text)
-    except _RecursionError:
+    except RecursionLimitError:
         raise DecodeError("JSON nested too deeply")
     except ValueError as e:
         raise DecodeError("not JSON: %s" % e)

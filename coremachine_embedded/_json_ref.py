@@ -1,5 +1,5 @@
 """The reference encoder of JSON exactly as JavaScript writes it (docs/json.md):
-``_pure_dumps(v)`` is byte for byte ``Buffer.from(JSON.stringify(v))`` (Node
+``pure_dumps(v)`` is byte for byte ``Buffer.from(JSON.stringify(v))`` (Node
 20) for every value it accepts, and values JSON/JS cannot carry are rejected
 with :class:`JSONValueError` before anything is written.
 
@@ -34,7 +34,7 @@ MAX_SAFE_INTEGER = 9007199254740991
 #: Containers nested deeper than this are rejected (the root container is level 1).
 MAX_DEPTH = 256
 _ARRAY_INDEX_END = 4294967295  # array indices are the integers 0 .. 2**32 - 2
-_DIGITS = "0123456789"
+DIGITS = "0123456789"
 
 
 try:
@@ -79,16 +79,16 @@ class _Reorder(Exception):
 
 
 try:
-    _RecursionError = RecursionError  # type: type[BaseException]
+    RecursionLimitError = RecursionError  # type: type[BaseException]
 except NameError:  # pragma: no cover - MicroPython raises RuntimeError
-    _RecursionError = RuntimeError
+    RecursionLimitError = RuntimeError
 
 
 # --------------------------------------------------------------------------
 # the pieces of the reference encoder
 
 
-def _is_index(k: str) -> bool:
+def is_index(k: str) -> bool:
     """True when JS treats key ``k`` as an array index ("0", "7", "4294967294";
     not "01", "-1", "1.0", "4294967295")."""
     n = len(k)
@@ -108,7 +108,7 @@ def _js_items(o: "Dict[Any, Any]") -> "List[Tuple[Any, Any]]":
     idx = []
     rest = []
     for k, v in o.items():
-        if isinstance(k, str) and _is_index(k):
+        if isinstance(k, str) and is_index(k):
             idx.append((int(k), k, v))
         else:
             rest.append((k, v))
@@ -127,7 +127,7 @@ for _i in range(0x20):
         _ESC[chr(_i)] = "\\u%04x" % _i
 
 
-def _quote_pure(s: str) -> str:
+def quote_pure(s: str) -> str:
     """A JSON string literal as JSON.stringify writes it (reference, plain
     Python).  A Python str holds code points; JS holds UTF-16 code units, so a
     high surrogate followed by a low one is one astral character to JS, and any
@@ -344,7 +344,7 @@ def _other(v: object) -> _Reject:
     return _Reject("%s object is not JSON" % name)
 
 
-def _make_encoder(quote: "Callable[[str], str]") -> "Callable[[Any], bytes]":
+def make_encoder(quote: "Callable[[str], str]") -> "Callable[[Any], bytes]":
     """The reference encoder, with ``quote`` as its string escaper."""
     M = MAX_SAFE_INTEGER
     kcache = {}  # type: Dict[str, str]
@@ -404,17 +404,17 @@ def _make_encoder(quote: "Callable[[str], str]") -> "Callable[[Any], bytes]":
                 if type(k) is str:
                     kq = kcache.get(k)
                     if kq is None:
-                        if not ordered and k[:1] in _DIGITS and _is_index(k):
+                        if not ordered and k[:1] in DIGITS and is_index(k):
                             raise _Reorder()
                         kq = quote(k) + ":"
-                        if len(kcache) < 512 and k[:1] not in _DIGITS:
+                        if len(kcache) < 512 and k[:1] not in DIGITS:
                             kcache[k] = kq
                 elif isinstance(k, str):
-                    if not ordered and k[:1] in _DIGITS and _is_index(k):
+                    if not ordered and k[:1] in DIGITS and is_index(k):
                         raise _Reorder()
                     kq = quote(k) + ":"
                 else:
-                    raise _Reject("key %s (%s) is not a str" % (_short_repr(k), type(k).__name__))
+                    raise _Reject("key %s (%s) is not a str" % (short_repr(k), type(k).__name__))
                 app(sep)
                 sep = ","
                 app(kq)
@@ -484,7 +484,7 @@ def _make_encoder(quote: "Callable[[str], str]") -> "Callable[[Any], bytes]":
             enc_other(value, out, 1)
         except _Reject as e:
             raise _error(e, value)
-        except _RecursionError:  # only MicroPython's stack is shallower than MAX_DEPTH
+        except RecursionLimitError:  # only MicroPython's stack is shallower than MAX_DEPTH
             raise JSONValueError("(root)", "nested too deeply for this interpreter")
         text = "".join(out)
         try:
@@ -495,7 +495,7 @@ def _make_encoder(quote: "Callable[[str], str]") -> "Callable[[Any], bytes]":
     return encode
 
 
-def _short_repr(v: object) -> str:
+def short_repr(v: object) -> str:
     r = repr(v)
     return r if len(r) <= 40 else r[:37] + "..."
 
@@ -518,7 +518,7 @@ def _path(parts: "List[object]") -> str:
         elif isinstance(p, str) and _is_ident(p):
             s += ("." + p) if s else p
         else:
-            s += "[" + _quote_pure(str(p)) + "]"
+            s += "[" + quote_pure(str(p)) + "]"
     return s or "(root)"
 
 
@@ -541,4 +541,4 @@ def _error(e: _Reject, value: object) -> JSONValueError:
 
 
 #: The reference: plain Python everywhere (the escaper too).
-_pure_dumps = _make_encoder(_quote_pure)
+pure_dumps = make_encoder(quote_pure)

@@ -275,7 +275,7 @@ def _find(name: str) -> Path:
         name, ", ".join(names) if names else "none (no profiles directory found)"))
 
 
-def _toml_loads(what: str = "reading board profiles") -> Callable[[str], Dict[str, Any]]:
+def toml_loads(what: str = "reading board profiles") -> Callable[[str], Dict[str, Any]]:
     """tomllib's ``loads`` (or tomli's on Python < 3.11); ``what`` needs it."""
     if sys.version_info >= (3, 11):
         import tomllib
@@ -304,7 +304,7 @@ def load(name_or_path: PathLike) -> BoardProfile:
     """
     path = Path(os.fspath(name_or_path)) if _is_path(name_or_path) else _find(str(name_or_path))
     where = str(path)
-    loads = _toml_loads()
+    loads = toml_loads()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -80,11 +80,11 @@ def check_files(read: Read, path: Callable[[str], Optional[str]],
     :raises CorruptionError: damage in the header slot or wal records in use.
     """
     from ._pure.store import SLOT_SIZE
-    from ._pure.wal import _parse_record, _parse_slot
+    from ._pure.wal import parse_record, parse_slot
 
     warnings: List[str] = []
     header = read("header")
-    slots = [_parse_slot(header, i) for i in (0, 1)]
+    slots = [parse_slot(header, i) for i in (0, 1)]
     valid = [s for s in slots if s is not None]
     if not valid:
         raise CorruptionError("no header slot checks", path("header"))
@@ -96,13 +96,13 @@ def check_files(read: Read, path: Callable[[str], Optional[str]],
         return warnings   # another format version: opening refuses it
     generation = current.generation
     wal = read("wal")
-    first = _parse_record(wal, 0)
+    first = parse_record(wal, 0)
     if first is not None and first.generation > generation:
         raise CorruptionError("the header slot in use does not check (the wal is newer)",
                               path("header"))
     off, seq, prev = 0, 0, 0
     while True:
-        rec = _parse_record(wal, off)
+        rec = parse_record(wal, off)
         if rec is None or rec.generation != generation or rec.seq != seq \
                 or rec.prev_crc != prev:
             break
@@ -112,7 +112,7 @@ def check_files(read: Read, path: Callable[[str], Optional[str]],
     later = []            # records of the generation further on that check
     for at in range(off, len(wal) - 15, 8):     # (a frame's generation: bytes 8..16)
         if _GENERATION.unpack_from(wal, at + 8)[0] == generation:
-            rec = _parse_record(wal, at)
+            rec = parse_record(wal, at)
             if rec is not None and rec.generation == generation:
                 later.append(rec)
             elif at == off:
@@ -140,16 +140,16 @@ def _damaged_stale(wal: bytes, start: int, generation: int) -> List[int]:
     and right after each stale record that checks (the next of its
     generation) - and its frame is judged by the fields before its checksum.
     Elsewhere, the bytes may be the middle of an older record."""
-    from ._pure.wal import _parse_record
+    from ._pure.wal import parse_record
     damaged: List[int] = []
     # offset -> (generation, seq) expected there (None: any earlier generation)
     starts: Dict[int, Optional[Tuple[int, int]]] = {start: None}
     for at in range(start, len(wal) - 8, 8):    # every stale record that checks
-        rec = _parse_record(wal, at)
+        rec = parse_record(wal, at)
         if rec is not None and rec.generation < generation:
             starts[rec.end] = (rec.generation, rec.seq + 1)
     for at, expect in sorted(starts.items()):
-        if at + 8 + _HEAD.size > len(wal) or _parse_record(wal, at) is not None:
+        if at + 8 + _HEAD.size > len(wal) or parse_record(wal, at) is not None:
             continue
         length, gen, seq = _HEAD.unpack_from(wal, at + 4)
         fits = _RECORD_FIXED <= length <= len(wal) - at - 8

@@ -5,6 +5,9 @@
  * directory created like `mkdir -p` and fsync'ed after a file is created in
  * it, pread/pwrite loops, fdatasync, ftruncate, fstat, flock(LOCK_EX|LOCK_NB).  On failure errno is
  * left as the failing call set it (the core reads it for cm_core_errno).
+ * The tree, data and secret key files opened read-write (by the holder of
+ * the store lock: no one else writes them) are measured once, when opened,
+ * and their size is then kept: opening a store costs no fstat per check.
  *
  * Write-behind: the tree and data files are rebuilt from the wal after a
  * crash (docs/format.md: a checkpoint syncs them before the wal is retired),
@@ -43,7 +46,9 @@ typedef struct posix_file {
     uint8_t *wb;         /* bytes [wb_off, wb_off + wb_len) not written yet */
     size_t wb_len;
     uint64_t wb_off;
-    uint64_t disk_size;  /* the file's size on disk (kept for behind files) */
+    uint64_t disk_size;  /* the file's size on disk (kept for behind and private files) */
+    int size_known;      /* disk_size is exact: read-write (only the lock holder writes
+                          * it) and measured when opened, so px_size needs no fstat */
 } posix_file;
 
 static int write_behind(const char *name) {
@@ -121,8 +126,8 @@ static char *join(const char *dir, const char *name) {
 }
 
 /* A private file (the secret key) opened as fd: a regular file that group
- * and others cannot access, or CM_ERR_INSECURE (fd closed). */
-static int private_ok(int fd) {
+ * and others cannot access, or CM_ERR_INSECURE (fd closed); *size its size. */
+static int private_ok(int fd, uint64_t *size) {
     struct stat st;
     int rc = CM_OK;
     if (fstat(fd, &st) < 0) {
@@ -135,6 +140,8 @@ static int private_ok(int fd) {
         int e = errno;
         close(fd);
         errno = e;
+    } else {
+        *size = (uint64_t)st.st_size;
     }
     return rc;
 }
@@ -143,7 +150,8 @@ static int px_open(void *ctx, const char *name, int flags, void **file) {
     posix_ctx *c = (posix_ctx *)ctx;
     posix_file *f;
     char *path;
-    int fd;
+    uint64_t size = 0;
+    int fd, rc;
     /* the secret key: never through a symlink, created exclusively */
     int private_flags = (flags & CM_IO_PRIVATE) ? O_NOFOLLOW : 0;
     *file = NULL;
@@ -186,10 +194,7 @@ static int px_open(void *ctx, const char *name, int flags, void **file) {
         return CM_ERR_IO;
     }
     free(path);
-    if (private_flags) {
-        int rc = private_ok(fd);
-        if (rc != CM_OK) return rc;
-    }
+    if (private_flags && (rc = private_ok(fd, &size)) != CM_OK) return rc;
     f = (posix_file *)malloc(sizeof(*f));
     if (!f) {
         close(fd);
@@ -207,8 +212,12 @@ static int px_open(void *ctx, const char *name, int flags, void **file) {
             errno = e;
             return CM_ERR_IO;
         }
-        f->disk_size = (uint64_t)st.st_size;
+        size = (uint64_t)st.st_size;
     }
+    f->disk_size = size;
+    /* A snapshot's files grow under it (the writer holds the lock): measured
+     * each time.  Otherwise every write comes through this handle. */
+    f->size_known = (f->behind || private_flags) && !(flags & CM_IO_READONLY);
     *file = f;
     return CM_OK;
 }
@@ -321,7 +330,7 @@ static int px_write(void *ctx, void *file, const uint8_t *buf, size_t len, uint6
     int rc;
     (void)ctx;
     if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off) return CM_ERR_RANGE;
-    if (!f->behind) return pwrite_all(f->fd, buf, len, off);
+    if (!f->behind) return file_write(f, buf, len, off);
     if (wb_take(f, buf, len, off) == 0) return CM_OK;
     if (f->wb_len > 0 && off + len >= f->wb_off) {
         /* it touches a full window, or the tail moved far past it: the window
@@ -368,8 +377,12 @@ static int px_size(void *ctx, void *file, uint64_t *size) {
     posix_file *f = (posix_file *)file;
     struct stat st;
     (void)ctx;
-    if (fstat(f->fd, &st) < 0) return CM_ERR_IO;
-    *size = (uint64_t)st.st_size;
+    if (f->size_known) {
+        *size = f->disk_size;
+    } else {
+        if (fstat(f->fd, &st) < 0) return CM_ERR_IO;
+        *size = (uint64_t)st.st_size;
+    }
     if (f->wb_len > 0 && f->wb_off + f->wb_len > *size) *size = f->wb_off + f->wb_len;
     return CM_OK;
 }

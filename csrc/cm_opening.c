@@ -26,6 +26,7 @@ static void core_free(cm_core *c) {
     free(c->scratch);
     free(c->msg);
     free(c->chk);
+    free(c->vcache);
     sodium_memzero(c->secret, sizeof(c->secret));
     free(c);
 }
@@ -248,15 +249,17 @@ static int load_header(cm_core *c, const cm__hdr *h, const cm_open_opts *o) {
     return open_data_files(c);
 }
 
-/* Both header slots: valid[i] if slot i parses at its place. */
+/* Both header slots, in one read: valid[i] if slot i parses at its place. */
 static int read_slots(cm_core *c, uint8_t slots[2][SLOT_SIZE], cm__hdr h[2], int valid[2]) {
     size_t got;
     int i, rc;
+    memset(slots, 0, 2 * SLOT_SIZE);
+    rc = cm__io_read(c, CM_FILE_HEADER, slots[0], 2 * SLOT_SIZE, 0, &got);
+    if (rc != CM_OK) return rc;
     for (i = 0; i < 2; i++) {
-        memset(slots[i], 0, SLOT_SIZE);
-        rc = cm__io_read(c, CM_FILE_HEADER, slots[i], SLOT_SIZE, (uint64_t)i * SLOT_SIZE, &got);
-        if (rc != CM_OK) return rc;
-        valid[i] = cm__hdr_parse(slots[i], got, &h[i]) && (h[i].seq % 2) == (uint64_t)i;
+        size_t in_slot = got > (size_t)i * SLOT_SIZE ? got - (size_t)i * SLOT_SIZE : 0;
+        if (in_slot > SLOT_SIZE) in_slot = SLOT_SIZE;
+        valid[i] = cm__hdr_parse(slots[i], in_slot, &h[i]) && (h[i].seq % 2) == (uint64_t)i;
     }
     return CM_OK;
 }

@@ -75,6 +75,11 @@ typedef struct cm__overlay {
     uint64_t records;
 } cm__overlay;
 
+typedef struct cm__vslot {
+    cm_node node;
+    uint64_t gen; /* valid while it is the core's vgen (never 0) */
+} cm__vslot;
+
 struct cm_core {
     cm_io io;
     void *f[6]; /* by cm_file_id */
@@ -127,11 +132,10 @@ struct cm_core {
 
     /* Tree nodes verified by earlier walks (cm_treefile.c; a node never
      * changes until a truncation, which bumps vgen): sequential reads and
-     * proofs then re-verify only the few lowest levels. Fixed size, by index. */
-    struct {
-        cm_node node;
-        uint64_t gen;
-    } vcache[CM_VCACHE];
+     * proofs then re-verify only the few lowest levels. CM_VCACHE slots by
+     * index, allocated zeroed at the first walk (an open that reads nothing
+     * clears none of them). */
+    cm__vslot *vcache;
     uint64_t vgen;
 };
 

@@ -3,6 +3,7 @@
  * slots, verified walks from the signed roots with a cache of verified nodes,
  * the roots on open, node queries.  Twin: _pure/treefile.py.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cm_store.h"
@@ -53,15 +54,25 @@ int cm__tree_read_slots(cm_core *c, uint64_t first, size_t count, cm_node *out) 
     return CM_OK;
 }
 
+/* A node's cache slot: its index, mixed (Fibonacci hashing).  By index
+ * alone, every node above level 10 would share one slot (its low ten bits
+ * are all ones) and every walk would read them again. */
+static size_t vcache_slot(uint64_t index) {
+    return (size_t)((index * UINT64_C(0x9E3779B97F4A7C15)) >> 32) % CM_VCACHE;
+}
+
 static int vcache_get(const cm_core *c, uint64_t index, cm_node *out) {
-    size_t slot = (size_t)(index % CM_VCACHE);
-    if (c->vcache[slot].gen != c->vgen || c->vcache[slot].node.index != index) return 0;
+    size_t slot = vcache_slot(index);
+    if (!c->vcache || c->vcache[slot].gen != c->vgen || c->vcache[slot].node.index != index)
+        return 0;
     *out = c->vcache[slot].node;
     return 1;
 }
 
 static void vcache_put(cm_core *c, const cm_node *n) {
-    size_t slot = (size_t)(n->index % CM_VCACHE);
+    size_t slot = vcache_slot(n->index);
+    if (!c->vcache && !(c->vcache = (cm__vslot *)calloc(CM_VCACHE, sizeof(cm__vslot))))
+        return; /* no memory for it: later walks verify these nodes again */
     c->vcache[slot].node = *n;
     c->vcache[slot].gen = c->vgen;
 }

@@ -347,23 +347,40 @@ int cm__maybe_checkpoint(cm_core *c) {
     return rc;
 }
 
+#define SIZE_UNKNOWN UINT64_MAX
+
+/* What frame_at found at `off`: bytes there (up to a record head) and, if
+ * it read a whole head, its generation (else the one asked for). */
+typedef struct frame_head {
+    uint64_t got;
+    uint64_t gen;
+} frame_head;
+
 /* Read and check the record at `off`: 1 if it is a valid record (CRC and
  * layout) of generation `gen` (any generation if any_gen), with the payload
- * left in scratch + 8 and *v filled. */
-static int frame_at(cm_core *c, uint64_t off, uint64_t size, uint64_t gen, int any_gen,
-                    cm__rec_view *v, uint32_t *crc_out, int *err) {
+ * left in scratch + 8 and *v filled.  *size is the wal's size, measured here
+ * when SIZE_UNKNOWN and a record of the generation needs it (a clean open
+ * stops at a head of an older one without it). */
+static int frame_at(cm_core *c, uint64_t off, uint64_t *size, uint64_t gen, int any_gen,
+                    cm__rec_view *v, uint32_t *crc_out, int *err, frame_head *seen) {
     uint8_t head[8 + REC_FIXED];
     size_t got;
     uint32_t plen;
-    uint64_t g;
     *err = CM_OK;
-    if (off > size || size - off < sizeof(head)) return 0;
+    seen->got = 0;
+    seen->gen = gen;
+    if (*size != SIZE_UNKNOWN && (off > *size || *size - off < sizeof(head))) {
+        seen->got = off < *size ? *size - off : 0;
+        return 0;
+    }
     if ((*err = cm__io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK) return 0;
+    seen->got = got;
     if (got < sizeof(head)) return 0;
     plen = cm__get_u32(head + 4);
-    g = cm__get_u64(head + 8);
-    if (plen < REC_FIXED || plen > MAX_RECORD || plen > size - off - 8) return 0;
-    if (!any_gen && g != gen) return 0; /* another generation: no need to hash it */
+    seen->gen = cm__get_u64(head + 8);
+    if (!any_gen && seen->gen != gen) return 0; /* another generation: no need to hash it */
+    if (*size == SIZE_UNKNOWN && (*err = cm__io_size(c, CM_FILE_WAL, size)) != CM_OK) return 0;
+    if (plen < REC_FIXED || plen > MAX_RECORD || plen > *size - off - 8) return 0;
     if ((*err = cm__scratch_reserve(c, (uint64_t)plen + 8)) != CM_OK) return 0;
     memcpy(c->scratch, head, sizeof(head));
     if (plen > REC_FIXED) {
@@ -398,10 +415,12 @@ static int later_durable(cm_core *c, uint64_t from, uint64_t size, uint64_t seq,
             uint64_t pos = base + i;
             cm__rec_view v;
             uint32_t crc;
+            frame_head seen;
             int err;
             if (cm__get_u64(buf + i + 8) != c->wal_gen || cm__get_u64(buf + i + 24) <= seq)
                 continue; /* cheap filter: generation and durable_count */
-            if (frame_at(c, pos, size, c->wal_gen, 0, &v, &crc, &err) && v.durable_count > seq) {
+            if (frame_at(c, pos, &size, c->wal_gen, 0, &v, &crc, &err, &seen) &&
+                v.durable_count > seq) {
                 *found = 1;
                 break;
             }
@@ -416,15 +435,18 @@ static int later_durable(cm_core *c, uint64_t from, uint64_t size, uint64_t seq,
 }
 
 int cm__replay(cm_core *c, cm_recovery *rec, int *torn) {
-    uint64_t size, off = 0, seq = 0;
+    uint64_t size = SIZE_UNKNOWN, off = 0, seq = 0;
     uint32_t prev = 0;
+    frame_head seen;
     int rc, found;
     *torn = 0;
-    if ((rc = cm__io_size(c, CM_FILE_WAL, &size)) != CM_OK) return rc;
+    /* A snapshot reads the wal as it was when it started (the writer may
+     * append meanwhile); under the lock it does not change. */
+    if (c->readonly && (rc = cm__io_size(c, CM_FILE_WAL, &size)) != CM_OK) return rc;
     for (;;) {
         cm__rec_view v;
         uint32_t crc;
-        if (!frame_at(c, off, size, c->wal_gen, 0, &v, &crc, &rc)) {
+        if (!frame_at(c, off, &size, c->wal_gen, 0, &v, &crc, &rc, &seen)) {
             if (rc != CM_OK) return rc;
             break;
         }
@@ -448,27 +470,22 @@ int cm__replay(cm_core *c, cm_recovery *rec, int *torn) {
         c->wal_synced = seq;
         return CM_OK;
     }
-    if (off < size) {
-        /* Where replay stopped: an older generation (read without its CRC)
-         * is a clean end; a valid record of a newer one means the header
-         * slot that started it was lost; anything else is a torn tail. */
-        uint8_t head[8 + REC_FIXED];
-        size_t got = 0;
-        int older = 0;
-        if (size - off >= sizeof(head)) {
-            uint64_t g;
-            if ((rc = cm__io_read(c, CM_FILE_WAL, head, sizeof(head), off, &got)) != CM_OK)
-                return rc;
-            g = cm__get_u64(head + 8);
-            if (got == sizeof(head) && g < c->wal_gen) older = 1;
-            if (got == sizeof(head) && g > c->wal_gen) {
-                cm__rec_view v;
-                uint32_t crc;
-                if (frame_at(c, off, size, 0, 1, &v, &crc, &rc))
-                    return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
-                if (rc != CM_OK) return rc;
-            }
+    if (seen.got > 0) {
+        /* Where replay stopped (the wal goes on): an older generation (read
+         * without its CRC) is a clean end; a valid record of a newer one
+         * means the header slot that started it was lost; anything else is
+         * a torn tail. */
+        int older = seen.gen < c->wal_gen;
+        if (seen.gen > c->wal_gen) {
+            cm__rec_view v;
+            uint32_t crc;
+            frame_head again;
+            if (frame_at(c, off, &size, 0, 1, &v, &crc, &rc, &again))
+                return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_HEADER);
+            if (rc != CM_OK) return rc;
         }
+        if (!older && size == SIZE_UNKNOWN && (rc = cm__io_size(c, CM_FILE_WAL, &size)) != CM_OK)
+            return rc;
         if (!older) {
             if ((rc = later_durable(c, off, size, seq, &found)) != CM_OK) return rc;
             if (found) return cm__fail(c, CM_ERR_CORRUPT, CM_FILE_WAL);

@@ -23,7 +23,7 @@ from .crypto import Verifier, default_manifest, keypair_from_seed, manifest_hash
 from .replica import Replica
 from .snapshot import Overlay
 from .store import HF_COMPAT, HF_MANIFEST, NODE_SLOT, SLOT_SIZE
-from .wal import _parse_slot, _Slot
+from .wal import parse_slot, Slot
 from .writer import Writer
 
 
@@ -159,11 +159,11 @@ class Log(Writer, Replica, Blocks):
         if error is not None:
             raise error
 
-    def _newest_slot(self, files: List[File], create: bool) -> Optional[_Slot]:
+    def _newest_slot(self, files: List[File], create: bool) -> Optional[Slot]:
         """The valid header slot with the highest seq; None if there is none
         and a store is to be created."""
         raw = self._header.read(2 * SLOT_SIZE, 0)
-        valid = [s for s in (_parse_slot(raw, 0), _parse_slot(raw, 1)) if s is not None]
+        valid = [s for s in (parse_slot(raw, 0), parse_slot(raw, 1)) if s is not None]
         if not valid:
             # A torn first header with nothing else written is an interrupted
             # creation (or, for a snapshot, one under way): nothing to lose.
@@ -179,7 +179,7 @@ class Log(Writer, Replica, Blocks):
         self.recovery["header_fallback"] = int(len(valid) == 1 and any(other))
         return slot
 
-    def _load_state(self, slot: _Slot, storage: Any, secret_key: Optional[bytes],
+    def _load_state(self, slot: Slot, storage: Any, secret_key: Optional[bytes],
                     key: Optional[bytes], manifest: Optional[bytes]) -> None:
         """The state of ``slot`` plus the records after it, checked: the roots
         against the tree hash, a replica's signature."""
@@ -205,7 +205,7 @@ class Log(Writer, Replica, Blocks):
             raise self._damaged("a writer that lacks blocks", "header")
         self._contig_bytes = self._prefix_bytes(self.contiguous)
 
-    def _load_header(self, slot: _Slot, storage: Any, secret_key: Optional[bytes],
+    def _load_header(self, slot: Slot, storage: Any, secret_key: Optional[bytes],
                      key: Optional[bytes], manifest: Optional[bytes]) -> None:
         """The state of an existing store, from its newest header slot."""
         if (slot.flags & ~(HF_COMPAT | HF_MANIFEST) or slot.flags == HF_COMPAT | HF_MANIFEST

@@ -29,7 +29,7 @@ def _pad8(n: int) -> int:
     return (n + 7) & ~7
 
 
-class _Record:
+class Record:
     """A decoded WAL record."""
 
     __slots__ = ("crc", "end", "generation", "seq", "durable_count", "prev_crc", "flags",
@@ -58,7 +58,9 @@ class _Record:
     manifest: Optional[bytes]
 
 
-def _parse_record(buf: bytes, off: int) -> Optional[_Record]:
+def parse_record(buf: bytes, off: int) -> Optional[Record]:
+    """The record at ``off`` of the wal bytes ``buf``, or None if it does not
+    check (C: ``frame_at`` and ``rec_parse`` in ``cm_wal.c``)."""
     if off + 8 + _RECORD.size > len(buf):
         return None
     crc, plen = _FRAME.unpack_from(buf, off)
@@ -77,7 +79,7 @@ def _parse_record(buf: bytes, off: int) -> Optional[_Record]:
             or doff > _U64_MAX - dlen or tt > _U64_MAX // NODE_SLOT
             or (flags & RF_MANIFEST and not manlen)):
         return None  # a valid CRC over an inconsistent layout (as cm_wal.c's rec_parse)
-    r = _Record()
+    r = Record()
     r.crc, r.end = crc, off + _pad8(8 + plen)
     r.generation, r.seq, r.durable_count, r.prev_crc, r.flags = gen, seq, durable, prev, flags
     r.fork, r.length, r.contiguous, r.byte_length, r.tree_hash = fork, length, contig, blen, th
@@ -97,7 +99,9 @@ def _parse_record(buf: bytes, off: int) -> Optional[_Record]:
     return r
 
 
-class _Slot:
+class Slot:
+    """A decoded header slot (C: ``cm__hdr``)."""
+
     __slots__ = ("seq", "version", "flags", "key", "fork", "length", "contiguous",
                  "byte_length", "tree_hash", "generation", "signature", "manifest")
     seq: int
@@ -114,10 +118,11 @@ class _Slot:
     manifest: Optional[bytes]
 
 
-def _parse_slot(raw: bytes, i: int) -> Optional[_Slot]:
+def parse_slot(raw: bytes, i: int) -> Optional[Slot]:
     """Slot ``i`` of the header file, or None if it is not a valid slot.  A
     valid slot of another format version has only ``version`` and ``seq``
-    read: the first BODY_STABLE bytes of a body are the same in every version."""
+    read: the first BODY_STABLE bytes of a body are the same in every version
+    (C: ``cm__hdr_parse``)."""
     s = raw[SLOT_SIZE * i:SLOT_SIZE * (i + 1)]
     if len(s) < 8 + BODY_STABLE:
         return None
@@ -127,7 +132,7 @@ def _parse_slot(raw: bytes, i: int) -> Optional[_Slot]:
     magic, version, seq = _STABLE.unpack_from(s, 8)
     if magic != MAGIC or seq % 2 != i:
         return None
-    slot = _Slot()
+    slot = Slot()
     slot.seq, slot.version = seq, version
     if not caps.FORMAT_OLDEST <= version <= caps.FORMAT_VERSION:
         return slot  # refused on open, with the version in the message (the
@@ -157,7 +162,7 @@ class Wal(StoreState):
         self._durable_count = 0
         self._unsynced = False
 
-    def _frame(self, off: int, size: int, any_generation: bool = False) -> Optional[_Record]:
+    def _frame(self, off: int, size: int, any_generation: bool = False) -> Optional[Record]:
         """The valid record at ``off`` of the wal, or None.  Frames of another
         generation are rejected before their CRC is computed."""
         head = self._wal.read(8 + _RECORD.size, off)
@@ -169,7 +174,7 @@ class Wal(StoreState):
                 or (generation != self._generation and not any_generation)):
             return None
         rest = self._wal.read(8 + plen - len(head), off + len(head))
-        rec = _parse_record(head + rest, 0)
+        rec = parse_record(head + rest, 0)
         if rec is not None:
             rec.end += off
         return rec
@@ -228,7 +233,7 @@ class Wal(StoreState):
         while pos >= 0:
             start = pos - 8
             if (off + start) % 8 == 0:
-                rec = _parse_record(tail, start)
+                rec = parse_record(tail, start)
                 if rec is not None and rec.generation == self._generation \
                         and rec.durable_count > self._seq:
                     raise self._damaged("wal record %d is damaged but had been synced"

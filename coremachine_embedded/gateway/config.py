@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-from ..boards import _toml_loads
+from ..boards import toml_loads
 from ..errors import ConfigError, InvalidArgumentError
 from ..logs import FORMATS as LOG_FORMATS, LEVELS as LOG_LEVELS
 
@@ -218,7 +218,7 @@ def loads(text: str, path: str = "<config>") -> GatewayConfig:
     are relative to ``path``'s folder)."""
     lines = _Lines(text)
     try:
-        data = _toml_loads("reading the gateway configuration")(text)
+        data = toml_loads("reading the gateway configuration")(text)
     except ValueError as e:  # tomllib.TOMLDecodeError
         message = str(e)
         m = re.search(r"\(at line (\d+), column \d+\)", message)

@@ -103,10 +103,18 @@ class _State:
 
 
 class Fanout:
-    """The endpoint's side of fan-out links (see module docstring)."""
+    """The endpoint's side of fan-out links (see module docstring).
 
-    def __init__(self, endpoint: "Endpoint") -> None:
+    It drives ``endpoint`` through its public methods only: ``seal`` (an
+    envelope with the endpoint's session and next counter), ``announce`` (a
+    core changed), ``send_sync``, ``hello`` and ``pump``, ``open_envelope``;
+    ``entries`` is the endpoint's map of cores by discovery key (read, never
+    changed here)."""
+
+    def __init__(self, endpoint: "Endpoint", entries: Dict[bytes, "Entry"]) -> None:
         self.ep = endpoint
+        self.entries = entries
+        self.links: List[Any] = []    # the attached links that fan out
         self._states: Dict[bytes, _State] = {}
 
     def _state(self, entry: "Entry") -> _State:
@@ -114,9 +122,6 @@ class Fanout:
         if st is None:
             st = self._states[entry.dk] = _State()
         return st
-
-    def _links(self) -> List[Any]:
-        return [link for link in self.ep._links if getattr(link, "broadcasts", False)]
 
     def head_of(self, entry: "Entry") -> Optional[Tuple[int, int]]:
         """The newest (fork, length) a verified head showed for ``entry``, if any."""
@@ -128,8 +133,9 @@ class Fanout:
     def attach(self, link: Any) -> None:
         if not getattr(link, "broadcasts", False):
             return
+        self.links.append(link)
         link.on_connect = lambda: self.connected(link)
-        for entry in list(self.ep._entries.values()):
+        for entry in list(self.entries.values()):
             self._watch_on(entry, link)
 
     def serve(self, entry: "Entry") -> None:
@@ -139,13 +145,13 @@ class Fanout:
 
     def watch(self, entry: "Entry") -> None:
         """(Re)subscribe ``entry``'s topics on every fan-out link."""
-        for link in self._links():
+        for link in self.links:
             self._watch_on(entry, link)
 
     def forget(self, entry: "Entry") -> None:
         """``entry`` left the endpoint: its topics are unsubscribed."""
         self._states.pop(entry.dk, None)
-        for link in self._links():
+        for link in self.links:
             link.unwatch(entry.dk)
 
     def _watch_on(self, entry: "Entry", link: Any) -> None:
@@ -166,7 +172,7 @@ class Fanout:
                  force: bool = False) -> None:
         """A writer's core changed: publish its head, and the live block."""
         core = entry.core
-        links = self._links() if links is None else links
+        links = self.links if links is None else links
         if not core.writable or not links:
             return
         st = self._state(entry)
@@ -192,10 +198,7 @@ class Fanout:
         self.ep.counters.inc("tx_broadcasts", len(links) * (2 if live else 1))
 
     def _seal(self, entry: "Entry", proof: bytes) -> bytes:
-        ep = self.ep
-        ep._counter += 1
-        payload = wire.encode_payload(ep.session, ep._counter, bytes(8), [(wire.DATA, proof)])
-        return wire.seal(entry.wire_key, entry.dk, payload)
+        return self.ep.seal(entry, bytes(8), [(wire.DATA, proof)])
 
     # --- a link came (back) -----------------------------------------------------------
 
@@ -204,7 +207,7 @@ class Fanout:
         publish heads again, tell live peers our length, and retry at once."""
         ep = self.ep
         ep.counters.inc("reconnects")
-        for entry in list(ep._entries.values()):
+        for entry in list(self.entries.values()):
             self.announce(entry, [link], force=True)
             for peer in entry.peers.values():
                 if peer.link is link:
@@ -217,7 +220,7 @@ class Fanout:
                     download.upgrade.deadline = 0.0
                 entry.last_keepalive = 0.0
                 self._nudge(entry)
-            ep._announce(entry)
+            ep.announce(entry)
 
     def _nudge(self, entry: "Entry") -> None:
         """Ask the source for its state now (a newer head was seen, or the link is back)."""
@@ -226,9 +229,9 @@ class Fanout:
             return
         peer = entry.source_peer()
         if peer is not None and peer.ready:
-            ep._send_sync(entry, peer, force=True)
+            ep.send_sync(entry, peer, force=True)
         else:
-            ep._hello(entry, entry.source[0], entry.source[1], peer)
+            ep.hello(entry, entry.source[0], entry.source[1], peer)
 
     # --- receiving --------------------------------------------------------------------
 
@@ -269,7 +272,7 @@ class Fanout:
             entry.download.on_broadcast(body)  # verified, or dropped_invalid_proof
             if (core.fork, core.length) != before:
                 c.inc("broadcasts_applied")
-            ep._pump(entry)
+            ep.pump(entry)
         elif start == 0:
             if claim <= st.head:
                 c.inc("duplicates")  # a head we verified already

@@ -85,7 +85,7 @@ class Endpoint:
         self._timer: Optional["asyncio.Task[None]"] = None
         self._active: Set[Entry] = set()    # pulls the timer visits every tick
         self.links = congestion.Links()     # congestion windows, per peer pulled from
-        self._fanout = Fanout(self)   # signed heads on links that fan out (MQTT)
+        self._fanout = Fanout(self, self._entries)   # signed heads on fan-out links (MQTT)
 
     # --- setup ----------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class Endpoint:
             entry = self._entries[dk] = Entry(core, Download(core, self.counters,
                                                               self.max_run))
             self._loop = self._loop or asyncio.get_running_loop()
-            entry.unsubscribe = serving.watch(core, self._loop, lambda: self._announce(entry))
+            entry.unsubscribe = serving.watch(core, self._loop, lambda: self.announce(entry))
         return entry
 
     async def pull(self, core: Core, link: Any, addr: Any = None, *, live: bool = False,
@@ -134,7 +134,7 @@ class Endpoint:
         entry.download.resume()
         self._active.add(entry)
         self._fanout.watch(entry)
-        self._hello(entry, link, addr)
+        self.hello(entry, link, addr)
         try:
             if live:
                 await asyncio.Event().wait()
@@ -174,7 +174,7 @@ class Endpoint:
         entry = self._entries.get(core.discovery_key)
         if entry is None or entry.core is not core or not entry.pulling or entry.source is None:
             return False
-        self._hello(entry, *entry.source, entry.source_peer())
+        self.hello(entry, *entry.source, entry.source_peer())
         return True
 
     async def close(self) -> None:
@@ -222,14 +222,14 @@ class Endpoint:
         if not peer.ready or (first and greeted):
             # we lack its cookie (we forgot it), or it told us its cookie
             # before it knew that we keep its state: greet it
-            self._hello(entry, link, addr, peer)
+            self.hello(entry, link, addr, peer)
         elif peer.outbox.messages and not peer.outbox.scheduled:
             self._flush(entry, peer)  # answers held while its cookie was unknown
         entry.next_check = 0.0   # an answer may have made asks due (or asked them again)
-        self._pump(entry)
+        self.pump(entry)
         if entry.source_peer() is peer:
             for waiting in self._link(peer).heard(time.monotonic()):
-                self._pump(waiting)   # pulls its answers made room for
+                self.pump(waiting)   # pulls its answers made room for
         return True
 
     def open_envelope(self, data: bytes) -> Optional[Tuple[Entry, wire.Payload]]:
@@ -266,7 +266,7 @@ class Endpoint:
         else:
             echo = their
             messages += entry.announcement()
-        envelope = self._seal(entry, echo, messages)
+        envelope = self.seal(entry, echo, messages)
         if len(envelope) > sessions.AMPLIFICATION * received:
             return False
         loop = self._loop or asyncio.get_running_loop()
@@ -287,7 +287,7 @@ class Endpoint:
             peer.echo = msg.cookie
             peer.live = bool(msg.flags & wire.HELLO_PULL)
             peer.serves = bool(msg.flags & wire.HELLO_SERVE)
-            self._send_sync(entry, peer, force=True)
+            self.send_sync(entry, peer, force=True)
         elif kind == wire.SYNC:
             core = entry.core
             peer.fork, peer.length = msg.fork, msg.length
@@ -298,7 +298,7 @@ class Endpoint:
             elif (msg.remote_length, msg.fork) != (core.length, core.fork) or \
                     peer.told != (core.fork, core.length):
                 # a wrong remote length: our last SYNC to it was lost - send it again
-                self._send_sync(entry, peer, force=msg.remote_length != core.length)
+                self.send_sync(entry, peer, force=msg.remote_length != core.length)
         elif kind == wire.RANGE:
             if not msg.drop and msg.start == 0:
                 peer.contiguous = msg.length
@@ -330,7 +330,8 @@ class Endpoint:
 
     # --- serving ---------------------------------------------------------------------
 
-    def _send_sync(self, entry: Entry, peer: Peer, force: bool = False) -> None:
+    def send_sync(self, entry: Entry, peer: Peer, force: bool = False) -> None:
+        """Queue our state (SYNC, RANGE) for ``peer``, unless told (``force``: again)."""
         core = entry.core
         state = (core.fork, core.length)
         if not force and peer.told == state:
@@ -347,9 +348,10 @@ class Endpoint:
         for kind, body in answer.messages:
             self._queue(entry, peer, kind, body)
         if answer.resync is not None:
-            self._send_sync(entry, peer, force=answer.resync)
+            self.send_sync(entry, peer, force=answer.resync)
 
-    def _announce(self, entry: Entry) -> None:
+    def announce(self, entry: Entry) -> None:
+        """``entry``'s core changed: tell fan-out links and live pullers; pump."""
         self._fanout.announce(entry)
         now = time.monotonic()
         for peer in list(entry.peers.values()):
@@ -360,8 +362,8 @@ class Endpoint:
                     self.counters.inc("pushed")
                     self._queue(entry, peer, wire.DATA, proof)
                     peer.length = entry.core.length   # the SYNC tells it so
-                self._send_sync(entry, peer)
-        self._pump(entry)
+                self.send_sync(entry, peer)
+        self.pump(entry)
 
     # --- pulling ---------------------------------------------------------------------
 
@@ -369,7 +371,7 @@ class Endpoint:
         flags = wire.HELLO_SERVE | (wire.HELLO_PULL if entry.pulling else 0)
         return wire.HELLO, wire.Hello(flags, self.sessions.cookie(entry.dk, where)).encode()
 
-    def _hello(self, entry: Entry, link: Any, addr: Any, peer: Optional[Peer] = None) -> None:
+    def hello(self, entry: Entry, link: Any, addr: Any, peer: Optional[Peer] = None) -> None:
         """Greet the peer at ``addr``: our cookie for its address, queued with
         what goes to it, or alone if we do not know its cookie."""
         if peer is None:
@@ -384,9 +386,9 @@ class Endpoint:
         if peer.ready:
             self._queue(entry, peer, kind, body)
         else:
-            self._count_sent(link.send, self._seal(entry, NO_COOKIE, [(kind, body)]), addr)
+            self._count_sent(link.send, self.seal(entry, NO_COOKIE, [(kind, body)]), addr)
 
-    def _pump(self, entry: Entry) -> None:
+    def pump(self, entry: Entry) -> None:
         """Send whatever requests pulling ``entry`` needs now."""
         if not entry.pulling:
             return
@@ -410,7 +412,7 @@ class Endpoint:
             return
         if entry.live:
             # tell the source where we are, so that it can push what comes next
-            self._send_sync(entry, peer)
+            self.send_sync(entry, peer)
         if not entry.caught_up.is_set():
             entry.caught_up.set()
             # What pull() returns on is durable; a live pull's later updates are
@@ -506,12 +508,10 @@ class Endpoint:
         if not peer.ready:
             return
         for messages in peer.outbox.pack(budget(peer.link.mtu), full_only):
-            self._send(entry, peer, messages)
+            self._count_sent(peer.link.send, self.seal(entry, peer.echo, messages), peer.addr)
 
-    def _send(self, entry: Entry, peer: Peer, messages: List[Message]) -> None:
-        self._count_sent(peer.link.send, self._seal(entry, peer.echo, messages), peer.addr)
-
-    def _seal(self, entry: Entry, echo: bytes, messages: List[Message]) -> bytes:
+    def seal(self, entry: Entry, echo: bytes, messages: List[Message]) -> bytes:
+        """``messages`` for ``entry``'s core in an envelope echoing ``echo``."""
         self._counter += 1
         payload = wire.encode_payload(self.session, self._counter, echo, messages)
         return wire.seal(entry.wire_key, entry.dk, payload)
@@ -564,7 +564,7 @@ class Endpoint:
         if peer is None or not peer.ready or peer.length < 0:
             # no answer to our HELLO yet, or the SYNC answering it was lost
             if peer is None or flow.hello_due(now, peer.hello_sent, peer.hellos):
-                self._hello(entry, link, addr, peer)
+                self.hello(entry, link, addr, peer)
             return
         # A source quiet for KEEPALIVE may have lost our answers: ask it; any
         # other needs a SYNC per LIVE_REFRESH only (to keep pushing to us).
@@ -572,7 +572,7 @@ class Endpoint:
         if entry.live and (since > flow.LIVE_REFRESH or (
                 since > flow.KEEPALIVE and now - peer.last_seen > flow.KEEPALIVE)):
             entry.last_keepalive = now
-            self._send_sync(entry, peer, force=True)
+            self.send_sync(entry, peer, force=True)
         download = entry.download
         if not download.busy:
             return
@@ -596,4 +596,4 @@ class Endpoint:
             link.on_loss(len(expired), now)
             self._retry(entry, peer, expired)
         if retried or expired:   # (every envelope received pumps already)
-            self._pump(entry)
+            self.pump(entry)

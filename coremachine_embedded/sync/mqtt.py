@@ -533,10 +533,11 @@ def _subscribe(client: Any, topics: Iterable[str]) -> None:
 
 
 def _no_delay(client: Any, userdata: Any, sock: Any) -> None:
-    """Small envelopes go out at once (Nagle would hold a request ~40 ms)."""
-    raw = getattr(sock, "_sock", sock)  # paho may wrap the socket (TLS, websockets)
+    """Small envelopes go out at once (Nagle would hold a request ~40 ms).
+    ``sock`` is what paho 2's ``Client.socket()`` returns: a socket or, with
+    TLS, an ``ssl.SSLSocket`` (a socket too; we use no websockets)."""
     try:
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass  # not a TCP socket: nothing to tune
 

@@ -135,7 +135,7 @@ def test_verify_checks_header_slots_and_wal_records(tmp_path) -> None:
     a wal record in use is a CorruptionError naming the file; damage to an
     older copy (the other header slot, a record of an earlier generation)
     is a warning.  Found in an open store (damage after opening)."""
-    from coremachine_embedded._pure.wal import _parse_record
+    from coremachine_embedded._pure.wal import parse_record
     path = str(tmp_path / "s")
     with cm.Core(path, key_pair=cm.KeyPair.from_seed(bytes(32)), durability="none",
                  checkpoint_bytes=1 << 20) as core:
@@ -150,8 +150,8 @@ def test_verify_checks_header_slots_and_wal_records(tmp_path) -> None:
         core.append(b"c" * 40)                    # the live record, over A: B is stale
         core.flush()
         wal = open(os.path.join(path, "wal"), "rb").read()
-        live = _parse_record(wal, 0)
-        stale = _parse_record(wal, live.end)
+        live = parse_record(wal, 0)
+        stale = parse_record(wal, live.end)
         assert stale is not None and stale.generation < live.generation
         header = open(os.path.join(path, "header"), "rb").read()
         seqs = [struct.unpack_from("<Q", header, base + 16)[0] for base in (0, 4096)]
@@ -186,15 +186,15 @@ def test_verify_of_a_snapshot_judges_the_wal_as_opening_does(tmp_path) -> None:
     short is a torn write (a warning, and the writer's open drops it), while
     a damaged record that a later one says had been synced is a
     CorruptionError naming the wal - on the snapshot and on the writer's open."""
-    from coremachine_embedded._pure.wal import _parse_record
+    from coremachine_embedded._pure.wal import parse_record
     path = str(tmp_path / "s")
     make_store(path, clean=False)         # sync durability: each record says the last was synced
     wal = open(os.path.join(path, "wal"), "rb").read()
-    first = _parse_record(wal, 0)
-    second = _parse_record(wal, first.end)
+    first = parse_record(wal, 0)
+    second = parse_record(wal, first.end)
     assert second is not None and second.durable_count > first.seq
     ends = [first.end]
-    while (rec := _parse_record(wal, ends[-1])) is not None and rec.generation == first.generation:
+    while (rec := parse_record(wal, ends[-1])) is not None and rec.generation == first.generation:
         ends.append(rec.end)
     torn, damaged = str(tmp_path / "torn"), str(tmp_path / "damaged")
     for copy in (torn, damaged):

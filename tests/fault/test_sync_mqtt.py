@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any, Awaitable, Dict, List, TypeVar
@@ -56,6 +57,12 @@ async def serving(core: Core, url: str) -> Endpoint:
     ep = await sync.serve(core, url)
     await connected(ep)
     return ep
+
+
+def assert_no_delay(ep: Endpoint) -> None:
+    """The link's TCP connection (plain or TLS) sends small envelopes at once."""
+    sock = ep._links[0]._client.socket()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def test_a_20000_entry_machine_log_is_caught_up_through_the_broker(tmp_path: Any,
@@ -195,6 +202,7 @@ def test_a_late_subscriber_gets_the_signed_head_at_once(tmp_path: Any, broker: B
 
     async def main() -> List[Dict[str, int]]:
         server = await serving(writer, broker.url())
+        assert_no_delay(server)
         await asyncio.sleep(0.3)   # the head is published and retained
         await server.close()       # nobody serves any more
         out = []
@@ -316,6 +324,7 @@ def test_tls_with_a_password(tmp_path: Any) -> None:
 
     async def main() -> None:
         server = await serving(writer, good)
+        assert_no_delay(server)
         try:
             assert (await refused(wrong))["connect_failures"] >= 1     # the broker said no
             assert (await refused(no_ca))["connect_failures"] >= 1     # we did not trust it

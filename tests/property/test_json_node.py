@@ -196,7 +196,7 @@ def test_generated_values_match_node() -> None:
     # nested containers, surrogates and index keys really were generated
     text = repr(values)
     assert "\\ud8" in text or "\\udc" in text or "\\udd" in text or "\\ude" in text
-    assert any(isinstance(v, dict) and any(_json_ref._is_index(k) for k in v) for v in values)
+    assert any(isinstance(v, dict) and any(_json_ref.is_index(k) for k in v) for v in values)
     compare_with_node(values, {})
 
 

@@ -168,10 +168,10 @@ def test_exact_float_algorithm_equals_repr() -> None:
 
 
 def test_array_index_rule() -> None:
-    assert _json_ref._is_index("0") and _json_ref._is_index("4294967294")
+    assert _json_ref.is_index("0") and _json_ref.is_index("4294967294")
     for k in ("", "00", "01", "-1", "-0", "+1", "1.0", "4294967295", "99999999999",
               "\u0661", "1 ", "a"):
-        assert not _json_ref._is_index(k), k
+        assert not _json_ref.is_index(k), k
 
 
 # --- rejections -------------------------------------------------------------

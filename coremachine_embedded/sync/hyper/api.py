@@ -75,6 +75,10 @@ class Server:
         name = self._server.sockets[0].getsockname()
         return name[0], name[1]
 
+    async def listen(self, host: str, port: int) -> None:
+        """Accept connections on ``host``:``port`` (0: any free port)."""
+        self._server = await asyncio.start_server(self._on_connection, host, port)
+
     def lookup(self, discovery_key: bytes) -> Optional[ChannelPeer]:
         rep = self.replicators.get(discovery_key)
         return None if rep is None else rep.handler()
@@ -134,7 +138,7 @@ async def serve(cores: Cores, url: str, *, key_pair: Optional[KeyPair] = None,
     for rep in server.replicators.values():
         if not rep.core.writable:
             rep.pull()
-    server._server = await asyncio.start_server(server._on_connection, host, port)
+    await server.listen(host, port)
     return server
 
 
