@@ -457,10 +457,9 @@ class Endpoint:
         rtt = None if answered.sent is None else now - answered.sent
         peer.last_answer = now
         self._link(peer).on_answer(1, rtt, now)
-        if rtt is not None:
-            peer.rtt.sample(rtt)
-            if answered.early:
-                self._lost_before(entry, peer, answered.sent)
+        peer.rtt.answered(rtt)
+        if rtt is not None and answered.early:
+            self._lost_before(entry, peer, answered.sent)
 
     def _on_values(self, entry: Entry, peer: Peer, msg: wire.Values) -> None:
         now = time.monotonic()
@@ -468,6 +467,7 @@ class Endpoint:
         rtt = None if answered.sent is None else now - answered.sent
         peer.last_answer = now
         self._link(peer).on_answer(len(msg.values), rtt, now)
+        peer.rtt.answered(None)   # (a run's answer time includes packing it: no sample)
         if answered.sent is not None:
             self._lost_before(entry, peer, answered.sent)
 

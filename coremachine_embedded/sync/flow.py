@@ -9,7 +9,7 @@ link, with exponential backoff.  The retry timeout is RFC 6298's (smoothed RTT
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from .download import Ask, Download
 
@@ -40,7 +40,7 @@ class Rtt:
         self.srtt = INITIAL_SRTT
         self.rttvar = INITIAL_RTTVAR
         self.sampled = False
-        self.backoff = 1      # doubled by each timeout, reset by the next sample
+        self.backoff = 1      # doubled by each timeout, reset by the next answer
 
     def rto(self) -> float:
         return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar) * self.backoff)
@@ -50,6 +50,17 @@ class Rtt:
         answer gives a sample (RFC 6298, 5.5) - a swamped peer, or our own
         swamped loop, is not sent every request again and again."""
         self.backoff = min(self.backoff * 2, 1 << MAX_BACKOFF)
+
+    def answered(self, rtt: Optional[float]) -> None:
+        """An answer came: the backoff goes, and ``rtt`` (None when the answer
+        may be to any of several sends of its request, as Karn's algorithm
+        says) is a sample.  Any answer ends the backoff, as any acknowledgment
+        ends QUIC's (RFC 9002, 6.2.1): the peer is there.  Waiting for a
+        sample instead kept the end of a pull through 20% loss, where every
+        request left has been sent more than once, backing off for seconds."""
+        self.backoff = 1
+        if rtt is not None:
+            self.sample(rtt)
 
     def sample(self, rtt: float) -> None:
         self.backoff = 1
