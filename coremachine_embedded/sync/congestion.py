@@ -41,7 +41,7 @@ from typing import Any, Dict, Hashable, Iterator, List, Optional, Tuple
 
 from .flow import Rtt
 
-INITIAL_WINDOW = 32     # blocks in flight on a new link (grown by GAIN per round trip)
+INITIAL_WINDOW = 256    # blocks in flight on a new link: as many as one pull may have (Endpoint's window)
 MIN_WINDOW = 32         # the window never shrinks below this many blocks...
 MAX_WINDOW = 4096       # ...nor grows past this many
 MIN_SHARE = 1           # blocks one pull may always have in flight (none starves)
