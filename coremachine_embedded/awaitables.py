@@ -4,7 +4,7 @@ fast for the ``None``/``True``/``False`` that guards and actions return."""
 from __future__ import annotations
 
 from functools import partial
-from types import GeneratorType
+from types import FunctionType, GeneratorType
 from typing import Any
 
 _CO_COROUTINE = 0x80             # inspect.CO_COROUTINE
@@ -29,6 +29,8 @@ def close(awaitable: Any) -> None:
 
 def is_coroutine_function(fn: Any) -> bool:
     """``inspect.iscoroutinefunction(fn)``, also for bound methods and partials."""
+    if type(fn) is FunctionType:  # the common case, first
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
     while True:
         if isinstance(fn, partial):
             fn = fn.func

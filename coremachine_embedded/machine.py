@@ -36,7 +36,9 @@ table is compiled into the backend's ``Table`` (C in the C backend).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Mapping
+from types import FunctionType
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _backend, _json
 from .awaitables import is_coroutine_function
@@ -144,15 +146,17 @@ class MachineDefinition:
 
 
 def _is_async(fn: Optional[Callback]) -> bool:
-    return fn is not None and (is_coroutine_function(fn)
-                               or is_coroutine_function(getattr(fn, "__call__", None)))
+    # a callable object may have an async __call__; a function's is never async
+    return fn is not None and (is_coroutine_function(fn) or (
+        type(fn) is not FunctionType and is_coroutine_function(getattr(fn, "__call__", None))))
 
 
-def _callable_or_none(value: Any, where: str) -> Optional[Callback]:
+def _callable_or_none(value: Any, where: str, key: str = "") -> Optional[Callback]:
     if value is None:
         return None
     if not callable(value):
-        raise DefinitionError("%s must be callable, not %s" % (where, type(value).__name__))
+        raise DefinitionError("%s%s must be callable, not %s" % (where, key,
+                                                                 type(value).__name__))
     return value  # type: ignore[no-any-return]
 
 
@@ -248,8 +252,8 @@ def create_machine(config: Union[MachineDefinition, Mapping[str, Any]]) -> Machi
                 _name(target, "%s.target" % w)
                 if target not in ids:
                     raise DefinitionError("%s: unknown target state %r" % (w, target))
-            action = _callable_or_none(t.get("action"), "%s.action" % w)
-            guard = _callable_or_none(t.get("guard"), "%s.guard" % w)
+            action = _callable_or_none(t.get("action"), w, ".action")
+            guard = _callable_or_none(t.get("guard"), w, ".guard")
             if guard is None and k < len(specs) - 1:
                 raise DefinitionError("%s: only the last candidate may have no guard" % w)
             out.append(Transition(event, source, target, -1 if target is None else ids[target],
