@@ -12,18 +12,21 @@ import struct
 from typing import List, NamedTuple, Optional, Tuple
 
 from .caps import MAX_MANIFEST, MAX_PROOF_NODES, MAX_SIGNATURE, MAX_SIGNERS
-from .errors import DecodeError, TooLargeError
+from .errors import DecodeError, InvalidArgumentError, TooLargeError
 
 Node = Tuple[int, int, bytes]
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+ONE_BYTE = [bytes((n,)) for n in range(0xFD)]   # the one-byte uints, made once
 
 
 def encode_uint(n: int) -> bytes:
-    if n <= 0xFC:
-        return bytes((n,))
+    if 0 <= n <= 0xFC:
+        return ONE_BYTE[n]
+    if n < 0:
+        raise InvalidArgumentError("a uint cannot be negative: %d" % n)
     if n <= 0xFFFF:
         return b"\xfd" + _U16.pack(n)
     if n <= 0xFFFFFFFF:
@@ -35,6 +38,16 @@ def encode_uint(n: int) -> bytes:
 
 def encode_buffer(b: bytes) -> bytes:
     return encode_uint(len(b)) + b
+
+
+def encode_buffers(buffers: List[bytes]) -> bytes:
+    """The buffers one after another, each behind its length (a run's values)."""
+    parts = []
+    for b in buffers:
+        n = len(b)
+        parts.append(ONE_BYTE[n] if n <= 0xFC else encode_uint(n))
+        parts.append(b)
+    return b"".join(parts)
 
 
 def encode_nodes(nodes: List[Node]) -> bytes:
@@ -80,7 +93,13 @@ class Reader:
         return bytes(out)
 
     def buffer(self) -> bytes:
-        return self.fixed(self.uint())
+        n = self.uint()
+        end = self.pos + n
+        if end > len(self.buf):
+            raise DecodeError("message ends inside a %d-byte field" % n)
+        out = self.buf[self.pos:end]
+        self.pos = end
+        return bytes(out)
 
     def buffers(self, count: int) -> List[bytes]:
         """``count`` buffers in a row: :meth:`buffer` inlined for the one-byte

@@ -36,11 +36,12 @@ class Run:
         return len(self.values) == self.count - 1
 
     def add(self, first: int, values: Sequence[bytes]) -> None:
-        for k, v in enumerate(values):
-            i = first + k
-            if self.start < i < self.start + self.count and i not in self.values:
-                self.values[i] = v
-                self.bytes += len(v)
+        start, end, held, added = self.start, self.start + self.count, self.values, 0
+        for i, v in enumerate(values, first):
+            if start < i < end and i not in held:
+                held[i] = v
+                added += len(v)
+        self.bytes += added
 
     def wanted(self, need_first: bool) -> bytes:
         """The bitmap a retry asks with (wire.Run.wanted): the values not here

@@ -36,6 +36,7 @@ The window only bounds what is asked; which asks are retried and when is
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from typing import Any, Dict, Hashable, Iterator, List, Optional, Tuple
 
@@ -70,6 +71,7 @@ class LinkWindow:
         self.last_heard = 0.0   # when anything last came from there (for any core)
         self.last_used = now
         self._bases: List[Tuple[float, float]] = []   # (period start, lowest rtt in it)
+        self._base: Optional[float] = None            # the lowest of them
         self._recent: List[float] = []                # the last CURRENT_SAMPLES rtts
         self._recovery_until = 0.0                    # no further decrease before
         self.rtt = Rtt()   # the retry timing of every pull on the link (the endpoint samples it)
@@ -78,6 +80,7 @@ class LinkWindow:
         self.loss_rate: Optional[float] = None        # long-run fraction of asks lost
         self._epochs = 0                              # epochs that loss rate has seen
         self.epoch_loss = 0.0                         # ...and of the last finished epoch
+        self.forgotten = False   # swept by Links: a peer that kept it must look again
 
     # --- what a pull may ask ----------------------------------------------------------
 
@@ -119,7 +122,7 @@ class LinkWindow:
         in line, each at most once, while there is room (each should ask
         what it may as it comes)."""
         self.last_heard = now
-        return self._ready()
+        return self._ready() if self.waiting else iter(())
 
     def _ready(self) -> Iterator[Any]:
         for _ in range(len(self.waiting)):
@@ -137,7 +140,7 @@ class LinkWindow:
     @property
     def base_delay(self) -> Optional[float]:
         """The lowest round trip of the last BASE_PERIODS periods (None: no sample)."""
-        return min(b for _, b in self._bases) if self._bases else None
+        return self._base
 
     @property
     def queueing(self) -> float:
@@ -156,8 +159,10 @@ class LinkWindow:
         if not self._bases or now - self._bases[-1][0] >= BASE_PERIOD:
             self._bases.append((now, rtt))
             del self._bases[:-BASE_PERIODS]
+            self._base = min(b for _, b in self._bases)
         elif rtt < self._bases[-1][1]:
             self._bases[-1] = (self._bases[-1][0], rtt)
+            self._base = min(self._base, rtt) if self._base is not None else rtt
         self._recent.append(rtt)
         del self._recent[:-CURRENT_SAMPLES]
         off_target = max(-1.0, (TARGET - self.queueing) / TARGET)
@@ -216,11 +221,15 @@ class Links:
     def __init__(self) -> None:
         self._windows: Dict[Tuple[int, Any, bytes], LinkWindow] = {}
 
-    def of(self, peer: Any, now: float) -> LinkWindow:
+    def of(self, peer: Any) -> LinkWindow:
         """The window of the link to ``peer`` (a ``peers.Peer``), whose
         round-trip estimate becomes the link's (its greeting's round trip a
-        sample of it)."""
-        window = self.window(peer.link, peer.addr, peer.session, now)
+        sample of it).  The peer keeps it: it is looked up a few times for
+        every envelope."""
+        window: Optional[LinkWindow] = peer.window
+        if window is not None and not window.forgotten:
+            return window
+        window = peer.window = self.window(peer.link, peer.addr, peer.session, time.monotonic())
         if peer.rtt is not window.rtt:
             if peer.rtt.sampled:
                 window.rtt.sample(peer.rtt.srtt)
@@ -240,6 +249,7 @@ class Links:
         for key, window in list(self._windows.items()):
             if not window.users and now - window.last_used > FORGET:
                 del self._windows[key]
+                window.forgotten = True
 
     def __len__(self) -> int:
         return len(self._windows)

@@ -44,6 +44,7 @@ log = logging.getLogger("coremachine_embedded.sync")
 
 WAITING = 8   # blocks received and waiting for an earlier one, at most: this x the window
 CANDIDATES = 2   # different proofs of one block kept waiting (one may be a forgery)
+RUN_SIZES = tuple(1 << k for k in range(wire.MAX_RUN.bit_length()))   # 1, 2, ... MAX_RUN
 
 
 class Ask:
@@ -111,8 +112,7 @@ NOTHING = Answered()
 class Download:
     """The state of pulling one core: what is asked, in flight, waiting.
 
-    :param max_run: blocks per batched run at most (1: no runs; Hypercore peers
-        have no RUN message).
+    :param max_run: blocks per batched run at most (1: no runs; Hypercore has no RUN).
     """
 
     def __init__(self, core: Core, counters: Counters, max_run: int = 1) -> None:
@@ -132,6 +132,7 @@ class Download:
         self.next = core.contiguous_length
         self.on_progress: Optional[Callable[[int], None]] = None  # (contiguous length)
         self._next_id = 1
+        self._run_hint = 1   # the size of the run _run_at found last: most are alike
 
     # --- asking ------------------------------------------------------------------------
 
@@ -152,32 +153,33 @@ class Download:
         signed state, which we may hold already), then blocks, keeping at
         most ``window`` blocks asked and not here.  A run's values should
         fill about ``run_bytes``."""
-        core = self.core
+        core = self.core   # (its state read once: plan runs for every envelope received)
+        our_fork, our_length, contiguous = core.fork, core.length, core.contiguous_length
         claimed = self.claimed = (fork, length)
         if self.proved is not None and self.proved > claimed:
             fork, length = self.proved  # its signature beats its SYNC
-        behind = fork > core.fork or (fork == core.fork and length > core.length)
+        behind = fork > our_fork or (fork == our_fork and length > our_length)
         asks = []
         if self.upgrade is None and claimed != self.refused:
             if behind:
-                start = core.length if fork == core.fork else 0
+                start = our_length if fork == our_fork else 0
                 up = Ask(None, (start, length - start), [])
                 # Live following: ask for the first new block with the upgrade.
-                if start == core.length == core.contiguous_length and not self.inflight:
+                if start == our_length == contiguous and not self.inflight:
                     up.index = start
                 asks.append(up)
             elif self.proved is None:
                 # Its signed state, whatever it claims: an upgrade from 0 (to its
                 # length with the additional nodes), only checked if we hold some.
-                asks.append(Ask(None, (0, 1), [], confirm=core.length > 0))
+                asks.append(Ask(None, (0, 1), [], confirm=our_length > 0))
             if asks:
                 self.upgrade = asks[0]
         if behind or (self.upgrade is not None and not self.upgrade.confirm):
             return asks
-        if self.next < core.contiguous_length:
-            self.next = core.contiguous_length
+        if self.next < contiguous:
+            self.next = contiguous
         while (self.flight < window and self.held < WAITING * window
-               and self.next < core.length):
+               and self.next < our_length):
             i = self.next
             if i in self.inflight or i in self.ahead:
                 self.next += self.inflight[i].size if i in self.inflight else 1
@@ -246,12 +248,11 @@ class Download:
     def _run_size(self, start: int, run_bytes: int, room: int) -> int:
         """The largest aligned run at ``start`` whose values fill about
         ``run_bytes``, of at most ``room`` blocks."""
-        core = self.core
-        average = max(1, core.byte_length // max(1, core.length))
+        length = self.core.length
+        average = max(1, self.core.byte_length // max(1, length))
         limit = max(1, min(self.max_run, run_bytes // average, room))
         size = 1
-        while (size * 2 <= limit and start % (size * 2) == 0
-               and start + size * 2 <= core.length):
+        while size * 2 <= limit and start % (size * 2) == 0 and start + size * 2 <= length:
             size *= 2
         return size
 
@@ -468,13 +469,12 @@ class Download:
         return freed
 
     def _run_at(self, index: int) -> Optional[Ask]:
-        """The in-flight run covering block ``index`` (runs are aligned)."""
-        size = 1
-        while size <= wire.MAX_RUN:
+        """The in-flight run covering block ``index`` (aligned; most are the size found last)."""
+        for size in (self._run_hint, *RUN_SIZES):
             ask = self.inflight.get(index - index % size)
             if ask is not None and ask.run is not None and ask.run.count == size:
+                self._run_hint = size
                 return ask
-            size *= 2
         return None
 
     def _apply_run(self, ask: Ask) -> None:

@@ -441,7 +441,7 @@ class Endpoint:
             self._ask(entry, peer, ask, lost=lost)
 
     def _link(self, peer: Peer) -> congestion.LinkWindow:
-        return self.links.of(peer, time.monotonic())
+        return self.links.of(peer)
 
     def _link_idle(self, entry: Entry) -> None:
         peer = entry.source_peer()

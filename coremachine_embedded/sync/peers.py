@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from .. import errors
 from ..core import Core
 from . import flow, serving, sessions, wire
+from .congestion import LinkWindow
 from .counters import Counters
 from .download import Download
 from .memory import Memory
@@ -67,9 +68,18 @@ def open_envelope(entries: Dict[bytes, "Entry"], own_session: bytes, data: bytes
     return entry, payload
 
 
+_ORIGINS: Dict[Tuple[int, Any], bytes] = {}   # origin()'s memo: it runs for every envelope
+
+
 def origin(link: Any, addr: Any) -> bytes:
     """Where an envelope came from, as address validation binds cookies to it."""
-    return ("%d %r" % (id(link), addr)).encode()
+    key = (id(link), addr)
+    where = _ORIGINS.get(key)
+    if where is None:
+        if len(_ORIGINS) >= sessions.MAX_SESSIONS:
+            _ORIGINS.clear()
+        where = _ORIGINS[key] = ("%d %r" % key).encode()
+    return where
 
 
 class Pulled(NamedTuple):
@@ -105,6 +115,7 @@ class Peer:
         self.hello_sent = 0.0
         self.hellos = 0              # HELLOs sent since it last answered one
         self.last_answer = 0.0       # its last DATA or VALUES (or our first ask after none)
+        self.window: Optional[LinkWindow] = None   # its link's, once pulled from (Endpoint)
 
     @property
     def ready(self) -> bool:

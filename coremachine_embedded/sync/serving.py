@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from .. import errors
 from ..core import Core, CoreChange
@@ -134,21 +134,31 @@ def answer_run(core: Core, run: wire.Run, counters: Counters, budget: int) -> An
     return Answer(messages)
 
 
-def _values(core: Core, run: wire.Run, room: int) -> Iterator[Message]:
-    blocks = core.get_range(run.start, run.start + run.size)  # one verified subtree read
-    first, size = run.start + 1, 0
+def _values(core: Core, run: wire.Run, room: int) -> List[Message]:
+    """VALUES messages of at most ``room`` bytes each with the values of the
+    run's blocks after the first that it wants, each message contiguous."""
+    start, wanted = run.start, run.wanted
+    blocks = core.get_range(start, start + run.size)  # one verified subtree read
+    out: List[Message] = []
     values: List[bytes] = []
-    for i in range(run.start + 1, run.start + run.size + 1):
-        k = i - run.start
-        value = blocks[k] if k < run.size and run.wants(k) else None
-        if values and (value is None or size + len(value) + VALUE_HEAD > room):
-            yield wire.VALUES, wire.Values(run.id, first, values).encode()
+    first = size = 0
+    for k in range(1, run.size):
+        if wanted is not None and not wanted[k >> 3] >> (k & 7) & 1:
+            if values:   # a gap ends a message
+                out.append((wire.VALUES, wire.Values(run.id, first, values).encode()))
+                values, size = [], 0
+            continue
+        value = blocks[k]
+        if values and size + len(value) + VALUE_HEAD > room:
+            out.append((wire.VALUES, wire.Values(run.id, first, values).encode()))
             values, size = [], 0
-        if value is not None:
-            if not values:
-                first = i
-            values.append(value)
-            size += len(value) + VALUE_HEAD
+        if not values:
+            first = start + k
+        values.append(value)
+        size += len(value) + VALUE_HEAD
+    if values:
+        out.append((wire.VALUES, wire.Values(run.id, first, values).encode()))
+    return out
 
 
 class RequestLimit:

@@ -9,7 +9,9 @@ that does not echo it creates nothing and gets at most one small answer
 :data:`ANSWER_RATE` a second in all), so spoofed source addresses can neither
 fill our memory nor turn us into an amplifier.
 The secret rotates every :data:`COOKIE_EPOCH` seconds and the previous one
-stays valid.  Behind the cookie, each remote session (a random id per
+stays valid.  (An echo found valid is remembered until the next rotation, so
+that a busy peer's envelopes cost a constant-time comparison, not a hash.)
+Behind the cookie, each remote session (a random id per
 process run) has a 64-message replay window (as IPsec and DTLS do), created
 only once its address is validated; windows are kept for the
 :data:`MAX_SESSIONS` most recent sessions.
@@ -21,7 +23,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from typing import Tuple
+from typing import Dict, Tuple
 
 COOKIE_EPOCH = 300.0   # seconds a cookie secret lives (two are accepted)
 MAX_SESSIONS = 4096    # replay windows kept per endpoint
@@ -72,6 +74,7 @@ class Sessions:
         self.windows: "OrderedDict[Tuple[bytes, bytes], ReplayWindow]" = OrderedDict()
         self._secrets = [os.urandom(SECRET_BYTES), os.urandom(SECRET_BYTES)]
         self._secret_time = time.monotonic()
+        self._validated: Dict[Tuple[bytes, bytes], bytes] = {}   # (dk, origin) -> echo
         self._tokens = float(ANSWER_BURST)
         self._tokens_at = self._secret_time
 
@@ -80,6 +83,7 @@ class Sessions:
         if now - self._secret_time > COOKIE_EPOCH:
             self._secrets = [os.urandom(SECRET_BYTES), self._secrets[0]]
             self._secret_time = now
+            self._validated.clear()
 
     def cookie(self, dk: bytes, origin: bytes) -> bytes:
         """The cookie whoever is at ``origin`` must echo for core ``dk``."""
@@ -92,7 +96,16 @@ class Sessions:
     def valid(self, dk: bytes, origin: bytes, echo: bytes) -> bool:
         """Whether ``echo`` is a cookie we sent to ``origin`` (for ``dk``) in
         this epoch or the last: the sender receives there."""
-        return any(hmac.compare_digest(echo, self._cookie(dk, origin, s)) for s in self._secrets)
+        key = (dk, origin)
+        known = self._validated.get(key)
+        if known is not None and hmac.compare_digest(echo, known):
+            return True
+        if not any(hmac.compare_digest(echo, self._cookie(dk, origin, s)) for s in self._secrets):
+            return False
+        if len(self._validated) >= MAX_SESSIONS:
+            self._validated.clear()
+        self._validated[key] = echo
+        return True
 
     def may_answer(self) -> bool:
         """Whether to answer one more envelope without our cookie now."""

@@ -27,7 +27,7 @@ import os
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from .. import _backend, caps
-from ..encoding import Reader, encode_buffer, encode_uint
+from ..encoding import Reader, encode_buffer, encode_buffers, encode_uint
 from ..errors import DecodeError
 
 VERSION = caps.WIRE_VERSION
@@ -107,7 +107,8 @@ def encode_payload(session: bytes, counter: int, echo: bytes,
 
 def message_size(body: bytes) -> int:
     """Bytes a message takes in a payload."""
-    return 1 + len(encode_uint(len(body))) + len(body)
+    n = len(body)
+    return n + (2 if n <= 0xFC else 1 + len(encode_uint(n)))
 
 
 def decode_payload(data: bytes) -> Payload:
@@ -311,8 +312,8 @@ class Values(NamedTuple):
     values: List[bytes]
 
     def encode(self) -> bytes:
-        return (encode_uint(self.request) + encode_uint(self.first)
-                + encode_uint(len(self.values)) + b"".join(encode_buffer(v) for v in self.values))
+        return b"".join((encode_uint(self.request), encode_uint(self.first),
+                         encode_uint(len(self.values)), encode_buffers(self.values)))
 
     @classmethod
     def decode(cls, body: bytes) -> "Values":
