@@ -19,15 +19,14 @@ every answer to :meth:`Download.on_data`, :meth:`Download.on_values` or
 The order: the signed tree of the peer's length first (an upgrade proof, whose
 signature the core checks; when the replica may hold that much already, an
 upgrade from 0 that proves what the peer holds: :attr:`Download.proved`), then
-blocks in a window, each request asking for
-just the tree levels that neither the store nor an earlier in-flight proof
-provides (:meth:`Core.missing_nodes`), or aligned batched runs (batch.py) when
-``max_run`` > 1.  Proofs that arrive before the block they build on wait in
-:attr:`Download.ahead`; a reorg drops everything planned for the old history.
-Nothing is stored that the core did not verify (:meth:`Core.apply_proof`,
-:meth:`Core.apply_run`), and a download is caught up only with a signed
-length the peer proved: what a peer claims in SYNC steers what to ask for,
-never when to stop.  Request ids are unique per download.
+blocks in a window, each request asking for just the tree levels that neither
+the store nor an earlier in-flight proof provides (:meth:`Core.missing_nodes`),
+or aligned batched runs (batch.py) when ``max_run`` > 1.  Proofs that arrive
+before the block they build on wait in :attr:`Download.ahead`; a reorg drops
+everything planned for the old history.  Nothing is stored that the core did
+not verify (:meth:`Core.apply_proof`, :meth:`Core.apply_run`), and a download
+is caught up only with a signed length the peer proved: what a peer claims in
+SYNC steers what to ask for, never when to stop (request ids never repeat).
 """
 from __future__ import annotations
 
@@ -133,6 +132,7 @@ class Download:
         self.on_progress: Optional[Callable[[int], None]] = None  # (contiguous length)
         self._next_id = 1
         self._run_hint = 1   # the size of the run _run_at found last: most are alike
+        self.room_wanted = 0   # blocks of room the next run waits for (plan found none)
 
     # --- asking ------------------------------------------------------------------------
 
@@ -155,6 +155,7 @@ class Download:
         fill about ``run_bytes``."""
         core = self.core   # (its state read once: plan runs for every envelope received)
         our_fork, our_length, contiguous = core.fork, core.length, core.contiguous_length
+        self.room_wanted = 0
         claimed = self.claimed = (fork, length)
         if self.proved is not None and self.proved > claimed:
             fork, length = self.proved  # its signature beats its SYNC
@@ -176,16 +177,16 @@ class Download:
                 self.upgrade = asks[0]
         if behind or (self.upgrade is not None and not self.upgrade.confirm):
             return asks
-        if self.next < contiguous:
-            self.next = contiguous
+        self.next = max(self.next, contiguous)
         while (self.flight < window and self.held < WAITING * window
                and self.next < our_length):
             i = self.next
             if i in self.inflight or i in self.ahead:
                 self.next += self.inflight[i].size if i in self.inflight else 1
                 continue
-            size = self._run_size(i, run_bytes, window)
+            size = self._run_size(i, run_bytes, window, our_length)
             if self.flight and size > window - self.flight:
+                self.room_wanted = size
                 break  # wait for room for the whole run (no silly window: RFC 1122)
             ask = Ask(i, None, self._plan_nodes(i), batch.Run(i, size) if size > 1 else None)
             self.next += size
@@ -245,10 +246,9 @@ class Download:
         return (core.fork == fork and core.length >= length
                 and core.contiguous_length >= core.length and self.upgrade is None)
 
-    def _run_size(self, start: int, run_bytes: int, room: int) -> int:
+    def _run_size(self, start: int, run_bytes: int, room: int, length: int) -> int:
         """The largest aligned run at ``start`` whose values fill about
-        ``run_bytes``, of at most ``room`` blocks."""
-        length = self.core.length
+        ``run_bytes``, of at most ``room`` blocks, below ``length``."""
         average = max(1, self.core.byte_length // max(1, length))
         limit = max(1, min(self.max_run, run_bytes // average, room))
         size = 1

@@ -49,6 +49,7 @@ from .peers import NO_COOKIE, Entry, Peer, Pulled, SourceStatus, open_envelope, 
 log = logging.getLogger("coremachine_embedded.sync")
 
 PEER_TIMEOUT = 60.0   # a live puller that was silent this long gets no announcements
+ANSWERS = frozenset((wire.DATA, wire.VALUES, wire.NO_DATA))   # taken only from the source
 
 
 class Endpoint:
@@ -275,8 +276,7 @@ class Endpoint:
 
     def _handle(self, entry: Entry, peer: Peer, kind: int, body: bytes) -> None:
         msg = wire.decode_message(kind, body)
-        source = peer is entry.source_peer()
-        if kind in (wire.DATA, wire.VALUES, wire.NO_DATA) and not source:
+        if kind in ANSWERS and peer is not entry.source_peer():
             # answers only from the peer the requests went to (address and session)
             self.counters.inc("dropped_unsolicited")
             return
@@ -396,6 +396,9 @@ class Endpoint:
         if peer is None or not peer.ready or peer.length < 0:
             return
         download = entry.download
+        if (download.room_wanted and download.flight + download.room_wanted > self.window
+                and download.claimed == (peer.fork, peer.length)):
+            return   # the next run cannot fit in any window before more answers come
         link = self._link(peer)
         flight = download.flight + (download.upgrade is not None)   # (an upgrade counts 1)
         window = link.allow(entry, flight)   # this pull's part of the link's window
@@ -403,11 +406,9 @@ class Endpoint:
             if not download.busy:   # this pull waits for answers from now on
                 peer.last_answer = time.monotonic()
             run_bytes = flow.RUN_ENVELOPES * budget(peer.link.mtu)
-            for ask in download.plan(peer.fork, peer.length, min(self.window, window),
-                                     run_bytes):
+            for ask in download.plan(peer.fork, peer.length, min(self.window, window), run_bytes):
                 self._ask(entry, peer, ask)
-            link.update(entry, download.flight + (download.upgrade is not None),
-                        time.monotonic())
+            link.update(entry, download.flight + (download.upgrade is not None), time.monotonic())
         if not download.caught_up(peer.fork, peer.length):
             return
         if entry.live:
