@@ -62,6 +62,7 @@ COUNTED = {
     "restore": ("instructions to reopen + restore a 50k-action log", 200),
     "dispatch": ("instructions per dispatched event (in memory)", 100000),
     "action": ("instructions per action (durability=none)", 20000),
+    "pull": ("instructions per 20k-block pull over UDP loopback", 1),
 }
 
 

@@ -121,32 +121,36 @@ def machine() -> Dict[str, float]:
     return out
 
 
-def sync() -> Dict[str, float]:
+async def _pull_once(writer: cm.Core) -> float:
+    """Seconds a fresh replica takes to pull ``writer`` over UDP loopback."""
     from coremachine_embedded.sync import Endpoint, open_link
+    server, client = Endpoint(), Endpoint()
+    link, _ = open_link("udp://127.0.0.1:0", listen=True)
+    await server.attach(link)
+    server.serve(writer)
+    peer_link, addr = open_link("udp://127.0.0.1:%d" % link.address[1], listen=False)
+    await client.attach(peer_link)
+    shutil.rmtree(os.path.join(WORK, "replica"), ignore_errors=True)
+    replica = cm.Core(os.path.join(WORK, "replica"), key=writer.key, durability="none")
+    t0 = time.perf_counter()
+    await client.pull(replica, peer_link, addr)
+    seconds = time.perf_counter() - t0
+    assert replica.contiguous_length == writer.length
+    await client.close()
+    await server.close()
+    replica.close()
+    return seconds
+
+
+def sync() -> Dict[str, float]:
     writer = new_core("served", durability="none")
     cube = Coremachine(writer, DEFINITION)
     cube.action("START", 0)
     for _ in range(19999):
         cube.action("INCREMENT")
-
-    async def catch_up() -> float:
-        server, client = Endpoint(), Endpoint()
-        link, _ = open_link("udp://127.0.0.1:0", listen=True)
-        await server.attach(link)
-        server.serve(writer)
-        peer_link, addr = open_link("udp://127.0.0.1:%d" % link.address[1], listen=False)
-        await client.attach(peer_link)
-        replica = cm.Core(os.path.join(WORK, "replica"), key=writer.key, durability="none")
-        t0 = time.perf_counter()
-        await client.pull(replica, peer_link, addr)
-        seconds = time.perf_counter() - t0
-        assert replica.contiguous_length == writer.length
-        await client.close()
-        await server.close()
-        replica.close()
-        return seconds
+    # the best of three: a fresh process on a shared VM is at times half as fast throughout
     return {"s to pull a 20k-entry log over UDP loopback (lower is better)":
-            asyncio.run(catch_up())}
+            min(asyncio.run(_pull_once(writer)) for _ in range(3))}
 
 
 def prepare() -> None:
@@ -160,6 +164,13 @@ def prepare() -> None:
     cube = Coremachine(core, DEFINITION)
     cube.action("START", 0)
     for _ in range(49999):
+        cube.action("INCREMENT")
+    core.close()
+    core = cm.Core(os.path.join(WORK, "served"), key_pair=cm.KeyPair.generate(),
+                   durability="none")
+    cube = Coremachine(core, DEFINITION)
+    cube.action("START", 0)
+    for _ in range(19999):
         cube.action("INCREMENT")
     core.close()
 
@@ -180,6 +191,11 @@ def counted(work: str, times: int) -> None:
             t = definition.candidates(sid, "INCREMENT")[0]
             t.action(ctx, None)
             sid = t.target_id
+    elif work == "pull":   # one pull first in any case: lazy imports are not its cost
+        writer = cm.Core(os.path.join(WORK, "served"), durability="none")
+        for _ in range(times + 1):
+            asyncio.run(_pull_once(writer))
+        writer.close()
     elif work == "action":
         core = new_core("counted", durability="none")
         cube = Coremachine(core, DEFINITION)

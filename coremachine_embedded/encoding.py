@@ -42,12 +42,8 @@ def encode_buffer(b: bytes) -> bytes:
 
 def encode_buffers(buffers: List[bytes]) -> bytes:
     """The buffers one after another, each behind its length (a run's values)."""
-    parts = []
-    for b in buffers:
-        n = len(b)
-        parts.append(ONE_BYTE[n] if n <= 0xFC else encode_uint(n))
-        parts.append(b)
-    return b"".join(parts)
+    return b"".join([ONE_BYTE[len(b)] + b if len(b) <= 0xFC else encode_buffer(b)
+                     for b in buffers])
 
 
 def encode_nodes(nodes: List[Node]) -> bytes:

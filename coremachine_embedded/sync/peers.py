@@ -192,9 +192,8 @@ class Entry:
             flow.hello_backoff(peer.hellos) < flow.SWEEP
 
     def source_peer(self) -> Optional[Peer]:
-        if self.source is None:
-            return None
-        return self.peers.get((id(self.source[0]), self.source[1]))
+        source = self.source
+        return None if source is None else self.peers.get((id(source[0]), source[1]))
 
     def peer(self, link: Any, addr: Any, session: bytes, memory: Memory) -> Tuple[Peer, bool]:
         """The peer at a validated address, and whether this session is new there."""
