@@ -3,7 +3,7 @@
 A remote endpoint proves that it receives at its address by echoing the
 cookie we sent there, ``BLAKE2b-64(key=secret, discovery key || origin)``
 where the origin is the link and the source address (as DTLS's and QUIC's
-address validation do).  The cookie is computed, never stored: an envelope
+address validation do).  The cookie is computed, not stored: an envelope
 that does not echo it creates nothing and gets at most one small answer
 (our HELLO, :data:`AMPLIFICATION` times its size at most, and
 :data:`ANSWER_RATE` a second in all), so spoofed source addresses can neither
