@@ -205,6 +205,12 @@ class DataMessage:
         to route an answer before the core verifies it)."""
         return _data_head(Reader(buf))[1]
 
+    @staticmethod
+    def value(buf: bytes) -> Optional[bytes]:
+        """The block's value alone (None if it carries no block)."""
+        r = Reader(buf)
+        return r.buffer() if _data_head(r)[1].block_index is not None else None
+
     @classmethod
     def decode(cls, buf: bytes) -> "DataMessage":
         r = Reader(buf)

@@ -12,7 +12,7 @@ that node - one comparison proves them all; a wrong value stores nothing.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 
 def is_aligned(start: int, count: int) -> bool:
@@ -22,13 +22,14 @@ def is_aligned(start: int, count: int) -> bool:
 class Run:
     """A requested run being assembled from VALUES messages."""
 
-    __slots__ = ("start", "count", "values", "bytes")
+    __slots__ = ("start", "count", "values", "bytes", "first")
 
     def __init__(self, start: int, count: int) -> None:
         self.start = start
         self.count = count
         self.values: Dict[int, bytes] = {}
         self.bytes = 0   # of the values held
+        self.first: Optional[bytes] = None   # the first block's, once its proof is applied
 
     @property
     def complete(self) -> bool:
@@ -52,6 +53,8 @@ class Run:
                 bits[k >> 3] |= 1 << (k & 7)
         return bytes(bits)
 
-    def blocks(self, first_value: bytes) -> List[bytes]:
-        """The run's values in order, given the first block's (verified) value."""
-        return [first_value] + [self.values[self.start + k] for k in range(1, self.count)]
+    def blocks(self, read: Callable[[int], bytes]) -> List[bytes]:
+        """The run's values in order: the first block's as its proof brought it
+        (verified), else as ``read(index)`` reads it from the core."""
+        first = self.first if self.first is not None else read(self.start)
+        return [first] + [self.values[self.start + k] for k in range(1, self.count)]

@@ -481,11 +481,10 @@ class Download:
         """The run's first block is stored and its values are here: the core
         rebuilds the run's tree from them and stores them all if its root is
         the node it holds over the run (batch.py)."""
-        core = self.core
-        run = ask.run
+        core, run = self.core, ask.run
         assert run is not None
         try:
-            added = core.apply_run(run.start, run.blocks(core.get(run.start)))
+            added = core.apply_run(run.start, run.blocks(core.get))
         except (errors.InvalidProofError, errors.BlockNotAvailableError) as e:
             self.counters.inc("dropped_invalid_proof")
             log.debug("run at %d rejected: %s", run.start, e)
@@ -533,9 +532,9 @@ class Download:
             if result.reorg or (core.fork, core.length) != before:
                 self._reset(result.reorg or core.fork != before[0])
         if result.block_stored:
-            self._stored(result.block_index)
+            self._stored(result.block_index, body)
 
-    def _stored(self, index: Optional[int]) -> None:
+    def _stored(self, index: Optional[int], body: bytes) -> None:
         if index is None:
             return
         self.ahead.pop(index, None)  # whatever waited for this block was not it
@@ -543,7 +542,8 @@ class Download:
         if ask is not None:
             if ask.run is None:
                 self._finish(ask)
-            else:  # a run's first block: its proof's nodes are real now
+            else:  # a run's first block: its proof's nodes are real now, its value verified
+                ask.run.first = DataMessage.value(body)
                 self._promise(ask.nodes, -1)
                 ask.nodes = []
                 self._mark(ask)

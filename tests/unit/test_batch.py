@@ -30,7 +30,7 @@ def fill(writer: cm.Core, replica: cm.Core, count: int, tamper: int = -1) -> int
         run.add(start + 1, [writer.get(i) if i != tamper else b"forged" for i in
                             range(start + 1, start + size)])
         assert run.complete
-        added = replica.apply_run(start, run.blocks(replica.get(start)))
+        added = replica.apply_run(start, run.blocks(replica.get))
         assert added == size - 1 and replica.contiguous_length == start + size
         from_values += added
     return from_values

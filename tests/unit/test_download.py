@@ -121,6 +121,20 @@ def test_pull_in_batched_runs(pair: Any) -> None:
     assert set(s.download.counters) == {"blocks"}
 
 
+def test_a_run_takes_its_first_block_from_the_proof_the_core_verified(pair: Any) -> None:
+    writer, replica = pair
+    assert DataMessage.value(writer.proof(block=5)) == writer.get(5)
+    assert DataMessage.value(writer.proof(upgrade=(0, 3))) is None
+    reads = []
+    read = replica.get
+    replica.get = lambda index: reads.append(index) or read(index)   # the real read, counted
+    s = Stream(writer, replica, max_run=64, window=256)
+    s.run()
+    assert reads == []   # no run read its first block back from the store
+    del replica.get
+    same(replica, writer)
+
+
 def test_answers_out_of_order_wait_ahead(pair: Any) -> None:
     """Each round's answers arrive last first: every proof but the next one
     waits ahead for the blocks it builds on, and nothing is asked twice."""
