@@ -142,12 +142,18 @@ async def _pull_once(writer: cm.Core) -> float:
     return seconds
 
 
-def sync() -> Dict[str, float]:
-    writer = new_core("served", durability="none")
-    cube = Coremachine(writer, DEFINITION)
+def counter_log(name: str, actions: int, durability: str) -> cm.Core:
+    """A new log in WORK holding START and ``actions - 1`` INCREMENTs (left open)."""
+    core = new_core(name, durability=durability)
+    cube = Coremachine(core, DEFINITION)
     cube.action("START", 0)
-    for _ in range(19999):
+    for _ in range(actions - 1):
         cube.action("INCREMENT")
+    return core
+
+
+def sync() -> Dict[str, float]:
+    writer = counter_log("served", 20000, "none")
     # the best of three: a fresh process on a shared VM is at times half as fast throughout
     return {"s to pull a 20k-entry log over UDP loopback (lower is better)":
             min(asyncio.run(_pull_once(writer)) for _ in range(3))}
@@ -159,20 +165,8 @@ def prepare() -> None:
     for _ in range(200):
         core.append([BLOCK] * 1000)
     core.close()
-    core = cm.Core(os.path.join(WORK, "actions"), key_pair=cm.KeyPair.generate(),
-                   durability="batch")
-    cube = Coremachine(core, DEFINITION)
-    cube.action("START", 0)
-    for _ in range(49999):
-        cube.action("INCREMENT")
-    core.close()
-    core = cm.Core(os.path.join(WORK, "served"), key_pair=cm.KeyPair.generate(),
-                   durability="none")
-    cube = Coremachine(core, DEFINITION)
-    cube.action("START", 0)
-    for _ in range(19999):
-        cube.action("INCREMENT")
-    core.close()
+    counter_log("actions", 50000, "batch").close()
+    counter_log("served", 20000, "none").close()
 
 
 def counted(work: str, times: int) -> None:

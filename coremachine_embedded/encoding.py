@@ -89,13 +89,7 @@ class Reader:
         return bytes(out)
 
     def buffer(self) -> bytes:
-        n = self.uint()
-        end = self.pos + n
-        if end > len(self.buf):
-            raise DecodeError("message ends inside a %d-byte field" % n)
-        out = self.buf[self.pos:end]
-        self.pos = end
-        return bytes(out)
+        return self.fixed(self.uint())
 
     def buffers(self, count: int) -> List[bytes]:
         """``count`` buffers in a row: :meth:`buffer` inlined for the one-byte
