@@ -160,9 +160,10 @@ RESTORE_PROBE = textwrap.dedent("""
     from bench.common import rss_kib
     from bench.counter_machine import DEFINITION
     import coremachine_embedded as cm
+    from coremachine_embedded import Coremachine   # imported before the clock, as JS's are
     t0 = time.perf_counter()
     core = cm.Core(sys.argv[1])
-    cube = cm.Coremachine(core, DEFINITION)
+    cube = Coremachine(core, DEFINITION)
     ms = (time.perf_counter() - t0) * 1000
     print(json.dumps({"open_ms": ms, "rss_kib": rss_kib(), "counter": cube.context["counter"]}))
 """)
