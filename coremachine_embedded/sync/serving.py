@@ -142,22 +142,17 @@ def _values(core: Core, run: wire.Run, room: int) -> List[Message]:
     out: List[Message] = []
     values: List[bytes] = []
     first = size = 0
-    for k in range(1, run.size):
-        if wanted is not None and not wanted[k >> 3] >> (k & 7) & 1:
-            if values:   # a gap ends a message
-                out.append((wire.VALUES, wire.Values(run.id, first, values).encode()))
-                values, size = [], 0
-            continue
-        value = blocks[k]
-        if values and size + len(value) + VALUE_HEAD > room:
+    for k in range(1, run.size + 1):   # (k == size: past the end, to send what is left)
+        wants = k < run.size and (wanted is None or wanted[k >> 3] >> (k & 7) & 1)
+        value = blocks[k] if wants else None
+        if values and (value is None or size + len(value) + VALUE_HEAD > room):
             out.append((wire.VALUES, wire.Values(run.id, first, values).encode()))
             values, size = [], 0
-        if not values:
-            first = start + k
-        values.append(value)
-        size += len(value) + VALUE_HEAD
-    if values:
-        out.append((wire.VALUES, wire.Values(run.id, first, values).encode()))
+        if value is not None:
+            if not values:
+                first = start + k
+            values.append(value)
+            size += len(value) + VALUE_HEAD
     return out
 
 
